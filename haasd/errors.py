@@ -1,0 +1,142 @@
+"""Every error haasd raises on purpose.
+
+The tree keeps "whose fault" and "will retrying help" in the types themselves, so
+callers decide with ``except``/``match`` on a class, never on a message string::
+
+    HaasdError
+    ├── ConfigError            bad configuration: names file, key and reason (exit 2)
+    ├── StoreError             the encrypted token store
+    │   ├── WrongKeyError      the key does not open this store (file left untouched)
+    │   ├── StoreCorruptError  not a haasd store, or SQLite says it is damaged
+    │   ├── StoreLockedError   another haasd holds this store
+    │   ├── StoreNewerError    written by a newer haasd (schema version ahead of us)
+    │   └── UnknownHumanError  no grant for that human
+    ├── DecryptError           a sealed value failed authentication (tampered or moved)
+    ├── TokenResponseError     a token answer that is not what the seed documents
+    └── AuthError              the HaaS token endpoint said no, or could not be reached
+        ├── TransientAuthError     retry later: network, timeout, 5xx, 429, malformed 200
+        │   └── RateLimitedError   429 / rate budget: carries retry_after
+        ├── InvalidGrantError      permanent for one grant: the human must re-consent
+        ├── ClientAuthError        invalid_client / unauthorized_client: daemon-wide fault
+        └── RequestRejectedError   invalid_request, unsupported_grant_type, ...: our bug
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ClientAuthError",
+    "ConfigError",
+    "DecryptError",
+    "HaasdError",
+    "InvalidGrantError",
+    "RateLimitedError",
+    "RequestRejectedError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreNewerError",
+    "TokenResponseError",
+    "TransientAuthError",
+    "UnknownHumanError",
+    "WrongKeyError",
+]
+
+
+class HaasdError(Exception):
+    """Base of every error haasd raises on purpose; its message is safe to show."""
+
+
+class ConfigError(HaasdError):
+    """A configuration value is missing, malformed or out of range."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{file}: {key}: {reason}")
+
+
+class StoreError(HaasdError):
+    """The token store cannot do what was asked."""
+
+
+class WrongKeyError(StoreError):
+    """The configured key is not the key this store was created with."""
+
+
+class StoreCorruptError(StoreError):
+    """The file is not a haasd store, or SQLite reports damage."""
+
+
+class StoreLockedError(StoreError):
+    """Another haasd process holds this store."""
+
+
+class StoreNewerError(StoreError):
+    """The store's schema is newer than this haasd understands."""
+
+
+class UnknownHumanError(StoreError):
+    """No grant is stored for this human."""
+
+    def __init__(self, human_id: str) -> None:
+        self.human_id = human_id
+        super().__init__(f"no grant stored for human {human_id!r}")
+
+
+class DecryptError(HaasdError):
+    """A sealed value failed to open: wrong key, tampered, or moved to another row/column."""
+
+
+class TokenResponseError(HaasdError):
+    """A token response does not have the shape the HaaS docs give."""
+
+
+class AuthError(HaasdError):
+    """The HaaS token endpoint refused a request or could not be reached.
+
+    ``error_type`` is the server's error code (``invalid_grant``, ``rate_limit_exceeded``,
+    ...) or a haasd label (``network``, ``timeout``, ``malformed_response``).
+    """
+
+    def __init__(self, error_type: str, message: str, *, status: int | None = None) -> None:
+        self.error_type = error_type
+        self.status = status
+        super().__init__(message)
+
+
+class TransientAuthError(AuthError):
+    """Trying again later may succeed; the stored tokens are still what we had."""
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        sent: bool = True,
+    ) -> None:
+        super().__init__(error_type, message, status=status)
+        #: seconds the server asked us to wait, if it said
+        self.retry_after = retry_after
+        #: False when the request certainly never reached the server (connect failed),
+        #: True when it may have been processed (an answer may have been lost).
+        self.sent = sent
+
+
+class RateLimitedError(TransientAuthError):
+    """HTTP 429 or an exhausted local budget; ``retry_after`` says how long to wait."""
+
+
+class InvalidGrantError(AuthError):
+    """The grant is gone (expired, revoked, or a refresh token was reused)."""
+
+
+class ClientAuthError(AuthError):
+    """The server rejects our client credentials: configuration, not the human."""
+
+
+class RequestRejectedError(AuthError):
+    """The server rejected the request itself (invalid_request, ...): a haasd defect."""
