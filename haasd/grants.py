@@ -1,0 +1,194 @@
+"""The grant's life: pure policy over plain values and a clock reading. No I/O.
+
+========================  ======================================  ==========  ============
+state                     meaning                                 served?     refreshed?
+========================  ======================================  ==========  ============
+active                    refresh token comfortably valid         yes         yes
+reconsent_due             refresh-token limit within the warning  yes         yes
+needs_reconsent (limit)   refresh-token limit passed              until the   no
+                                                                  access
+                                                                  token ends
+needs_reconsent (refused) the server refused the grant            no          no
+========================  ======================================  ==========  ============
+
+A server refusal cuts the access token's expiry to the moment of refusal, so "served?"
+is always just "state allows it and the access token has time left" (:func:`servable`).
+
+Inputs that move a grant: a refresh answer (:data:`TRANSITIONS` keyed by
+:class:`Answer`), the clock passing a limit (:func:`state_at`), and a completed
+re-consent (back to active).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from haasd.errors import ClientAuthError, HaasdError, InvalidGrantError, RequestRejectedError
+from haasd.tokens import TokenResponse
+
+__all__ = [
+    "TRANSITIONS",
+    "Answer",
+    "Policy",
+    "Serve",
+    "State",
+    "classify",
+    "failure_retry_at",
+    "refresh_due_at",
+    "refresh_limit",
+    "serve_decision",
+    "state_at",
+    "transition",
+]
+
+
+class State(StrEnum):
+    ACTIVE = "active"
+    RECONSENT_DUE = "reconsent_due"
+    NEEDS_RECONSENT = "needs_reconsent"
+
+
+class Answer(StrEnum):
+    """What a refresh attempt came to, for the state machine."""
+
+    OK = "ok"
+    TRANSIENT = "transient"  # try again later; tokens unchanged
+    REFUSED = "refused"  # invalid_grant: the grant is gone
+    CLIENT_FAULT = "client_fault"  # our credentials or request are wrong: daemon-wide
+    RECONSENTED = "reconsented"  # the human consented again
+
+
+#: (state before, answer) -> state after, before the clock is applied. Absent pairs
+#: cannot happen: a grant in needs_reconsent is never refreshed.
+TRANSITIONS: Final[dict[tuple[State, Answer], State]] = {
+    (State.ACTIVE, Answer.OK): State.ACTIVE,
+    (State.ACTIVE, Answer.TRANSIENT): State.ACTIVE,
+    (State.ACTIVE, Answer.CLIENT_FAULT): State.ACTIVE,
+    (State.ACTIVE, Answer.REFUSED): State.NEEDS_RECONSENT,
+    (State.ACTIVE, Answer.RECONSENTED): State.ACTIVE,
+    (State.RECONSENT_DUE, Answer.OK): State.RECONSENT_DUE,
+    (State.RECONSENT_DUE, Answer.TRANSIENT): State.RECONSENT_DUE,
+    (State.RECONSENT_DUE, Answer.CLIENT_FAULT): State.RECONSENT_DUE,
+    (State.RECONSENT_DUE, Answer.REFUSED): State.NEEDS_RECONSENT,
+    (State.RECONSENT_DUE, Answer.RECONSENTED): State.ACTIVE,
+    (State.NEEDS_RECONSENT, Answer.RECONSENTED): State.ACTIVE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The numbers behind refresh timing. Defaults follow the design."""
+
+    refresh_fraction: float = 0.75
+    refresh_token_lifetime: float = 30 * 86400.0
+    reconsent_warning: float = 7 * 86400.0
+    refresh_idle: float = 86400.0
+    jitter_fraction: float = 0.05
+    backoff_base: float = 10.0
+    backoff_cap: float = 300.0
+    #: a server's Retry-After beyond this is treated as this (and logged)
+    retry_after_cap: float = 3600.0
+    #: the last try before an access token ends is this long before its expiry
+    expiry_margin: float = 30.0
+
+
+def transition(state: State, answer: Answer) -> State:
+    """The state after ``answer``; ValueError for a pair the table rules out."""
+    try:
+        return TRANSITIONS[(state, answer)]
+    except KeyError:
+        raise ValueError(f"a grant in {state} cannot take answer {answer}") from None
+
+
+def state_at(state: State, refresh_expires_at: float, now: float, policy: Policy) -> State:
+    """Apply the clock: the refresh-token limit passing, or coming within the warning."""
+    if state is State.NEEDS_RECONSENT:
+        return state
+    if now >= refresh_expires_at:
+        return State.NEEDS_RECONSENT
+    if now >= refresh_expires_at - policy.reconsent_warning:
+        return State.RECONSENT_DUE
+    return State.ACTIVE
+
+
+class Serve(StrEnum):
+    """What to do with a request for a token that must have ``min_ttl`` seconds left."""
+
+    SERVE = "serve"
+    REFRESH_FIRST = "refresh_first"
+    NEEDS_RECONSENT = "needs_reconsent"
+
+
+def serve_decision(state: State, access_expires_at: float, now: float, min_ttl: float) -> Serve:
+    """Every state serves a token that still has the time asked for (a refusal cut its
+    expiry to the moment of refusal); otherwise refresh, unless the grant is dead."""
+    if access_expires_at - now > min_ttl:
+        return Serve.SERVE
+    if state is State.NEEDS_RECONSENT:
+        return Serve.NEEDS_RECONSENT
+    return Serve.REFRESH_FIRST
+
+
+def refresh_limit(consented_at: float, answer: TokenResponse | None, policy: Policy) -> float:
+    """The refresh token's absolute limit: the server's word if it gave one, else the policy.
+
+    ``consented_at`` is when the human consented; a rotated refresh token does not extend
+    the limit unless the server sends ``refresh_token_expires_in`` (then measured from the
+    answer, which the caller passes as ``consented_at`` for that case).
+    """
+    if answer is not None and answer.refresh_token_expires_in is not None:
+        return consented_at + answer.refresh_token_expires_in
+    return consented_at + policy.refresh_token_lifetime
+
+
+def refresh_due_at(
+    issued_at: float, expires_in: float, policy: Policy, rng: random.Random
+) -> float:
+    """When to refresh a token issued at ``issued_at`` that lives ``expires_in`` seconds.
+
+    ``refresh_fraction`` of the lifetime, ± ``jitter_fraction`` of it, so that a restart
+    or a bulk onboarding does not refresh in lockstep; never after the last safe moment.
+    """
+    jitter = rng.uniform(-policy.jitter_fraction, policy.jitter_fraction) * expires_in
+    due = issued_at + policy.refresh_fraction * expires_in + jitter
+    latest = issued_at + expires_in - min(policy.expiry_margin, expires_in / 10)
+    return min(max(due, issued_at), latest)
+
+
+def failure_retry_at(
+    now: float,
+    failures: int,
+    access_expires_at: float,
+    retry_after: float | None,
+    policy: Policy,
+    rng: random.Random,
+) -> float:
+    """When to try again after ``failures`` transient failures in a row.
+
+    Exponential backoff with full jitter (from ``backoff_base``, capped at ``backoff_cap``),
+    pulled in so the token never expires without a try — but never inside a window the
+    server asked for with Retry-After (capped at ``retry_after_cap``).
+    """
+    ceiling = min(policy.backoff_cap, policy.backoff_base * 2 ** max(0, failures - 1))
+    delay = max(1.0, rng.uniform(0, ceiling))
+    at = now + delay
+    last_chance = access_expires_at - policy.expiry_margin
+    if now + 1.0 < last_chance < at:
+        at = last_chance
+    if retry_after is not None:
+        at = max(at, now + min(retry_after, policy.retry_after_cap))
+    return at
+
+
+def classify(error: HaasdError) -> Answer:
+    """Map an error from a refresh attempt to the answer it stands for."""
+    match error:
+        case InvalidGrantError():
+            return Answer.REFUSED
+        case ClientAuthError() | RequestRejectedError():
+            return Answer.CLIENT_FAULT
+        case _:  # TransientAuthError, a malformed answer (TokenResponseError), ...
+            return Answer.TRANSIENT

@@ -1,0 +1,277 @@
+"""check-config's contract: good files load; every bad one names file, key and reason."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from haasd.config import load_config, parse_duration
+from haasd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MINIMAL = """
+[haas]
+environment = "test"
+client_id = "app_123"
+client_secret = "s3cret-for-tests"
+redirect_uri = "http://127.0.0.1:8765/callback"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "haasd.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    env = {"HAASD_CLIENT_SECRET": "x", "HAASD_STORE_KEY": "y"}
+    config = load_config(ROOT / "config.example.toml", env)
+    assert config.haas.plan == "pro"
+    assert config.haas.requests_per_minute == 300
+    assert config.access, "the example shows an access rule"
+    assert config.refresh.refresh_fraction == 0.75
+
+
+def test_minimal_config_takes_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL), {})
+    assert config.haas.token_url == "https://auth.api4human.com/token"
+    assert config.haas.authorize_url == "https://auth.api4human.com/authorize"
+    assert config.haas.plan == "free"
+    assert config.haas.requests_per_minute == 60
+    assert config.haas.scopes == ("tasks:dispatch", "status:read")
+    assert config.haas.token_request_format == "json"
+    assert config.refresh.refresh_token_lifetime == 30 * 86400
+    assert config.refresh.reconsent_warning == 7 * 86400
+    assert config.socket.mode == 0o660
+    assert config.log.format == "json"
+    assert config.access == ()
+    assert config.haas.client_secret.load().reveal() == "s3cret-for-tests"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (90, 90.0),
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("1h", 3600.0),
+        ("30d", 2592000.0),
+        ("1h30m", 5400.0),
+        ("45", 45.0),
+    ],
+)
+def test_durations(text: object, expected: float) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "1w", "h", "-5", 0, True, "1h 2x", [1]])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError, match=r"duration|longer than zero"):
+        parse_duration(text)
+
+
+BAD_CASES = [
+    ("[refresh]\nrefresh_fraction = 1.5\n", "refresh.refresh_fraction", "between 0 and 1"),
+    ("[refresh]\nrefresh_fraction = 0\n", "refresh.refresh_fraction", "between 0 and 1"),
+    ('[refresh]\nreconsent_warning = "31d"\n', "refresh.reconsent_warning", "shorter than"),
+    (
+        '[refresh]\nrefresh_token_lifetime = "soon"\n',
+        "refresh.refresh_token_lifetime",
+        "not a duration",
+    ),
+    ("[refresh]\nrefresh_fracton = 0.5\n", "refresh.refresh_fracton", "unknown key"),
+    ("[refrsh]\nx = 1\n", "refrsh", "unknown section"),
+    ('[socket]\nmode = "0666"\n', "socket.mode", "must not be reachable by others"),
+    ("[socket]\nmode = 660\n", "socket.mode", "octal mode as a string"),
+    ('[log]\nlevel = "loud"\n', "log.level", "one of"),
+    ('[log]\nformat = "xml"\n', "log.format", "one of"),
+    ('[[access]]\nhumans = ["usr_*"]\n', "access[0]", "needs uid, user, gid or group"),
+    ("[[access]]\nuid = 1000\n", "access[0].humans", "non-empty list"),
+    (
+        '[[access]]\nuid = 1000\nhumans = ["usr_*"]\nscopes = ["*"]\n',
+        "access[0].scopes",
+        "request the minimum",
+    ),
+    (
+        '[[access]]\nuser = "no-such-user-here"\nhumans = ["usr_*"]\n',
+        "access[0].user",
+        "no such user",
+    ),
+    ('[[access]]\nuid = 1000\nhumans = ["usr_*"]\nadmn = true\n', "access[0].admn", "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("extra", "key", "reason"), BAD_CASES)
+def test_bad_values_name_file_key_and_reason(
+    tmp_path: Path, extra: str, key: str, reason: str
+) -> None:
+    path = write(tmp_path, MINIMAL + extra)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert info.value.file == str(path)
+    assert info.value.key == key
+    assert reason in info.value.reason
+    assert str(path) in str(info.value) and key in str(info.value)
+
+
+HAAS_CASES = [
+    ('environment = "staging"', "haas.environment", "one of"),
+    ('plan = "gold"', "haas.plan", "'free', 'pro', 'enterprise'"),
+    ('token_url = "http://auth.example.com/token"', "haas.token_url", "use https"),
+    ('token_url = "auth.example.com/token"', "haas.token_url", "absolute"),
+    ('authorize_url = "ftp://127.0.0.1/x"', "haas.authorize_url", "absolute http(s)"),
+    ('scopes = ["*"]', "haas.scopes", "request the minimum"),
+    ('scopes = ["tasks:delete"]', "haas.scopes", "unknown scope"),
+    ("scopes = []", "haas.scopes", "at least one"),
+    ("requests_per_minute = -1", "haas.requests_per_minute", "positive"),
+    ('token_request_format = "xml"', "haas.token_request_format", "one of"),
+]
+
+
+@pytest.mark.parametrize(("line", "key", "reason"), HAAS_CASES)
+def test_bad_haas_values(tmp_path: Path, line: str, key: str, reason: str) -> None:
+    base = MINIMAL.replace('environment = "test"\n', "")  # each case sets at most one key
+    path = write(tmp_path, base + line + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert (info.value.file, info.value.key) == (str(path), key)
+    assert reason in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/token",
+        "http://127.5.0.1/token",
+        "http://[::1]:80/t",
+        "http://localhost/token",
+        "https://auth.example.com/token",
+    ],
+)
+def test_plain_http_only_for_loopback(tmp_path: Path, url: str) -> None:
+    config = load_config(write(tmp_path, MINIMAL + f'token_url = "{url}"\n'), {})
+    assert config.haas.token_url == url
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[haas]\nclient_id = "a"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert info.value.key == "haas.redirect_uri"
+    assert "HAASD_HAAS_REDIRECT_URI" in info.value.reason
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[haas\n"), {})
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml", {})
+
+
+def test_inline_secret_refused_in_live_mode(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace('"test"', '"live"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert info.value.key == "haas.client_secret"
+    assert 'only when environment = "test"' in info.value.reason
+    assert "s3cret-for-tests" not in str(info.value)
+
+
+def test_environment_alone_is_enough() -> None:
+    env = {
+        "HAASD_HAAS_CLIENT_ID": "app_1",
+        "HAASD_HAAS_REDIRECT_URI": "https://app.example.com/cb",
+        "HAASD_HAAS_PLAN": "enterprise",
+        "HAASD_HAAS_SCOPES": "tasks:dispatch status:read tasks:read",
+        "HAASD_REFRESH_REFRESH_FRACTION": "0.5",
+        "HAASD_SOCKET_PATH": "/tmp/x/haasd.sock",
+        "HAASD_STORE_PATH": "/tmp/x/haasd.db",
+        "HAASD_ACCESS": '[{"uid": 1000, "humans": ["usr_*"], "admin": true}]',
+        "HAASD_CLIENT_SECRET": "from-env",
+    }
+    config = load_config(None, env)
+    assert config.haas.requests_per_minute == 1000
+    assert config.haas.scopes == ("tasks:dispatch", "status:read", "tasks:read")
+    assert config.refresh.refresh_fraction == 0.5
+    assert str(config.socket.path) == "/tmp/x/haasd.sock"
+    assert config.access[0].uid == 1000 and config.access[0].admin
+    assert config.haas.client_secret.load().reveal() == "from-env"
+
+
+def test_environment_overrides_file_and_names_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "[refresh]\nrefresh_fraction = 0.5\n")
+    assert (
+        load_config(path, {"HAASD_REFRESH_REFRESH_FRACTION": "0.6"}).refresh.refresh_fraction == 0.6
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"HAASD_REFRESH_REFRESH_FRACTION": "2"})
+    assert info.value.file == "environment variable HAASD_REFRESH_REFRESH_FRACTION"
+    assert info.value.key == "refresh.refresh_fraction"
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(path, {"HAASD_REFRESH_FRACTON": "0.6"})
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + '[store]\npath = "data/haasd.db"\n')
+    assert load_config(path, {}).store.path == tmp_path / "data" / "haasd.db"
+
+
+def test_secret_order_credentials_then_env_then_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "client_secret.txt"
+    secret_file.write_text("from-file\n")
+    secret_file.chmod(0o600)
+    text = MINIMAL.replace(
+        'client_secret = "s3cret-for-tests"', 'client_secret_file = "client_secret.txt"'
+    )
+    path = write(tmp_path, text)
+    assert load_config(path, {}).haas.client_secret.load().reveal() == "from-file"
+    env = {"HAASD_CLIENT_SECRET": "from-env"}
+    assert load_config(path, env).haas.client_secret.load().reveal() == "from-env"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "client_secret").write_text("from-credential")
+    env["CREDENTIALS_DIRECTORY"] = str(creds)
+    source = load_config(path, env).haas.client_secret
+    assert source.load().reveal() == "from-credential"
+    assert source.describe() == "systemd credential 'client_secret'"
+
+
+def test_secret_file_readable_by_others_is_refused_with_the_fix(tmp_path: Path) -> None:
+    secret_file = tmp_path / "store.key"
+    secret_file.write_text("key-material")
+    secret_file.chmod(0o644)
+    path = write(tmp_path, MINIMAL + '[store]\nkey_file = "store.key"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {}).store.key.load()
+    assert "readable by group or others" in info.value.reason
+    assert f"chmod 600 {secret_file}" in info.value.reason
+    assert "key-material" not in str(info.value)
+
+
+def test_missing_secret_says_where_to_put_it(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL), {})
+    with pytest.raises(ConfigError) as info:
+        config.store.key.load()
+    assert "HAASD_STORE_KEY" in info.value.reason
+
+
+def test_systemd_directories_give_default_paths(tmp_path: Path) -> None:
+    env = {"STATE_DIRECTORY": "/var/lib/haasd", "RUNTIME_DIRECTORY": "/run/haasd"}
+    config = load_config(write(tmp_path, MINIMAL), env)
+    assert config.store.path == Path("/var/lib/haasd/haasd.db")
+    assert config.socket.path == Path("/run/haasd/haasd.sock")
+
+
+def test_access_rule_by_names(tmp_path: Path) -> None:
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    text = MINIMAL + f'[[access]]\nuser = "{user}"\ngroup = "{group}"\nhumans = ["usr_*"]\n'
+    rule = load_config(write(tmp_path, text), {}).access[0]
+    assert (rule.uid, rule.gid, rule.admin, rule.scopes) == (os.getuid(), os.getgid(), False, None)
