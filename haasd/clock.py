@@ -16,14 +16,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import time as _time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 import anyio
 
-__all__ = ["Clock", "ManualClock", "ScaledClock", "SystemClock", "rfc3339", "utc"]
+__all__ = ["Activity", "Clock", "ManualClock", "ScaledClock", "SystemClock", "rfc3339", "utc"]
 
 
 class Clock(Protocol):
@@ -183,3 +184,37 @@ class ManualClock:
     async def advance_to(self, wall: float) -> None:
         """Move time forward to the wall-clock instant ``wall``."""
         await self.advance(max(0.0, wall - self.time()))
+
+
+class Activity:
+    """Counts work in flight that no clock sees: a network exchange, a disk write.
+
+    Shutdown waits for it to drain, and a :class:`ManualClock` settle hook waits for it so
+    that time does not jump while an answer is on the wire.
+    """
+
+    __slots__ = ("_count", "_idle")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        if self._count == 0:
+            self._idle = anyio.Event()
+        self._count += 1
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()

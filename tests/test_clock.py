@@ -3,7 +3,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from haasd.clock import ManualClock, ScaledClock, SystemClock, rfc3339
+from haasd.clock import Activity, ManualClock, ScaledClock, SystemClock, rfc3339
 
 
 async def test_manual_clock_wakes_sleepers_in_order_and_instantly() -> None:
@@ -62,3 +62,28 @@ async def test_system_clock() -> None:
     await clock.sleep_until(start + 0.01)
     assert clock.monotonic() >= start + 0.01
     assert rfc3339(0) == "1970-01-01T00:00:00Z"
+
+
+async def test_activity_drains_before_manual_time_moves() -> None:
+    clock = ManualClock()
+    activity = Activity()
+    clock.add_settle_hook(activity.wait_idle)
+    order: list[str] = []
+
+    async def network_call() -> None:
+        with activity.busy():
+            await anyio.sleep(0.02)  # real time: an answer on the wire
+            order.append("answered")
+
+    async def timer() -> None:
+        await clock.sleep(60)
+        order.append("timer")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(network_call)
+        tg.start_soon(timer)
+        await anyio.wait_all_tasks_blocked()
+        assert activity.count == 1
+        await clock.advance(120)
+    assert order == ["answered", "timer"]
+    assert activity.count == 0
