@@ -27,20 +27,26 @@ from enum import StrEnum
 from typing import Final
 
 from haasd.errors import ClientAuthError, HaasdError, InvalidGrantError, RequestRejectedError
+from haasd.clock import rfc3339
+from haasd.secret import Secret
 from haasd.tokens import TokenResponse
 
 __all__ = [
     "TRANSITIONS",
     "Answer",
+    "Grant",
     "Policy",
+    "RefreshIntent",
     "Serve",
     "State",
     "classify",
     "failure_retry_at",
+    "new_grant",
     "refresh_due_at",
     "refresh_limit",
     "serve_decision",
     "state_at",
+    "status_of",
     "transition",
 ]
 
@@ -49,6 +55,44 @@ class State(StrEnum):
     ACTIVE = "active"
     RECONSENT_DUE = "reconsent_due"
     NEEDS_RECONSENT = "needs_reconsent"
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshIntent:
+    """A refresh in flight: written before the refresh token is spent, cleared after."""
+
+    attempt_id: str
+    #: :func:`haasd.crypto.fingerprint` of the refresh token being spent
+    fingerprint: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One human's consent as stored. Times are wall-clock epoch seconds (UTC)."""
+
+    human_id: str
+    environment: str
+    scope: tuple[str, ...]
+    access_token: Secret
+    access_expires_at: float
+    refresh_token: Secret
+    #: absolute: consent time + lifetime, or the server's ``refresh_token_expires_in``
+    refresh_expires_at: float
+    consented_at: float
+    last_refresh_at: float | None = None
+    state: State = State.ACTIVE
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    next_refresh_at: float | None = None
+    last_served_at: float | None = None
+    intent: RefreshIntent | None = None
+
+    def __post_init__(self) -> None:
+        if not self.human_id:
+            raise ValueError("a grant needs a human_id")
+        if " ".join(self.scope).split() != list(self.scope):
+            raise ValueError("each scope must be a non-empty word without whitespace")
 
 
 class Answer(StrEnum):
@@ -192,3 +236,42 @@ def classify(error: HaasdError) -> Answer:
             return Answer.CLIENT_FAULT
         case _:  # TransientAuthError, a malformed answer (TokenResponseError), ...
             return Answer.TRANSIENT
+
+
+def new_grant(
+    answer: TokenResponse, environment: str, now: float, policy: Policy, rng: random.Random
+) -> Grant:
+    """The grant a fresh consent (a code exchange, or an imported answer) creates."""
+    if answer.refresh_token is None:
+        raise ValueError("a new grant needs a refresh token")
+    limit = refresh_limit(now, answer, policy)
+    return Grant(
+        human_id=answer.human_id,
+        environment=environment,
+        scope=answer.scope,
+        access_token=answer.access_token,
+        access_expires_at=now + answer.expires_in,
+        refresh_token=answer.refresh_token,
+        refresh_expires_at=limit,
+        consented_at=now,
+        last_refresh_at=now,
+        state=state_at(State.ACTIVE, limit, now, policy),
+        next_refresh_at=refresh_due_at(now, answer.expires_in, policy, rng),
+    )
+
+
+def status_of(grant: Grant, now: float, policy: Policy) -> dict[str, object]:
+    """What may be shown about a grant: never a token. Times are RFC 3339 UTC."""
+    state = state_at(grant.state, grant.refresh_expires_at, now, policy)
+    return {
+        "human_id": grant.human_id,
+        "state": state.value,
+        "scope": " ".join(grant.scope),
+        "access_expires_at": rfc3339(grant.access_expires_at),
+        "refresh_expires_at": rfc3339(grant.refresh_expires_at),
+        "last_refresh_at": None
+        if grant.last_refresh_at is None
+        else rfc3339(grant.last_refresh_at),
+        "last_error": grant.last_error,
+        "reconsent_days_left": max(0, int((grant.refresh_expires_at - now) // 86400)),
+    }

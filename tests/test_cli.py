@@ -1,0 +1,167 @@
+"""The offline commands, as an operator types them."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haasd.cli import main
+from haasd.crypto import Key
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSWER: dict[str, str | int] = {
+    "access_token": "haas_at_CliTestAccessToken0001",
+    "token_type": "Bearer",
+    "expires_in": 3600,
+    "refresh_token": "haas_rt_CliTestRefreshToken0001",
+    "scope": "tasks:dispatch status:read",
+    "human_id": "usr_maria_42",
+}
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    assert main(["keygen", "--out", str(tmp_path / "store.key")]) == 0
+    path = tmp_path / "haasd.toml"
+    path.write_text(
+        '[haas]\nenvironment = "test"\nclient_id = "app_1"\nclient_secret = "test-secret"\n'
+        'redirect_uri = "http://127.0.0.1:8765/callback"\n'
+        '[store]\npath = "state/haasd.db"\nkey_file = "store.key"\n'
+    )
+    (tmp_path / "state").mkdir()
+    return path
+
+
+def run(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "haasd", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_keygen_writes_a_private_key_and_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "k"
+    assert main(["keygen", "--out", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    key = Key.from_text(out.read_text())
+    assert key.key_id in capsys.readouterr().out
+    before = out.read_bytes()
+    assert main(["keygen", "--out", str(out)]) == 1
+    assert "never overwrites" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_check_config_accepts_the_example(tmp_path: Path) -> None:
+    key = tmp_path / "store.key"
+    assert main(["keygen", "--out", str(key)]) == 0
+    result = run(
+        "check-config",
+        "--config",
+        str(ROOT / "config.example.toml"),
+        env={"HAASD_CLIENT_SECRET": "x", "HAASD_STORE_KEY": key.read_text()},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout and "300 requests/min" in result.stdout
+    assert "environment variable HAASD_STORE_KEY" in result.stdout
+
+
+def test_check_config_rejects_with_file_key_reason_and_exit_2(config_file: Path) -> None:
+    config_file.write_text(config_file.read_text() + "[refresh]\nrefresh_fraction = 2\n")
+    result = run("check-config", "--config", str(config_file))
+    assert result.returncode == 2
+    assert f"{config_file}: refresh.refresh_fraction: must be between 0 and 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_refuses_a_bad_key_file(config_file: Path) -> None:
+    (config_file.parent / "store.key").write_text("not a key")
+    result = run("check-config", "--config", str(config_file))
+    assert result.returncode == 2
+    assert "store.key_file" in result.stderr and "not a haasd key" in result.stderr
+    assert "not a key" not in result.stderr.split("not a haasd key")[1]
+
+
+def test_import_then_status(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    answer = config_file.parent / "answer.json"
+    answer.write_text(json.dumps(ANSWER))
+    assert main(["import", "--config", str(config_file), str(answer)]) == 0
+    assert "imported a grant for usr_maria_42" in capsys.readouterr().out
+    assert main(["import", "--config", str(config_file), str(answer)]) == 0
+    assert "replaced the grant of usr_maria_42" in capsys.readouterr().out
+
+    assert main(["status", "--config", str(config_file)]) == 0
+    table = capsys.readouterr().out
+    assert "usr_maria_42" in table
+    assert "active" in table
+    assert "tasks:dispatch status:read" in table
+    assert main(["status", "--config", str(config_file), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["humans"]
+    assert row["state"] == "active" and row["scope"] == "tasks:dispatch status:read"
+    assert row["refresh_expires_at"].endswith("Z")
+    for token in (str(ANSWER["access_token"]), str(ANSWER["refresh_token"])):
+        assert token not in table and token not in json.dumps(row)
+    state = config_file.parent / "state"
+    for f in state.iterdir():
+        data = f.read_bytes()
+        assert str(ANSWER["access_token"]).encode() not in data, f.name
+        assert str(ANSWER["refresh_token"]).encode() not in data, f.name
+
+
+def test_import_from_stdin(config_file: Path) -> None:
+    result = run("import", "--config", str(config_file), "-", stdin=json.dumps(ANSWER))
+    assert result.returncode == 0, result.stderr
+    assert "usr_maria_42" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "is not JSON"),
+        (json.dumps({**ANSWER, "expires_in": "soon"}), "expires_in must be a whole number"),
+        (json.dumps({k: v for k, v in ANSWER.items() if k != "refresh_token"}), "refresh_token"),
+        (json.dumps({**ANSWER, "human_id": "maria"}), "human_id"),
+    ],
+)
+def test_import_of_malformed_input_says_why_and_writes_nothing(
+    config_file: Path, text: str, message: str
+) -> None:
+    result = run("import", "--config", str(config_file), "-", stdin=text)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(ANSWER["access_token"]) not in result.stderr
+    assert list((config_file.parent / "state").iterdir()) == []
+
+
+def test_status_without_a_store_says_so(config_file: Path) -> None:
+    result = run("status", "--config", str(config_file))
+    assert result.returncode == 1
+    assert "no store at" in result.stderr
+
+
+def test_wrong_key_refuses_and_leaves_the_store_untouched(config_file: Path) -> None:
+    answer = json.dumps(ANSWER)
+    assert run("import", "--config", str(config_file), "-", stdin=answer).returncode == 0
+    state = config_file.parent / "state"
+    before = {f.name: f.read_bytes() for f in state.iterdir()}
+    other = config_file.parent / "other.key"
+    assert main(["keygen", "--out", str(other)]) == 0
+    result = run("status", "--config", str(config_file), env={"HAASD_STORE_KEY": other.read_text()})
+    assert result.returncode == 1
+    assert "does not match this store" in result.stderr
+    assert {f.name: f.read_bytes() for f in state.iterdir()} == before
