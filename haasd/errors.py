@@ -12,6 +12,8 @@ callers decide with ``except``/``match`` on a class, never on a message string::
     │   ├── StoreNewerError    written by a newer haasd (schema version ahead of us)
     │   └── UnknownHumanError  no grant for that human
     ├── DecryptError           a sealed value failed authentication (tampered or moved)
+    ├── NeedsReconsentError    the grant is dead until the human consents again (409)
+    ├── TokenUnavailableError  no token with the time asked for can be had now (503)
     ├── TokenResponseError     a token answer that is not what the seed documents
     └── AuthError              the HaaS token endpoint said no, or could not be reached
         ├── TransientAuthError     retry later: network, timeout, 5xx, 429, malformed 200
@@ -30,6 +32,7 @@ __all__ = [
     "DecryptError",
     "HaasdError",
     "InvalidGrantError",
+    "NeedsReconsentError",
     "RateLimitedError",
     "RequestRejectedError",
     "StoreCorruptError",
@@ -37,6 +40,7 @@ __all__ = [
     "StoreLockedError",
     "StoreNewerError",
     "TokenResponseError",
+    "TokenUnavailableError",
     "TransientAuthError",
     "UnknownHumanError",
     "WrongKeyError",
@@ -87,6 +91,25 @@ class UnknownHumanError(StoreError):
 
 class DecryptError(HaasdError):
     """A sealed value failed to open: wrong key, tampered, or moved to another row/column."""
+
+
+class NeedsReconsentError(HaasdError):
+    """The grant cannot give a token until the human consents again."""
+
+    def __init__(self, human_id: str, reason: str | None) -> None:
+        self.human_id = human_id
+        self.reason = reason
+        super().__init__(f"human {human_id!r} must re-consent: {reason or 'grant expired'}")
+
+
+class TokenUnavailableError(HaasdError):
+    """No token with the requested time left can be had now; ``retry_after`` seconds."""
+
+    def __init__(self, human_id: str, reason: str, retry_after: float) -> None:
+        self.human_id = human_id
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(f"no fresh token for {human_id!r}: {reason}")
 
 
 class TokenResponseError(HaasdError):

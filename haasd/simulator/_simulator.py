@@ -1,0 +1,443 @@
+"""The :class:`Simulator`: the authorization server on a loopback TCP port."""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, cast, get_args
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import anyio
+import anyio.abc
+import httpx
+
+from haasd.clock import Activity, Clock
+from haasd.secret import Secret
+from haasd.simulator._authority import Authority, Decision, Settings
+from haasd.simulator._faults import (
+    MALFORMED_KINDS,
+    Drop,
+    Fail,
+    FaultBody,
+    FaultScript,
+    Malformed,
+    MalformedKind,
+    failure_reply,
+    malformed_reply,
+)
+from haasd.simulator._http import serve_connection
+from haasd.simulator._messages import Reply, Request, json_reply
+from haasd.simulator._ratelimit import PLAN_REQUESTS_PER_MINUTE, Plan
+from haasd.simulator._stats import SimulatorStats, TokenRequestRecord
+from haasd.simulator._tokenrequest import parse_token_request
+
+__all__ = ["Simulator", "SimulatorError"]
+
+_DECISIONS: frozenset[str] = frozenset(get_args(Decision))
+_DEFAULT_REDIRECT_URI = "https://app.example/callback"
+
+
+class SimulatorError(Exception):
+    """A convenience helper (:meth:`Simulator.consent`) could not do what was asked."""
+
+
+class Simulator:
+    """The HaaS authorization server with simulated humans, over real HTTP on loopback.
+
+    Every lifetime and limit runs on ``clock`` (wall time, ``clock.time()``): access and
+    refresh token expiry, the code lifetime, rate-limit windows and ``X-RateLimit-Reset``.
+    Real time is used only for socket timeouts and :meth:`latency`.
+
+    What a user must know:
+
+    * A grant's refresh tokens die at *code exchange time* + ``refresh_token_lifetime``;
+      rotation never extends it. Several grants per human may live side by side.
+    * A code is spent by its first presentation, successful or not; presenting it again
+      revokes the grant issued from it.
+    * With rotation, a spent refresh token is honoured once more within ``reuse_grace``
+      seconds, answering the *same* access and refresh token as the rotation did (so a
+      client that lost the answer recovers it) — unless the new token was used already.
+      Otherwise it is a reuse event: ``invalid_grant``, and the grant is revoked when
+      ``reuse_detection`` is on.
+    * The rate limit counts ``/token`` requests per claimed client id (a fixed 60-second
+      window aligned to the minute); the human's ``/authorize`` visits are not counted
+      but still carry the headers. Client authentication comes before ``grant_type``
+      checks, so an empty body is ``invalid_client`` (401).
+    * Faults apply to ``/token`` only, in the order they were queued. Unless
+      ``after_processing``, they stand in front of the service: no state change, no rate
+      budget spent, no ``X-RateLimit-*`` headers.
+
+    Secrets and tokens are never logged, printed or shown in a ``repr``.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        client_id: str,
+        client_secret: str | Secret,
+        redirect_uris: Sequence[str] | None = None,
+        plan: Plan = "pro",
+        requests_per_minute: int | None = None,
+        expires_in: int = 3600,
+        refresh_token_lifetime: float = 30 * 86400,
+        rotate_refresh_tokens: bool = False,
+        reuse_detection: bool = True,
+        send_refresh_token_expires_in: bool = False,
+        reuse_grace: float = 0.0,
+        omit_refresh_token_when_not_rotating: bool = True,
+        code_lifetime: float = 600.0,
+    ) -> None:
+        secret = client_secret if isinstance(client_secret, Secret) else Secret(client_secret)
+        if not client_id or not secret:
+            raise ValueError("client_id and client_secret must not be empty")
+        if plan not in PLAN_REQUESTS_PER_MINUTE:
+            raise ValueError(f"unknown plan {plan!r}; one of {', '.join(PLAN_REQUESTS_PER_MINUTE)}")
+        if requests_per_minute is not None and requests_per_minute < 1:
+            raise ValueError("requests_per_minute must be at least 1")
+        if expires_in < 1 or refresh_token_lifetime <= 0 or code_lifetime <= 0:
+            raise ValueError("lifetimes must be positive")
+        if reuse_grace < 0:
+            raise ValueError("reuse_grace must not be negative")
+        if isinstance(redirect_uris, str):
+            raise TypeError("redirect_uris is a sequence of URIs, not one string")
+        self._clock = clock
+        #: busy while a request is being answered; a :class:`~haasd.clock.ManualClock`
+        #: settle hook (``clock.add_settle_hook(sim.activity.wait_idle)``) keeps time
+        #: still until the answer is out
+        self.activity = Activity()
+        self.stats = SimulatorStats()
+        #: every ``/token`` request in arrival order
+        self.requests_log: list[TokenRequestRecord] = []
+        self._faults = FaultScript()
+        self._authority = Authority(
+            Settings(
+                client_id=client_id,
+                client_secret=secret,
+                redirect_uris=None if redirect_uris is None else tuple(redirect_uris),
+                requests_per_minute=requests_per_minute or PLAN_REQUESTS_PER_MINUTE[plan],
+                expires_in=expires_in,
+                refresh_token_lifetime=refresh_token_lifetime,
+                rotate_refresh_tokens=rotate_refresh_tokens,
+                reuse_detection=reuse_detection,
+                send_refresh_token_expires_in=send_refresh_token_expires_in,
+                reuse_grace=reuse_grace,
+                omit_refresh_token_when_not_rotating=omit_refresh_token_when_not_rotating,
+                code_lifetime=code_lifetime,
+            ),
+            self.stats,
+        )
+        self._base_url: str | None = None
+        self._browser: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        state = self._base_url or "not running"
+        return f"<Simulator client_id={self._authority.settings.client_id!r} {state}>"
+
+    # -- running ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        """Listen on 127.0.0.1 (a free port) and serve until the block ends.
+
+        Yields the base URL, e.g. ``"http://127.0.0.1:41234"``.
+        """
+        if self._base_url is not None:
+            raise RuntimeError("the simulator is already running")
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        async with listener, anyio.create_task_group() as task_group:
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio, not Django
+            self._base_url = f"http://127.0.0.1:{port}"
+            handler = partial(serve_connection, handler=self._handle, activity=self.activity)
+            task_group.start_soon(partial(listener.serve, handler, task_group=task_group))
+            try:
+                yield self._base_url
+            finally:
+                self._base_url = None
+                task_group.cancel_scope.cancel()
+                if self._browser is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._browser.aclose()
+                    self._browser = None
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            raise RuntimeError("the simulator is not running; use `async with sim.running()`")
+        return self._base_url
+
+    @property
+    def authorize_url(self) -> str:
+        return f"{self.base_url}/authorize"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}/token"
+
+    @property
+    def client_id(self) -> str:
+        return self._authority.settings.client_id
+
+    @property
+    def requests_per_minute(self) -> int:
+        return self._authority.settings.requests_per_minute
+
+    # -- humans -------------------------------------------------------------------------
+
+    def add_human(self, human_id: str, decision: Decision = "approve") -> None:
+        """Register a human (or change a known one's mind) for later visits."""
+        self._authority.add_human(human_id, _decision(decision))
+
+    def set_decision(self, human_id: str, decision: Decision) -> None:
+        """Change a known human's answer to future consent pages (KeyError if unknown)."""
+        self._authority.set_decision(human_id, _decision(decision))
+
+    def queue_human(self, human_id: str, decision: Decision | None = None) -> None:
+        """The next consent page visited without ``login_hint`` is read by ``human_id``.
+
+        ``decision`` applies to that one visit; ``None`` means the human's own
+        (``"approve"`` for a human not added before).
+        """
+        self._authority.queue_human(human_id, None if decision is None else _decision(decision))
+
+    def revoke(self, human_id: str) -> int:
+        """The human withdraws consent: every grant and unused code is revoked.
+
+        Returns how many grants were revoked.
+        """
+        return self._authority.revoke(human_id)
+
+    async def visit(self, authorization_url: str) -> str | None:
+        """Be the human's browser: open ``authorization_url``, return where it redirects.
+
+        Returns the ``Location`` (``code`` + ``state``, or ``error=...``), or ``None`` when
+        the human closes the page. An error page (unknown client, unregistered
+        redirect URI) raises :class:`httpx.HTTPStatusError`.
+        """
+        async with self._client() as browser:
+            response = await browser.get(authorization_url)
+        if response.is_redirect:
+            return response.headers["location"]
+        response.raise_for_status()
+        return None
+
+    async def consent(
+        self,
+        human_id: str | None = None,
+        scope: str = "status:read tasks:dispatch",
+        *,
+        redirect_uri: str | None = None,
+    ) -> dict[str, Any]:
+        """Run a whole consent (authorize with PKCE, then exchange the code) over HTTP.
+
+        A shortcut for tests that need "a human who consented": returns the token
+        response body. The ``/token`` request counts like any other (rate limit, faults).
+        Raises :class:`SimulatorError` if the human does not approve.
+        """
+        redirect_uri = redirect_uri or next(
+            iter(self._authority.settings.redirect_uris or ()), _DEFAULT_REDIRECT_URI
+        )
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        state = secrets.token_urlsafe(16)
+        query = {
+            "client_id": self.client_id,
+            "redirect_uri": redirect_uri,
+            "response_type": "code",
+            "scope": scope,
+            "state": state,
+            "code_challenge": challenge.rstrip(b"=").decode(),
+            "code_challenge_method": "S256",
+        }
+        if human_id is not None:
+            query["login_hint"] = human_id
+        location = await self.visit(f"{self.authorize_url}?{urlencode(query)}")
+        if location is None:
+            raise SimulatorError("the human closed the consent page")
+        answer = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+        if "code" not in answer or answer.get("state") != state:
+            raise SimulatorError(f"consent refused: {answer.get('error', 'no code')}")
+        body = {
+            "grant_type": "authorization_code",
+            "code": answer["code"],
+            "redirect_uri": redirect_uri,
+            "client_id": self.client_id,
+            "client_secret": self._authority.settings.client_secret.reveal(),
+            "code_verifier": verifier,
+        }
+        async with self._client() as client:
+            response = await client.post(self.token_url, json=body)
+        if response.status_code != 200:
+            raise SimulatorError(f"code exchange failed with HTTP {response.status_code}")
+        tokens: dict[str, Any] = response.json()
+        return tokens
+
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
+        """One client while running (a new one costs tens of ms), else a temporary one."""
+        if self._base_url is None:
+            async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
+                yield client
+            return
+        if self._browser is None:
+            self._browser = httpx.AsyncClient(trust_env=False, timeout=10.0)
+        yield self._browser
+
+    # -- faults -------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 503,
+        body: FaultBody = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer the next ``n`` ``/token`` requests with ``status`` without processing them.
+
+        ``body`` is JSON (a mapping), text or bytes; ``None`` gives a default: for 429 the
+        seed's rate-limit body (``retry_after`` from a numeric ``Retry-After`` in
+        ``headers``, else 1, with ``Retry-After: 1``); for 503 ``temporarily_unavailable``;
+        otherwise ``server_error``. ``headers`` are sent as given (``Retry-After`` as an
+        HTTP-date, ``X-RateLimit-*``, ...).
+        """
+        if not 200 <= status <= 599 or status in (204, 304):
+            raise ValueError("status must be 200-599 and allow a body")
+        self._faults.push(Fail(failure_reply(status, body, headers)), n)
+
+    def flaky(self, probability: float, seed: int | None = 0) -> None:
+        """Answer ``/token`` requests with a random 5xx with ``probability``, from now on.
+
+        The status is one of 500, 502, 503, 504; the dice are seeded with ``seed``, so a
+        run repeats. Scripted faults (``*_next``) go first; ``flaky(0)`` stops it.
+        """
+        self._faults.set_flaky(probability, seed)
+
+    def latency(self, seconds: float) -> None:
+        """Wait ``seconds`` of real time before handling each ``/token`` request.
+
+        A client that gives up meanwhile does not stop the request: it is handled when
+        the wait ends, as on a slow server. ``latency(0)`` stops it.
+        """
+        if seconds < 0:
+            raise ValueError("latency must not be negative")
+        self._faults.latency = seconds
+
+    def drop_next(self, n: int = 1, after_processing: bool = False) -> None:
+        """Close the connection of the next ``n`` ``/token`` requests without answering.
+
+        ``after_processing=True`` handles the request first (the code is spent, the
+        refresh token rotated) and loses the answer.
+        """
+        self._faults.push(Drop(after_processing), n)
+
+    def malformed_next(
+        self, n: int = 1, kind: MalformedKind = "html", after_processing: bool = False
+    ) -> None:
+        """Answer the next ``n`` ``/token`` requests with a malformed success of ``kind``:
+
+        ``html`` (a sign-in page with 200), ``empty``, ``truncated_json``,
+        ``missing_access_token``, ``bad_expires_in`` (a string), ``wrong_token_type``,
+        ``oversized`` (4 MiB), ``redirect`` (a 302 elsewhere). Without
+        ``after_processing`` the tokens in it were never issued; with it, the request is
+        handled and its real answer mangled (the new tokens are lost to the client).
+        """
+        if kind not in MALFORMED_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; one of {', '.join(MALFORMED_KINDS)}")
+        self._faults.push(Malformed(kind, after_processing), n)
+
+    def clear_faults(self) -> None:
+        """Forget scripted faults, flakiness and latency."""
+        self._faults.clear()
+
+    @property
+    def pending_faults(self) -> int:
+        """Scripted faults not yet used."""
+        return len(self._faults)
+
+    # -- observation ----------------------------------------------------------------------
+
+    def validate_access_token(self, token: str) -> str | None:
+        """The human an access token speaks for, if it is valid now; else ``None``."""
+        return self._authority.validate_access_token(token, self._clock.time())
+
+    def has_active_grant(self, human_id: str) -> bool:
+        """Whether ``human_id`` has a grant that is neither revoked nor past its limit."""
+        return self._authority.has_active_grant(human_id, self._clock.time())
+
+    def max_requests_in_window(self, seconds: float = 60.0) -> int:
+        """The most ``/token`` requests logged within any ``seconds``-long span."""
+        times = sorted(record.time for record in self.requests_log)
+        return max(
+            (bisect.bisect_left(times, t + seconds) - i for i, t in enumerate(times)), default=0
+        )
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def _handle(self, request: Request) -> Reply | None:
+        self.stats.requests += 1
+        reply: Reply | None
+        match request.path:
+            case "/token":
+                reply = await self._handle_token(request)
+            case "/authorize" if request.method == "GET":
+                self.stats.authorize_requests += 1
+                reply = self._authority.authorize(request.query, self._clock.time())
+            case "/health" if request.method in ("GET", "HEAD"):
+                reply = json_reply(200, {"status": "ok"})
+            case "/authorize" | "/health":
+                reply = json_reply(405, {"error": "method_not_allowed"}, (("Allow", "GET"),))
+            case _:
+                reply = json_reply(404, {"error": "not_found"})
+        if reply is not None:
+            self.stats.statuses[reply.status] += 1
+        return reply
+
+    async def _handle_token(self, request: Request) -> Reply | None:
+        if request.method != "POST":
+            return json_reply(405, {"error": "method_not_allowed"}, (("Allow", "POST"),))
+        parsed = parse_token_request(request.headers, request.body)
+        grant_type = parsed.params.get("grant_type")
+        human_id = self._authority.human_for(parsed)
+        self.stats.token_requests[grant_type or ""] += 1
+        if self._faults.latency:
+            await anyio.sleep(self._faults.latency)
+        now = self._clock.time()
+        fault = self._faults.next()
+        reply: Reply | None
+        match fault:
+            case Drop(after_processing=False):
+                reply = None
+            case Fail(reply=reply):
+                self.stats.injected += 1
+            case Malformed(kind=kind, after_processing=False):
+                reply = malformed_reply(kind, None)
+                self.stats.injected += 1
+            case _:
+                processed = self._authority.token(parsed, now)
+                human_id = processed.human_id or human_id
+                reply = processed
+                match fault:
+                    case Drop():
+                        reply = None
+                    case Malformed(kind=kind):
+                        rate = tuple(h for h in processed.headers if h[0].startswith("X-RateLimit"))
+                        reply = malformed_reply(kind, processed).with_headers(rate)
+                        self.stats.injected += 1
+        if reply is None:
+            self.stats.dropped += 1
+        record = TokenRequestRecord(
+            now, grant_type, human_id, None if reply is None else reply.status
+        )
+        self.requests_log.append(record)
+        return reply
+
+
+def _decision(decision: str) -> Decision:
+    if decision not in _DECISIONS:
+        raise ValueError(f"decision must be one of {', '.join(sorted(_DECISIONS))}")
+    return cast(Decision, decision)
