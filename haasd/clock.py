@@ -13,6 +13,7 @@ are stored or shown — token expiries, the 30-day limit. Monotonic time
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time as _time
@@ -104,6 +105,21 @@ class ScaledClock:
         await self.sleep(deadline - self.monotonic())
 
 
+async def _all_tasks_blocked() -> None:
+    """Return once every other task waits on something (as anyio's
+    ``wait_all_tasks_blocked``, but yielding with ``sleep(0)`` rather than 0.1 s, so a
+    simulated month of wake-ups costs milliseconds, not minutes)."""
+    this = asyncio.current_task()
+    while True:
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks():
+            waiter = getattr(task, "_fut_waiter", None)  # what the task awaits, if anything
+            if task is not this and (waiter is None or waiter.done()):
+                break
+        else:
+            return
+
+
 @dataclass(order=True, slots=True)
 class _Sleeper:
     deadline: float
@@ -127,7 +143,7 @@ class ManualClock:
         self._mono = 0.0
         self._sleepers: list[_Sleeper] = []
         self._counter = itertools.count()
-        self._settle_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._settle_hooks: list[Callable[[], Awaitable[object]]] = []
 
     def time(self) -> float:
         return self._wall0 + self._mono
@@ -152,8 +168,11 @@ class ManualClock:
                 self._sleepers.remove(sleeper)
                 heapq.heapify(self._sleepers)
 
-    def add_settle_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
-        """Also wait for ``hook()`` after each wake-up (e.g. "no HTTP request in flight")."""
+    def add_settle_hook(self, hook: Callable[[], Awaitable[object]]) -> None:
+        """Also wait for ``hook()`` after each wake-up (e.g. "no HTTP request in flight").
+
+        A hook returns something true when it had to wait: then everything settles again.
+        """
         self._settle_hooks.append(hook)
 
     def next_deadline(self) -> float | None:
@@ -161,11 +180,14 @@ class ManualClock:
         return self._sleepers[0].deadline if self._sleepers else None
 
     async def settle(self) -> None:
-        """Let every runnable task run until all are blocked again."""
-        await anyio.wait_all_tasks_blocked()
-        for hook in self._settle_hooks:
-            await hook()
-            await anyio.wait_all_tasks_blocked()
+        """Let every task run until all are blocked and no settle hook had to wait."""
+        while True:
+            await _all_tasks_blocked()
+            waited = False
+            for hook in self._settle_hooks:
+                waited = bool(await hook()) or waited
+            if not waited:
+                return
 
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, waking sleepers in deadline order."""
@@ -216,5 +238,9 @@ class Activity:
             if self._count == 0:
                 self._idle.set()
 
-    async def wait_idle(self) -> None:
+    async def wait_idle(self) -> bool:
+        """Wait until nothing is in flight; True if that meant waiting."""
+        if self._count == 0:
+            return False
         await self._idle.wait()
+        return True

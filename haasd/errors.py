@@ -144,8 +144,9 @@ class TransientAuthError(AuthError):
         super().__init__(error_type, message, status=status)
         #: seconds the server asked us to wait, if it said
         self.retry_after = retry_after
-        #: False when the request certainly never reached the server (connect failed),
-        #: True when it may have been processed (an answer may have been lost).
+        #: True when the server may have acted on the request and its answer was lost
+        #: (read timeout, reset, malformed 2xx, 502/504): retry promptly with the same
+        #: refresh token. False when it did not act (connect failed, 429, 503, ...).
         self.sent = sent
 
 

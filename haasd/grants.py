@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from haasd.errors import ClientAuthError, HaasdError, InvalidGrantError, RequestRejectedError
 from haasd.clock import rfc3339
+from haasd.errors import ClientAuthError, HaasdError, InvalidGrantError, RequestRejectedError
 from haasd.secret import Secret
 from haasd.tokens import TokenResponse
 

@@ -189,6 +189,11 @@ class Simulator:
 
     # -- humans -------------------------------------------------------------------------
 
+    @property
+    def clock(self) -> Clock:
+        """The clock every lifetime and limit of this server runs on."""
+        return self._clock
+
     def add_human(self, human_id: str, decision: Decision = "approve") -> None:
         """Register a human (or change a known one's mind) for later visits."""
         self._authority.add_human(human_id, _decision(decision))

@@ -1,0 +1,646 @@
+"""The refresh engine: every grant fresh, inside the rate limit, never a lost refresh token.
+
+It holds every grant in memory (tokens decrypted once at start) and keeps them current:
+
+* **One heap** of wall-clock deadlines, one entry per grant (stale entries skipped by
+  version), drives everything: refreshes ahead of expiry and the clock passing the
+  re-consent warning or the 30-day limit. Between deadlines the engine sleeps.
+* **Due refreshes** go to a ready queue ordered by access expiry — earliest first when
+  demand exceeds the budget — drained by a few workers.
+* **Single flight**: at most one refresh per grant is in flight, whoever asked for it
+  (the schedule, :meth:`Refresher.ensure_fresh`, an admin); the rest wait for it. The
+  flight runs in the engine's own task group, so a caller that goes away cannot cut it.
+* **Write before serve**: an intent (fingerprint of the refresh token being spent) is
+  written before the request; the answer's tokens are written, synced and shielded from
+  cancellation before memory — and so any reader — sees them.
+
+Policy (when, what an answer means) is :mod:`haasd.grants`; this module does the I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+
+from haasd.authclient import AuthClient
+from haasd.clock import Activity, Clock, rfc3339
+from haasd.crypto import fingerprint
+from haasd.errors import (
+    ClientAuthError,
+    HaasdError,
+    NeedsReconsentError,
+    RequestRejectedError,
+    StoreError,
+    TokenResponseError,
+    TokenUnavailableError,
+    TransientAuthError,
+    UnknownHumanError,
+)
+from haasd.events import Event, EventBus
+from haasd.grants import (
+    Answer,
+    Grant,
+    Policy,
+    RefreshIntent,
+    Serve,
+    State,
+    classify,
+    failure_retry_at,
+    refresh_due_at,
+    serve_decision,
+    state_at,
+    transition,
+)
+from haasd.ratelimit import RateBudget
+from haasd.store import Store
+from haasd.tokens import TokenResponse
+
+__all__ = ["Refresher", "RefresherStats"]
+
+_log = structlog.get_logger("haasd.refresher")
+
+#: the longest the scheduler sleeps without looking again (wall-clock steps, reloads)
+MAX_SLEEP: Final = 600.0
+#: prompt retries, with the same refresh token, of a request whose answer was lost
+LOST_ANSWER_RETRIES: Final = 2
+LOST_ANSWER_DELAY: Final = 1.0
+#: overdue grants at start-up are spread over up to this many seconds
+STARTUP_SPREAD: Final = 30.0
+INTERRUPTED: Final = (
+    "a refresh-token rotation was interrupted (the answer never reached haasd) and the "
+    "server refused the retry; the human must re-consent"
+)
+
+Checkpoint = Callable[[str, str], None]
+
+
+@dataclass(slots=True)
+class RefresherStats:
+    """Figures for health and /metrics."""
+
+    refreshes: Counter[str] = field(default_factory=Counter)  # by outcome
+    latencies: list[float] = field(default_factory=list)  # seconds, drained by /metrics
+    client_fault: str | None = None
+    store_error: str | None = None
+    at_risk: int = 0
+
+
+@dataclass(slots=True)
+class _Flight:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: HaasdError | None = None
+
+
+class Refresher:
+    """Owns the in-memory grants and keeps them fresh. Run it with ``tg.start(r.run)``."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        auth: AuthClient,
+        clock: Clock,
+        policy: Policy,
+        events: EventBus,
+        budget: RateBudget,
+        rng: random.Random | None = None,
+        activity: Activity | None = None,
+        workers: int = 4,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self.store = store
+        self.auth = auth
+        self.clock = clock
+        self.policy = policy
+        self.events = events
+        self.stats = RefresherStats()
+        self.budget = budget
+        self._rng = rng or random.Random()
+        self._activity = activity or Activity()
+        self._workers = workers
+        self._checkpoint = checkpoint
+        self._grants: dict[str, Grant] = {}
+        self._versions: dict[str, int] = {}
+        self._heap: list[tuple[float, int, str, int]] = []  # (when, seq, human, version)
+        self._ready: list[tuple[float, int, str]] = []  # (access expiry, seq, human)
+        self._seq = itertools.count()
+        self._flights: dict[str, _Flight] = {}
+        self._interrupted: set[str] = set()  # humans whose last answer may have been lost
+        self._wakeup = anyio.Event()
+        self._ready_event = anyio.Event()
+        self._tg: TaskGroup | None = None
+
+    # --- what the server reads ----------------------------------------------------------
+
+    def grant(self, human_id: str) -> Grant | None:
+        return self._grants.get(human_id)
+
+    def grants(self) -> Iterable[Grant]:
+        return self._grants.values()
+
+    async def ensure_fresh(self, human_id: str, min_ttl: float = 0.0) -> Grant:
+        """A grant whose access token has more than ``min_ttl`` seconds left.
+
+        Refreshes now if needed — sharing any refresh already in flight — and raises
+        :class:`UnknownHumanError`, :class:`NeedsReconsentError` or
+        :class:`TokenUnavailableError` (with ``retry_after``) when there is none to be had.
+        """
+        attempted = False
+        while True:
+            grant = self._grants.get(human_id)
+            if grant is None:
+                raise UnknownHumanError(human_id)
+            now = self.clock.time()
+            state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
+            decision = serve_decision(state, grant.access_expires_at, now, min_ttl)
+            if decision is Serve.SERVE:
+                self._served(grant, now)
+                return grant
+            if decision is Serve.NEEDS_RECONSENT:
+                raise NeedsReconsentError(human_id, grant.last_error)
+            if attempted:
+                reason = grant.last_error or (
+                    f"the server grants tokens of {grant.access_expires_at - now:.0f}s, "
+                    f"less than the {min_ttl:.0f}s asked for"
+                )
+                raise TokenUnavailableError(human_id, reason, self._retry_after(grant, now))
+            self._refuse_if_backing_off(grant, now)
+            await self._fly(human_id).done.wait()
+            attempted = True
+
+    async def refresh_now(self, human_id: str) -> Grant:
+        """Refresh now, whatever the schedule says (admin). Raises what the attempt met."""
+        grant = self._grants.get(human_id)
+        if grant is None:
+            raise UnknownHumanError(human_id)
+        now = self.clock.time()
+        if (
+            state_at(grant.state, grant.refresh_expires_at, now, self.policy)
+            is State.NEEDS_RECONSENT
+        ):
+            raise NeedsReconsentError(human_id, grant.last_error)
+        flight = self._fly(human_id, force=True)
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return self._grants[human_id]
+
+    async def add(self, grant: Grant) -> None:
+        """Store a new or replaced grant (a consent) and schedule it."""
+        with anyio.CancelScope(shield=True), self._activity.busy():
+            await self.store.put_grant(grant)
+        self._grants[grant.human_id] = grant
+        self._interrupted.discard(grant.human_id)
+        self._schedule(grant, self.clock.time())
+
+    async def delete(self, human_id: str) -> bool:
+        with anyio.CancelScope(shield=True), self._activity.busy():
+            existed = await self.store.delete_grant(human_id)
+        self._grants.pop(human_id, None)
+        self._versions.pop(human_id, None)
+        return existed
+
+    def health(self) -> dict[str, object]:
+        now = self.clock.time()
+        reasons: list[str] = []
+        if self.stats.client_fault:
+            reasons.append(f"refreshing stopped: {self.stats.client_fault}")
+        if self.stats.store_error:
+            reasons.append(f"store not writable: {self.stats.store_error}")
+        at_risk = self._at_risk(now)
+        if at_risk:
+            reasons.append(f"{at_risk} grant(s) may expire before the rate budget reaches them")
+        blocked = self.budget.blocked_until
+        return {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "grants": len(self._grants),
+            "refresh_backlog": len(self._ready),
+            "in_flight": len(self._flights),
+            "rate_budget_remaining": self.budget.remaining,
+            "rate_blocked_for": None
+            if blocked is None
+            else max(0.0, blocked - self.clock.monotonic()),
+        }
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Load every grant, then keep them fresh until cancelled."""
+        await self._load()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for _ in range(self._workers):
+                tg.start_soon(self._worker)
+            task_status.started()
+            await self._schedule_loop()
+
+    async def _load(self) -> None:
+        with self._activity.busy():
+            grants = await self.store.list_grants()
+        now = self.clock.time()
+        for grant in grants:
+            if grant.intent is not None:
+                self._interrupted.add(grant.human_id)
+            self._grants[grant.human_id] = grant
+        for grant in grants:
+            await self._apply_clock(grant.human_id, now)
+            self._schedule(self._grants[grant.human_id], now, startup=True)
+        capacity = self._capacity()
+        live = sum(1 for g in self._grants.values() if not self._idle(g, now))
+        _log.info(
+            "grants loaded",
+            grants=len(grants),
+            interrupted=len(self._interrupted),
+            plan_capacity=capacity,
+            requests_per_minute=self.budget.limit,
+        )
+        if live > capacity:
+            _log.warning(
+                "more grants than the plan can keep fresh",
+                refreshed_ahead=live,
+                plan_capacity=capacity,
+                hint="raise requests_per_minute/plan, or rely on refresh_idle for dormant grants",
+            )
+
+    def _capacity(self) -> int:
+        """Grants the budget keeps fresh: requests per hour ÷ refreshes per grant per hour."""
+        lifetime = 3600.0  # the HaaS docs' access-token lifetime; the answer decides per grant
+        per_grant_per_hour = 3600.0 / (self.policy.refresh_fraction * lifetime)
+        return int(self.budget.limit * 60 / per_grant_per_hour)
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            now = self.clock.time()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, human_id, version = heapq.heappop(self._heap)
+                if self._versions.get(human_id) == version:
+                    await self._due(human_id, now)
+            delay = MAX_SLEEP
+            if self._heap:
+                delay = min(delay, self._heap[0][0] - now)
+            self._wakeup = anyio.Event()
+            await self._sleep_or_wakeup(delay)
+
+    async def _sleep_or_wakeup(self, delay: float) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def sleeper() -> None:
+                await self.clock.sleep(delay)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(sleeper)
+            await self._wakeup.wait()
+            tg.cancel_scope.cancel()
+
+    async def _due(self, human_id: str, now: float) -> None:
+        grant = await self._apply_clock(human_id, now)
+        if grant is None:
+            return
+        if self._wants_refresh(grant, now):
+            heapq.heappush(self._ready, (grant.access_expires_at, next(self._seq), human_id))
+            self._ready_event.set()
+        else:
+            self._schedule(grant, now)
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._ready:
+                self._ready_event = anyio.Event()
+                await self._ready_event.wait()
+            _, _, human_id = heapq.heappop(self._ready)
+            grant = self._grants.get(human_id)
+            if grant is None or not self._wants_refresh(grant, self.clock.time()):
+                if grant is not None:
+                    self._schedule(grant, self.clock.time())
+                continue
+            await self._fly(human_id).done.wait()
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    def _idle(self, grant: Grant, now: float) -> bool:
+        last = grant.last_served_at if grant.last_served_at is not None else grant.consented_at
+        return now - last > self.policy.refresh_idle
+
+    def _wants_refresh(self, grant: Grant, now: float) -> bool:
+        return (
+            grant.state is not State.NEEDS_RECONSENT
+            and self.stats.client_fault is None
+            and not self._idle(grant, now)
+            and (grant.next_refresh_at is None or grant.next_refresh_at <= now)
+        )
+
+    def _schedule(self, grant: Grant, now: float, *, startup: bool = False) -> None:
+        """(Re)place the grant's one heap entry at its next deadline."""
+        if grant.state is State.NEEDS_RECONSENT:
+            self._versions.pop(grant.human_id, None)
+            return
+        when = grant.refresh_expires_at
+        if grant.state is State.ACTIVE:
+            when = min(when, grant.refresh_expires_at - self.policy.reconsent_warning)
+        if self.stats.client_fault is None and not self._idle(grant, now):
+            due = grant.next_refresh_at if grant.next_refresh_at is not None else now
+            if startup and grant.human_id in self._interrupted:
+                due = now  # the last answer may have been lost: retry promptly
+            if startup and due <= now:
+                spread = min(STARTUP_SPREAD, max(0.0, grant.access_expires_at - now) / 4)
+                due = now + self._rng.uniform(0, spread)
+            when = min(when, due)
+        version = self._versions.get(grant.human_id, 0) + 1
+        self._versions[grant.human_id] = version
+        heapq.heappush(self._heap, (when, next(self._seq), grant.human_id, version))
+        if when <= self._heap[0][0]:  # the new entry is first: the loop must look again
+            self._wakeup.set()
+
+    async def _apply_clock(self, human_id: str, now: float) -> Grant | None:
+        """Move the grant's state as the clock says; persist and announce a change."""
+        grant = self._grants.get(human_id)
+        if grant is None:
+            return None
+        state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
+        if state is grant.state:
+            return grant
+        grant = replace(grant, state=state)
+        if state is State.NEEDS_RECONSENT:
+            grant = replace(
+                grant, last_error="the refresh token reached its limit; re-consent needed"
+            )
+        with anyio.CancelScope(shield=True), self._activity.busy():
+            await self.store.update_status(
+                human_id,
+                state=state,
+                last_error=grant.last_error,
+                consecutive_failures=grant.consecutive_failures,
+                next_refresh_at=grant.next_refresh_at,
+            )
+        self._grants[human_id] = grant
+        self._announce_state(
+            grant,
+            "the refresh token's limit is near"
+            if state is State.RECONSENT_DUE
+            else "refresh_token_expired",
+        )
+        return grant
+
+    def _announce_state(self, grant: Grant, reason: str) -> None:
+        now = self.clock.time()
+        details: dict[str, object] = {
+            "reason": reason,
+            "refresh_expires_at": rfc3339(grant.refresh_expires_at),
+            "days_left": max(0, int((grant.refresh_expires_at - now) // 86400)),
+        }
+        if grant.state is State.RECONSENT_DUE:
+            self.events.publish(Event("grant.reconsent_due", grant.human_id, now, details))
+            _log.info("re-consent due", human_id=grant.human_id, days_left=details["days_left"])
+        elif grant.state is State.NEEDS_RECONSENT:
+            self.events.publish(Event("grant.needs_reconsent", grant.human_id, now, details))
+            _log.warning("re-consent needed", human_id=grant.human_id, reason=reason)
+
+    def _served(self, grant: Grant, now: float) -> None:
+        was_idle = self._idle(grant, now)
+        self.store.mark_served(grant.human_id, now)
+        self._grants[grant.human_id] = replace(grant, last_served_at=now)
+        if was_idle:
+            self._schedule(self._grants[grant.human_id], now)
+
+    def _refuse_if_backing_off(self, grant: Grant, now: float) -> None:
+        if self.stats.client_fault is not None:
+            raise TokenUnavailableError(grant.human_id, self.stats.client_fault, 60.0)
+        blocked = self.budget.blocked_until
+        if blocked is not None and blocked > self.clock.monotonic():
+            wait = blocked - self.clock.monotonic()
+            raise TokenUnavailableError(
+                grant.human_id, "the HaaS rate limit asks haasd to wait", wait
+            )
+        retry_at = grant.next_refresh_at or 0.0
+        backing_off = grant.consecutive_failures > 0 and retry_at > now
+        if backing_off and grant.human_id not in self._flights:
+            reason = grant.last_error or "refresh failing"
+            raise TokenUnavailableError(grant.human_id, reason, retry_at - now)
+
+    def _retry_after(self, grant: Grant, now: float) -> float:
+        if grant.next_refresh_at is not None and grant.next_refresh_at > now:
+            return grant.next_refresh_at - now
+        return self.policy.backoff_base
+
+    def _at_risk(self, now: float) -> int:
+        """Waiting grants whose token ends before the budget can reach them."""
+        per_request = 60.0 / self.budget.limit
+        at_risk = 0
+        for position, (expiry, _, _) in enumerate(sorted(self._ready)):
+            if expiry <= now + position * per_request:
+                at_risk += 1
+        self.stats.at_risk = at_risk
+        return at_risk
+
+    # --- one refresh ----------------------------------------------------------------------
+
+    def _fly(self, human_id: str, *, force: bool = False) -> _Flight:
+        """The refresh in flight for ``human_id``, starting one if there is none."""
+        flight = self._flights.get(human_id)
+        if flight is None:
+            flight = _Flight()
+            self._flights[human_id] = flight
+            assert self._tg is not None, "the refresher is not running"  # noqa: S101
+            self._tg.start_soon(self._run_flight, human_id, flight, force)
+        return flight
+
+    async def _run_flight(self, human_id: str, flight: _Flight, force: bool) -> None:
+        try:
+            flight.error = await self._refresh(human_id, force=force)
+        except StoreError as exc:
+            # the disk said no: nothing is served that is not on disk; try again later
+            flight.error = exc
+            self.stats.store_error = str(exc)
+            _log.error(
+                "cannot write the store; refresh postponed", human_id=human_id, error=str(exc)
+            )
+            grant = self._grants.get(human_id)
+            if grant is not None:
+                now = self.clock.time()
+                retry = failure_retry_at(
+                    now, 3, grant.access_expires_at, None, self.policy, self._rng
+                )
+                self._grants[human_id] = replace(grant, next_refresh_at=retry)
+                self._schedule(self._grants[human_id], now)
+        else:
+            self.stats.store_error = None
+        finally:
+            del self._flights[human_id]
+            flight.done.set()
+
+    async def _refresh(self, human_id: str, *, force: bool) -> HaasdError | None:
+        grant = await self._apply_clock(human_id, self.clock.time())
+        if grant is None:
+            return UnknownHumanError(human_id)
+        if grant.state is State.NEEDS_RECONSENT:
+            return NeedsReconsentError(human_id, grant.last_error)
+        if self.stats.client_fault is not None and not force:
+            return ClientAuthError("client_fault", self.stats.client_fault)
+        interrupted = human_id in self._interrupted
+        intent = RefreshIntent(
+            uuid.uuid4().hex, fingerprint(grant.refresh_token), self.clock.time()
+        )
+        with anyio.CancelScope(shield=True), self._activity.busy():
+            await self.store.begin_refresh(human_id, intent)
+        grant = replace(grant, intent=intent)
+        self._grants[human_id] = grant
+        lost = 0
+        while True:
+            try:
+                answer = await self.auth.refresh(
+                    grant.refresh_token, human_id=human_id, scope=grant.scope
+                )
+            except TransientAuthError as exc:
+                if exc.sent and lost < LOST_ANSWER_RETRIES:
+                    lost += 1  # the server may have rotated: retry with the same token, promptly
+                    interrupted = True
+                    await self.clock.sleep(LOST_ANSWER_DELAY)
+                    continue
+                return await self._failed(grant, exc, interrupted=interrupted)
+            except HaasdError as exc:
+                return await self._failed(grant, exc, interrupted=interrupted)
+            self._hook("answered", human_id)
+            await self._succeeded(grant, answer)
+            self._hook("written", human_id)
+            return None
+
+    def _hook(self, point: str, human_id: str) -> None:
+        if self._checkpoint is not None:
+            self._checkpoint(point, human_id)
+
+    async def _succeeded(self, grant: Grant, answer: TokenResponse) -> None:
+        now = self.clock.time()
+        limit = grant.refresh_expires_at
+        if answer.refresh_token_expires_in is not None:
+            limit = now + answer.refresh_token_expires_in
+        state = state_at(transition(grant.state, Answer.OK), limit, now, self.policy)
+        new = replace(
+            grant,
+            scope=answer.scope,
+            access_token=answer.access_token,
+            access_expires_at=now + answer.expires_in,
+            refresh_token=answer.refresh_token or grant.refresh_token,
+            refresh_expires_at=limit,
+            last_refresh_at=now,
+            state=state,
+            last_error=None,
+            consecutive_failures=0,
+            next_refresh_at=refresh_due_at(now, answer.expires_in, self.policy, self._rng),
+            intent=None,
+        )
+        with anyio.CancelScope(shield=True), self._activity.busy():
+            await self.store.finish_refresh(new)
+        self._grants[grant.human_id] = new
+        self._interrupted.discard(grant.human_id)
+        if self.stats.client_fault is not None:
+            _log.info("refreshing resumed: the server accepted our client credentials")
+            self.stats.client_fault = None
+            for g in list(self._grants.values()):
+                self._schedule(g, now)
+        self.stats.refreshes["ok"] += 1
+        self._schedule(new, now)
+        self.events.publish(
+            Event(
+                "token.refreshed",
+                new.human_id,
+                now,
+                {
+                    "expires_at": rfc3339(new.access_expires_at),
+                    "rotated": answer.refresh_token is not None,
+                },
+            )
+        )
+        if new.state is not grant.state:
+            self._announce_state(new, "the refresh token's limit is near")
+
+    async def _failed(self, grant: Grant, exc: HaasdError, *, interrupted: bool) -> HaasdError:
+        now = self.clock.time()
+        answer = classify(exc)
+        human_id = grant.human_id
+        self.stats.refreshes[answer.value] += 1
+        if answer is Answer.REFUSED:
+            reason = INTERRUPTED if interrupted else f"the server refused the grant: {exc}"
+            new = replace(
+                grant,
+                state=transition(grant.state, answer),
+                access_expires_at=min(grant.access_expires_at, now),
+                last_error=reason,
+                next_refresh_at=None,
+                intent=None,
+            )
+        elif answer is Answer.CLIENT_FAULT:
+            if self.stats.client_fault is None:
+                self.stats.client_fault = f"the server rejects haasd's client ({exc})"
+                _log.error(
+                    "refreshing stopped for all grants: the token endpoint rejects our client",
+                    error=str(exc),
+                    hint="check haas.client_id and the client secret; reload or restart haasd",
+                )
+            new = replace(grant, intent=None)
+        else:
+            failures = grant.consecutive_failures + 1
+            retry_after = exc.retry_after if isinstance(exc, TransientAuthError) else None
+            if retry_after is not None and retry_after > self.policy.retry_after_cap:
+                _log.warning("capping an absurd Retry-After", retry_after=retry_after)
+            # a malformed 200 came from a server that may have rotated the token
+            sent = isinstance(exc, TokenResponseError) or (
+                isinstance(exc, TransientAuthError) and exc.sent
+            )
+            new = replace(
+                grant,
+                consecutive_failures=failures,
+                last_error=f"{getattr(exc, 'error_type', 'error')}: {exc}",
+                next_refresh_at=failure_retry_at(
+                    now, failures, grant.access_expires_at, retry_after, self.policy, self._rng
+                ),
+                intent=grant.intent if sent else None,
+            )
+            if sent:
+                self._interrupted.add(human_id)
+        with anyio.CancelScope(shield=True), self._activity.busy():
+            await self.store.finish_refresh(new)
+        self._grants[human_id] = new
+        if answer is Answer.REFUSED:
+            self._interrupted.discard(human_id)
+            self._versions.pop(human_id, None)
+            _log.warning("grant refused by the server", human_id=human_id, reason=new.last_error)
+            self.events.publish(
+                Event("grant.needs_reconsent", human_id, now, {"reason": new.last_error})
+            )
+        elif answer is Answer.CLIENT_FAULT:
+            self._schedule(new, now)
+        else:
+            _log.info(
+                "refresh failed; will retry",
+                human_id=human_id,
+                error=new.last_error,
+                failures=new.consecutive_failures,
+                retry_in=round((new.next_refresh_at or now) - now, 1),
+            )
+            self.events.publish(
+                Event(
+                    "refresh.failed",
+                    human_id,
+                    now,
+                    {
+                        "reason": new.last_error,
+                        "failures": new.consecutive_failures,
+                        "retry_at": rfc3339(new.next_refresh_at or now),
+                    },
+                )
+            )
+            self._schedule(new, now)
+        if isinstance(exc, RequestRejectedError):
+            _log.error("the token endpoint rejected haasd's request", error=str(exc))
+        return exc

@@ -1,0 +1,594 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from haasd import __version__
+from haasd.authclient import AuthClient, RequestFormat
+from haasd.clock import Activity, ManualClock
+from haasd.config import HaasConfig, SecretSource
+from haasd.errors import (
+    AuthError,
+    ClientAuthError,
+    InvalidGrantError,
+    RateLimitedError,
+    RequestRejectedError,
+    TokenResponseError,
+    TransientAuthError,
+)
+from haasd.grants import Answer, classify
+from haasd.ratelimit import MAX_WAIT, RateBudget
+from haasd.secret import Secret
+
+TOKEN_URL = "https://auth.haas.test/token"
+CLIENT_ID = "haasd_tests"
+CLIENT_SECRET = "client-secret-for-tests-only"
+ACCESS = "haas_at_testAccessOne"
+REFRESH = "haas_rt_testRefreshOne"
+NEW_REFRESH = "haas_rt_testRefreshTwo"
+CODE = "auth_code_for_tests"
+VERIFIER = "verifier-for-tests-0123456789-abcdefghijklmnop"
+HUMAN = "usr_maria_42"
+SCOPE = ("tasks:dispatch", "status:read")
+GRANT: dict[str, Any] = {
+    "access_token": ACCESS,
+    "token_type": "Bearer",
+    "expires_in": 3600,
+    "refresh_token": NEW_REFRESH,
+    "scope": "tasks:dispatch status:read",
+    "human_id": HUMAN,
+}
+SECRETS = (CLIENT_SECRET, ACCESS, REFRESH, NEW_REFRESH, CODE, VERIFIER)
+
+Reply = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
+
+
+class Server:
+    """A MockTransport handler: records what it was sent, answers from a script."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply if isinstance(reply, httpx.Response) else reply(request)
+
+
+def client_for(
+    server: Server,
+    budget: RateBudget | None = None,
+    *,
+    request_format: RequestFormat = "json",
+    **options: Any,
+) -> AuthClient:
+    return AuthClient(
+        token_url=TOKEN_URL,
+        client_id=CLIENT_ID,
+        client_secret=Secret(CLIENT_SECRET),
+        budget=budget or RateBudget(60, ManualClock()),
+        request_format=request_format,
+        transport=httpx.MockTransport(server),
+        **options,
+    )
+
+
+async def refresh(client: AuthClient) -> None:
+    await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE)
+
+
+def assert_nothing_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text
+
+
+# --- what the server sees -----------------------------------------------------------------
+
+
+async def test_refresh_sends_the_documented_json_body() -> None:
+    server = Server(httpx.Response(200, json=GRANT))
+    async with client_for(server) as client:
+        answer = await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE)
+    [request] = server.requests
+    assert (request.method, str(request.url)) == ("POST", TOKEN_URL)
+    assert json.loads(request.content) == {
+        "grant_type": "refresh_token",
+        "refresh_token": REFRESH,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+    }
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["accept"] == "application/json"
+    assert f"haasd/{__version__}" == request.headers["user-agent"]
+    assert "authorization" not in request.headers
+    assert answer.refresh_token is not None
+    assert (answer.access_token.reveal(), answer.refresh_token.reveal()) == (ACCESS, NEW_REFRESH)
+    assert (answer.expires_in, answer.scope, answer.human_id) == (3600, SCOPE, HUMAN)
+    assert client.stats.requests == {("refresh", "ok"): 1}
+    assert client.stats.last_status == 200
+
+
+async def test_exchange_sends_the_documented_json_body_with_the_pkce_verifier() -> None:
+    server = Server(httpx.Response(200, json=GRANT))
+    async with client_for(server) as client:
+        answer = await client.exchange_code(CODE, "https://app.test/callback", VERIFIER)
+    assert json.loads(server.requests[0].content) == {
+        "grant_type": "authorization_code",
+        "code": CODE,
+        "redirect_uri": "https://app.test/callback",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "code_verifier": VERIFIER,
+    }
+    assert answer.human_id == HUMAN
+
+
+async def test_exchange_without_verifier_sends_none() -> None:
+    server = Server(httpx.Response(200, json=GRANT))
+    async with client_for(server) as client:
+        await client.exchange_code(CODE, "https://app.test/callback", None)
+    assert "code_verifier" not in json.loads(server.requests[0].content)
+
+
+async def test_form_encoded_bodies_when_configured() -> None:
+    server = Server(httpx.Response(200, json=GRANT))
+    async with client_for(server, request_format="form") as client:
+        await client.exchange_code(CODE, "https://app.test/callback", VERIFIER)
+        await refresh(client)
+    exchange, refreshed = server.requests
+    assert exchange.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert parse_qsl(exchange.content.decode()) == [
+        ("grant_type", "authorization_code"),
+        ("code", CODE),
+        ("redirect_uri", "https://app.test/callback"),
+        ("client_id", CLIENT_ID),
+        ("client_secret", CLIENT_SECRET),
+        ("code_verifier", VERIFIER),
+    ]
+    assert ("refresh_token", REFRESH) in parse_qsl(refreshed.content.decode())
+
+
+async def test_from_config_takes_url_client_and_format() -> None:
+    haas = HaasConfig(
+        environment="test",
+        client_id=CLIENT_ID,
+        client_secret=SecretSource("haas.client_secret", "client_secret", "HAASD_CLIENT_SECRET"),
+        authorize_url="https://auth.haas.test/authorize",
+        token_url=TOKEN_URL,
+        redirect_uri="https://app.test/callback",
+        scopes=SCOPE,
+        plan="free",
+        requests_per_minute=60,
+        token_request_format="form",
+    )
+    server = Server(httpx.Response(200, json=GRANT))
+    transport = httpx.MockTransport(server)
+    budget = RateBudget(60, ManualClock())
+    async with AuthClient.from_config(
+        haas, Secret(CLIENT_SECRET), budget, transport=transport
+    ) as c:
+        await refresh(c)
+    assert str(server.requests[0].url) == TOKEN_URL
+    assert ("client_id", CLIENT_ID) in parse_qsl(server.requests[0].content.decode())
+
+
+async def test_a_refresh_answer_without_refresh_token_keeps_the_old_one() -> None:
+    lean = {k: GRANT[k] for k in ("access_token", "token_type", "expires_in")}
+    async with client_for(Server(httpx.Response(200, json=lean))) as client:
+        answer = await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE)
+    assert answer.refresh_token is None
+    assert (answer.human_id, answer.scope) == (HUMAN, SCOPE)
+
+
+async def test_redirects_are_not_followed() -> None:
+    moved = httpx.Response(302, headers={"Location": "https://elsewhere.test/token?code=leak"})
+    server = Server(moved, httpx.Response(200, json=GRANT))
+    async with client_for(server) as client:
+        with pytest.raises(TransientAuthError) as caught:
+            await refresh(client)
+    assert len(server.requests) == 1
+    assert (
+        caught.value.error_type,
+        caught.value.status,
+        caught.value.sent,
+    ) == ("redirect", 302, False)
+    assert "https://elsewhere.test/token" in str(caught.value)
+    assert "leak" not in str(caught.value)
+
+
+# --- what an answer means -----------------------------------------------------------------
+
+
+def oauth(status: int, error: str, description: str = "as you were told") -> httpx.Response:
+    return httpx.Response(status, json={"error": error, "error_description": description})
+
+
+def seed_shape(status: int, kind: str) -> httpx.Response:
+    body = {"error": {"code": status, "type": kind, "message": "no", "suggestion": "wait"}}
+    return httpx.Response(status, json=body)
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "error_type", "answer"),
+    [
+        (oauth(400, "invalid_grant"), InvalidGrantError, "invalid_grant", Answer.REFUSED),
+        (oauth(401, "invalid_grant"), InvalidGrantError, "invalid_grant", Answer.REFUSED),
+        (seed_shape(400, "invalid_grant"), InvalidGrantError, "invalid_grant", Answer.REFUSED),
+        (oauth(401, "invalid_client"), ClientAuthError, "invalid_client", Answer.CLIENT_FAULT),
+        (
+            oauth(400, "unauthorized_client"),
+            ClientAuthError,
+            "unauthorized_client",
+            Answer.CLIENT_FAULT,
+        ),
+        (httpx.Response(401), ClientAuthError, "unauthorized", Answer.CLIENT_FAULT),
+        (
+            oauth(400, "invalid_request"),
+            RequestRejectedError,
+            "invalid_request",
+            Answer.CLIENT_FAULT,
+        ),
+        (
+            oauth(400, "unsupported_grant_type"),
+            RequestRejectedError,
+            "unsupported_grant_type",
+            Answer.CLIENT_FAULT,
+        ),
+        (oauth(400, "invalid_scope"), RequestRejectedError, "invalid_scope", Answer.CLIENT_FAULT),
+        (
+            httpx.Response(404, text="<html>gone</html>"),
+            RequestRejectedError,
+            "http_404",
+            Answer.CLIENT_FAULT,
+        ),
+        (oauth(400, "<b>what?</b>"), RequestRejectedError, "unknown_error", Answer.CLIENT_FAULT),
+        (
+            oauth(400, "temporarily_unavailable"),
+            TransientAuthError,
+            "temporarily_unavailable",
+            Answer.TRANSIENT,
+        ),
+        (
+            oauth(503, "temporarily_unavailable"),
+            TransientAuthError,
+            "temporarily_unavailable",
+            Answer.TRANSIENT,
+        ),
+        (httpx.Response(408), TransientAuthError, "timeout", Answer.TRANSIENT),
+        (httpx.Response(500, json={}), TransientAuthError, "server_error", Answer.TRANSIENT),
+        (
+            httpx.Response(502, text="<html>bad gateway</html>"),
+            TransientAuthError,
+            "server_error",
+            Answer.TRANSIENT,
+        ),
+        (oauth(500, "invalid_grant"), TransientAuthError, "invalid_grant", Answer.TRANSIENT),
+        (
+            seed_shape(429, "rate_limit_exceeded"),
+            RateLimitedError,
+            "rate_limit_exceeded",
+            Answer.TRANSIENT,
+        ),
+        (
+            seed_shape(403, "rate_limit_exceeded"),
+            RateLimitedError,
+            "rate_limit_exceeded",
+            Answer.TRANSIENT,
+        ),
+        (httpx.Response(429), RateLimitedError, "rate_limit_exceeded", Answer.TRANSIENT),
+    ],
+)
+async def test_error_answers_map_to_typed_errors(
+    reply: httpx.Response, error: type[AuthError], error_type: str, answer: Answer
+) -> None:
+    async with client_for(Server(reply)) as client:
+        with pytest.raises(AuthError) as caught:
+            await refresh(client)
+    assert error is type(caught.value)
+    assert (error_type, reply.status_code) == (caught.value.error_type, caught.value.status)
+    assert answer is classify(caught.value)
+    assert str(reply.status_code) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("reply", "sent"),
+    [
+        (httpx.Response(502), True),  # a gateway: the server behind it may have acted
+        (httpx.Response(504), True),
+        (oauth(504, "temporarily_unavailable"), False),
+        (httpx.Response(500), False),  # the server's own failure: back off
+        (httpx.Response(503), False),
+        (oauth(503, "temporarily_unavailable"), False),
+        (oauth(400, "temporarily_unavailable"), False),
+        (httpx.Response(408), False),
+        (httpx.Response(429), False),
+    ],
+)
+async def test_an_answered_failure_says_whether_the_server_may_have_acted(
+    reply: httpx.Response, sent: bool
+) -> None:
+    async with client_for(Server(reply)) as client:
+        with pytest.raises(TransientAuthError) as caught:
+            await refresh(client)
+    assert caught.value.sent is sent
+
+
+async def test_a_503_passes_its_retry_after_on_without_blocking_the_budget() -> None:
+    budget = RateBudget(60, ManualClock())
+    reply = httpx.Response(503, headers={"Retry-After": "120"})
+    async with client_for(Server(reply), budget) as client:
+        with pytest.raises(TransientAuthError) as caught:
+            await refresh(client)
+    assert (caught.value.error_type, caught.value.retry_after) == ("server_error", 120.0)
+    assert budget.blocked_until is None
+
+
+async def test_the_server_description_is_kept_redacted_and_truncated() -> None:
+    description = f"refresh token {REFRESH} was revoked; " + "x" * 500 + "\nline two"
+    async with client_for(Server(oauth(400, "invalid_grant", description))) as client:
+        with pytest.raises(InvalidGrantError) as caught:
+            await refresh(client)
+    message = str(caught.value)
+    assert message.startswith("the token endpoint answered 400 invalid_grant: refresh token ")
+    assert "was revoked" in message
+    assert "\n" not in message and len(message) < 300
+    assert_nothing_secret(message)
+
+
+@pytest.mark.parametrize(
+    ("headers", "body_retry", "expected"),
+    [
+        ({"Retry-After": "32"}, None, 32.0),
+        ({}, 32, 32.0),
+        ({"Retry-After": "10"}, 32, 32.0),  # the larger wins
+        ({"Retry-After": "120"}, 32, 120.0),
+        ({"Retry-After": "HTTP-DATE=45"}, None, 45.0),
+        ({"Retry-After": "ZONELESS-DATE=45"}, None, 45.0),
+        ({"Retry-After": "HTTP-DATE=-45"}, None, 0.0),  # a date already past
+        ({"Retry-After": "soon"}, 5, 5.0),
+        ({"Retry-After": "999999"}, None, MAX_WAIT),  # absurd: capped
+    ],
+)
+async def test_429_retry_after_in_every_form_blocks_the_budget(
+    headers: dict[str, str], body_retry: int | None, expected: float
+) -> None:
+    clock = ManualClock()
+    raw = headers.get("Retry-After", "")
+    if raw.startswith(("HTTP-DATE", "ZONELESS-DATE")):  # "... GMT" or "... -0000"
+        kind, offset = raw.split("=")
+        when = formatdate(clock.time() + float(offset), usegmt=kind == "HTTP-DATE")
+        headers = {"Retry-After": when}
+    error: dict[str, Any] = {"code": 429, "type": "rate_limit_exceeded", "message": "Slow down."}
+    if body_retry is not None:
+        error["retry_after"] = body_retry
+    server = Server(httpx.Response(429, headers=headers, json={"error": error}))
+    budget = RateBudget(60, clock)
+    async with client_for(server, budget) as client:
+        with pytest.raises(RateLimitedError) as caught:
+            await refresh(client)
+        assert (expected, False) == (caught.value.retry_after, caught.value.sent)
+        assert (expected or None) == budget.blocked_until
+        assert client.stats.requests == {("refresh", "rate_limited"): 1}
+
+
+async def test_429_without_any_wait_still_holds_the_budget_back() -> None:
+    budget = RateBudget(60, ManualClock())
+    async with client_for(Server(httpx.Response(429)), budget) as client:
+        with pytest.raises(RateLimitedError) as caught:
+            await refresh(client)
+        assert caught.value.retry_after is None
+        assert budget.blocked_until == 10.0
+
+
+async def test_remaining_zero_makes_the_next_call_wait_until_the_reset() -> None:
+    clock = ManualClock()
+    headers = {
+        "X-RateLimit-Limit": "60",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(int(clock.time()) + 30),
+    }
+    server = Server(httpx.Response(200, json=GRANT, headers=headers))
+    sent_at: list[float] = []
+    async with client_for(server, RateBudget(60, clock)) as client:
+        await refresh(client)
+
+        async def second() -> None:
+            await refresh(client)
+            sent_at.append(clock.monotonic())
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(second)
+                await clock.advance(29.5)
+                assert (len(server.requests), sent_at) == (1, [])
+                await clock.advance(0.5)
+    assert sent_at == [30.0]
+    assert len(server.requests) == 2
+
+
+async def test_every_answer_feeds_the_budget_even_an_error() -> None:
+    budget = RateBudget(60, ManualClock())
+    reply = oauth(400, "invalid_grant")
+    reply.headers.update({"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": "oops"})
+    async with client_for(Server(reply), budget) as client:
+        with pytest.raises(InvalidGrantError):
+            await refresh(client)
+    assert budget.remaining == 5
+
+
+# --- when no proper answer comes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failure", "error_type", "sent"),
+    [
+        (httpx.ConnectError, "network", False),
+        (httpx.ConnectTimeout, "timeout", False),
+        (httpx.PoolTimeout, "timeout", False),
+        (httpx.ReadTimeout, "timeout", True),
+        (httpx.WriteTimeout, "timeout", True),
+        (httpx.ReadError, "network", True),
+        (httpx.RemoteProtocolError, "network", True),
+        (httpx.UnsupportedProtocol, "network", False),
+    ],
+)
+async def test_network_failures_say_whether_the_server_may_have_acted(
+    failure: type[httpx.TransportError], error_type: str, sent: bool
+) -> None:
+    server = Server(failure(f"boom {CLIENT_SECRET} {REFRESH}"))
+    async with client_for(server) as client:
+        with pytest.raises(TransientAuthError) as caught:
+            await refresh(client)
+    assert (error_type, sent, None) == (
+        caught.value.error_type,
+        caught.value.sent,
+        caught.value.status,
+    )
+    assert isinstance(caught.value.__cause__, failure)
+    assert "auth.haas.test" in str(caught.value)
+    assert_nothing_secret(str(caught.value))
+
+
+async def test_an_answer_that_trickles_past_the_deadline_is_a_timeout() -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(1)
+        return httpx.Response(200, json=GRANT)
+
+    transport = httpx.MockTransport(slow)
+    budget = RateBudget(60, ManualClock())
+    async with AuthClient(
+        token_url=TOKEN_URL,
+        client_id=CLIENT_ID,
+        client_secret=Secret(CLIENT_SECRET),
+        budget=budget,
+        transport=transport,
+        deadline=0.02,
+    ) as client:
+        with pytest.raises(TransientAuthError) as caught:
+            await refresh(client)
+    assert (caught.value.error_type, caught.value.sent) == ("timeout", True)
+
+
+async def endless() -> AsyncIterator[bytes]:
+    for _ in range(10_000):
+        yield b'{"access_token": "' + b"A" * 8192
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (
+            httpx.Response(
+                200, text="<html><body>Welcome</body></html>", headers={"Content-Type": "text/html"}
+            ),
+            "not JSON (text/html",
+        ),
+        (httpx.Response(200, content=b"{" * 100_000), "larger than 65536 bytes"),
+        (httpx.Response(200, content=endless()), "larger than 65536 bytes"),
+        (httpx.Response(200, content=b"[" * 50_000 + b"]" * 50_000), "larger than"),
+        (httpx.Response(200, content=b"[" * 30_000 + b"]" * 30_000), "not JSON"),
+        (httpx.Response(200, json={**GRANT, "access_token": None}), "access_token is missing"),
+        (httpx.Response(200, json={**GRANT, "expires_in": "soon"}), "expires_in must be"),
+        (
+            httpx.Response(200, json={**GRANT, "human_id": "usr_someone_else"}),
+            "but the refresh was for",
+        ),
+        (httpx.Response(200, json=[GRANT]), "not a JSON object"),
+    ],
+)
+async def test_a_malformed_success_is_transient_and_counts_as_sent(
+    reply: httpx.Response, problem: str
+) -> None:
+    async with client_for(Server(reply)) as client:
+        with pytest.raises(TransientAuthError) as caught:
+            await refresh(client)
+        assert client.stats.requests == {("refresh", "malformed_response"): 1}
+    error = caught.value
+    assert (error.error_type, error.status, error.sent) == ("malformed_response", 200, True)
+    assert problem in str(error)
+    assert Answer.TRANSIENT is classify(error)
+    assert "<html" not in str(error) and "AAAA" not in str(error)
+    assert error.__cause__ is None or isinstance(error.__cause__, TokenResponseError)
+
+
+# --- nothing secret leaks -----------------------------------------------------------------
+
+
+def echo_everything(status: int) -> Callable[[httpx.Request], httpx.Response]:
+    def reply(request: httpx.Request) -> httpx.Response:
+        said = request.content.decode()
+        return httpx.Response(
+            status,
+            json={"error": f"bad_{said}", "error_description": f"you sent {said}"},
+            headers={"Location": f"https://x.test/{said}?q={said}"},
+        )
+
+    return reply
+
+
+@pytest.mark.parametrize("status", [200, 302, 400, 401, 429, 500])
+@pytest.mark.parametrize("request_format", ["json", "form"])
+async def test_no_token_or_secret_reaches_a_message_or_a_log(
+    status: int, request_format: RequestFormat
+) -> None:
+    server = Server(echo_everything(status))
+    clock = ManualClock()
+    with capture_logs() as logs:
+        async with client_for(server, RateBudget(60, clock), request_format=request_format) as c:
+            with pytest.raises(AuthError) as exchange:
+                await c.exchange_code(CODE, "https://app.test/callback", VERIFIER)
+            await clock.advance(MAX_WAIT)  # past any block the answer asked for
+            with pytest.raises(AuthError) as refresh:
+                await c.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE)
+    for error in (exchange.value, refresh.value):
+        assert_nothing_secret(str(error), repr(error), error.error_type)
+    assert logs
+    assert_nothing_secret(repr(logs))
+
+
+async def test_requests_are_logged_at_debug_without_tokens() -> None:
+    server = Server(httpx.Response(200, json=GRANT), oauth(400, "invalid_grant"))
+    with capture_logs() as logs:
+        async with client_for(server) as client:
+            await refresh(client)
+            with pytest.raises(InvalidGrantError):
+                await refresh(client)
+    events = [(e["event"], e["log_level"], e["kind"], e["status"], e["outcome"]) for e in logs]
+    assert events == [
+        ("haas.token_request", "debug", "refresh", 200, "ok"),
+        ("haas.token_request", "debug", "refresh", 400, "invalid_grant"),
+    ]
+    assert all(e["latency_ms"] >= 0 for e in logs)
+    assert_nothing_secret(repr(logs))
+    assert client.stats.requests == {("refresh", "ok"): 1, ("refresh", "invalid_grant"): 1}
+    assert client.stats.last_latency is not None and client.stats.last_status == 400
+
+
+async def test_the_exchange_counts_as_activity_while_on_the_wire() -> None:
+    activity = Activity()
+    seen: list[int] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        seen.append(activity.count)
+        return httpx.Response(200, json=GRANT)
+
+    async with client_for(Server(reply), activity=activity) as client:
+        await refresh(client)
+    assert (seen, activity.count) == ([1], 0)
+
+
+def test_an_unknown_request_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="request_format"):
+        client_for(Server(httpx.Response(200)), request_format="xml")  # type: ignore[arg-type]

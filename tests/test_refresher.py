@@ -1,0 +1,301 @@
+"""The refresh engine against the simulator, on the manual clock."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from harness import DAY, HOUR, Harness, running, simulator
+
+from haasd.clock import ManualClock
+from haasd.crypto import Key, Sealer
+from haasd.errors import NeedsReconsentError, TokenUnavailableError, UnknownHumanError
+from haasd.grants import Policy, State
+from haasd.simulator import MalformedKind, TokenRequestRecord
+from haasd.store import Store
+
+KEEP_BUSY = Policy(refresh_idle=60 * DAY)  # these tests are about refreshing, not idleness
+
+
+def no_token_expired(h: Harness) -> None:
+    now = h.clock.time()
+    for grant in h.refresher.grants():
+        if grant.state is not State.NEEDS_RECONSENT:
+            assert grant.access_expires_at > now, f"{grant.human_id} expired unrefreshed"
+
+
+async def test_a_grant_s_whole_31_days(tmp_path: Path) -> None:
+    async with running(tmp_path, policy=KEEP_BUSY, invariant=no_token_expired) as h:
+        await h.consent("usr_maria_42")
+        first = h.refresher.grant("usr_maria_42")
+        assert first is not None
+
+        await h.clock.advance(22 * DAY)
+        assert h.refresher.grant("usr_maria_42").state is State.ACTIVE  # type: ignore[union-attr]
+        await h.clock.advance(1 * DAY + 60)
+        assert h.refresher.grant("usr_maria_42").state is State.RECONSENT_DUE  # type: ignore[union-attr]
+        refreshes_by_day_23 = h.sim.stats.refreshes["usr_maria_42"]
+        # three-quarter-life refreshes of one-hour tokens: ~32 a day
+        assert 23 * 30 < refreshes_by_day_23 < 23 * 34
+
+        await h.clock.advance(7 * DAY)
+        grant = h.refresher.grant("usr_maria_42")
+        assert grant is not None
+        assert grant.state is State.NEEDS_RECONSENT
+        total = h.sim.stats.refreshes["usr_maria_42"]
+        events = h.drain()
+        assert events.count(("grant.reconsent_due", "usr_maria_42")) == 1
+        assert events.count(("grant.needs_reconsent", "usr_maria_42")) == 1
+        assert events.count(("token.refreshed", "usr_maria_42")) == total
+
+        # past the limit: the last access token is served until it ends, then 409
+        served = await h.refresher.ensure_fresh("usr_maria_42")
+        assert served.access_expires_at > h.clock.time()
+        await h.clock.advance(DAY)
+        with pytest.raises(NeedsReconsentError):
+            await h.refresher.ensure_fresh("usr_maria_42")
+        assert h.sim.stats.refreshes["usr_maria_42"] == total, "no refresh after the limit"
+        assert h.sim.stats.rate_limited == 0
+        stored = await h.store.get_grant("usr_maria_42")
+        assert stored.state is State.NEEDS_RECONSENT
+
+
+async def test_lifetime_comes_from_the_answer(tmp_path: Path) -> None:
+    async with running(tmp_path, policy=KEEP_BUSY, sim_options={"expires_in": 600}) as h:
+        await h.consent("usr_short")
+        await h.clock.advance(HOUR)
+        # 600 s tokens refreshed at ~450 s: 7 or 8 in an hour, never an assumed 3600
+        assert 7 <= h.sim.stats.refreshes["usr_short"] <= 9
+
+
+async def test_many_concurrent_callers_share_one_refresh_under_rotation(tmp_path: Path) -> None:
+    options = {"rotate_refresh_tokens": True, "reuse_detection": True}
+    async with running(tmp_path, sim_options=options) as h:
+        await h.consent("usr_busy")
+        await h.clock.advance(HOUR - 30)  # whatever the schedule did, the token has < 60 s
+        before = h.sim.stats.refreshes["usr_busy"]
+        tokens: list[str] = []
+
+        async def caller() -> None:
+            grant = await h.refresher.ensure_fresh("usr_busy", min_ttl=3000)
+            tokens.append(grant.access_token.reveal())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(caller)
+        assert len(tokens) == 100
+        assert len(set(tokens)) == 1, "every caller got the one refreshed token"
+        assert h.sim.stats.refreshes["usr_busy"] == before + 1
+        assert h.sim.stats.reuse_events == 0
+        assert h.sim.has_active_grant("usr_busy")
+
+
+async def test_invalid_grant_stops_everything_for_that_human(tmp_path: Path) -> None:
+    async with running(tmp_path, policy=KEEP_BUSY) as h:
+        await h.consent("usr_gone")
+        await h.consent("usr_stays")
+        h.sim.revoke("usr_gone")
+        await h.clock.advance(HOUR)
+        grant = h.refresher.grant("usr_gone")
+        assert grant is not None and grant.state is State.NEEDS_RECONSENT
+        assert grant.last_error is not None and "refused" in grant.last_error
+        # the server said the grant is gone: its access token is not served any more
+        with pytest.raises(NeedsReconsentError):
+            await h.refresher.ensure_fresh("usr_gone")
+        calls = h.sim.stats.token_requests["refresh_token"]
+        gone_calls = sum(1 for r in h.sim.requests_log if r.human_id == "usr_gone")
+        await h.clock.advance(DAY)
+        assert sum(1 for r in h.sim.requests_log if r.human_id == "usr_gone") == gone_calls
+        assert h.sim.stats.token_requests["refresh_token"] > calls, "others go on"
+        assert h.drain().count(("grant.needs_reconsent", "usr_gone")) == 1
+
+
+async def test_invalid_client_stops_refreshing_without_blaming_humans(tmp_path: Path) -> None:
+    async with running(tmp_path, client_secret="not-the-right-secret") as h:
+        # the consent itself goes through the simulator's own client, which is right
+        await h.consent("usr_a")
+        await h.consent("usr_b")
+        await h.clock.advance(HOUR)
+        sent = h.sim.stats.token_requests["refresh_token"]
+        assert sent == 1, "one rejected request, then no more"
+        health = h.refresher.health()
+        assert health["status"] == "degraded"
+        assert any("rejects haasd's client" in str(r) for r in health["reasons"])  # type: ignore[attr-defined]
+        for human in ("usr_a", "usr_b"):
+            grant = h.refresher.grant(human)
+            assert grant is not None and grant.state is State.ACTIVE
+        await h.clock.advance(DAY)
+        assert h.sim.stats.token_requests["refresh_token"] == sent
+
+
+async def test_429_retry_after_is_honoured_exactly(tmp_path: Path) -> None:
+    async with running(tmp_path) as h:
+        await h.consent("usr_a")
+        h.sim.fail_next(1, status=429, headers={"Retry-After": "32"})
+        await h.clock.advance(HOUR)
+        log = refresh_requests(h)
+        assert log[0].status == 429
+        assert log[1].time - log[0].time >= 32
+        assert log[1].status == 200
+
+
+async def test_retry_after_as_http_date(tmp_path: Path) -> None:
+    async with running(tmp_path) as h:
+        await h.consent("usr_a")
+        not_before = h.clock.time() + 0.85 * HOUR  # after the first try (0.70-0.80 h)
+        when = email.utils.formatdate(not_before, usegmt=True)
+        h.sim.fail_next(1, status=503, headers={"Retry-After": when})
+        await h.clock.advance(HOUR)
+        log = refresh_requests(h)
+        assert log[0].status == 503
+        assert log[1].time >= not_before - 1  # HTTP-dates have whole seconds
+        assert log[1].status == 200
+        grant = h.refresher.grant("usr_a")
+        assert grant is not None and grant.consecutive_failures == 0
+
+
+async def test_a_flaky_server_never_lets_a_token_expire(tmp_path: Path) -> None:
+    async with running(tmp_path, policy=KEEP_BUSY, invariant=no_token_expired) as h:
+        for i in range(10):
+            await h.consent(f"usr_{i}")
+        h.sim.flaky(0.4, seed=7)
+        await h.clock.advance(DAY)
+        failures = sum(n for status, n in h.sim.stats.statuses.items() if status >= 500)
+        assert failures > 50, "the server really was flaky"
+        for i in range(10):
+            grant = h.refresher.grant(f"usr_{i}")
+            assert grant is not None and grant.state is State.ACTIVE
+        assert h.refresher.stats.refreshes["ok"] == sum(h.sim.stats.refreshes.values())
+        assert 0 < h.refresher.stats.refreshes["transient"] <= failures
+
+
+async def advance_until(h: Harness, done: Callable[[], bool], step: float = 0.5) -> None:
+    for _ in range(20_000):
+        if done():
+            return
+        await h.clock.advance(step)
+    raise AssertionError("condition never met")
+
+
+def refresh_requests(h: Harness) -> list[TokenRequestRecord]:
+    return [r for r in h.sim.requests_log if r.grant_type == "refresh_token"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "attempts"),
+    [
+        # a malformed 200 may hide a rotation the server did: retried promptly, twice
+        ("html", 3),
+        ("missing_access_token", 3),
+        ("bad_expires_in", 3),
+        ("oversized", 3),
+        # a redirect was never processed: plain backoff
+        ("redirect", 1),
+    ],
+)
+async def test_malformed_answers_leave_stored_tokens_untouched(
+    tmp_path: Path, kind: MalformedKind, attempts: int
+) -> None:
+    async with running(tmp_path) as h:
+        await h.consent("usr_a")
+        before = await h.store.get_grant("usr_a")
+        h.sim.malformed_next(attempts, kind=kind)
+        await advance_until(h, lambda: len(refresh_requests(h)) == attempts)
+        await h.clock.advance(0.2)
+        after = await h.store.get_grant("usr_a")
+        assert len(refresh_requests(h)) == attempts
+        assert after.access_token == before.access_token
+        assert after.refresh_token == before.refresh_token
+        assert after.consecutive_failures == 1
+        assert after.last_error is not None
+        await h.clock.advance(600)
+        grant = h.refresher.grant("usr_a")
+        assert grant is not None and grant.access_token != before.access_token
+        assert h.sim.validate_access_token(grant.access_token.reveal()) == "usr_a"
+
+
+async def test_lost_answer_is_retried_promptly_within_the_grace_window(tmp_path: Path) -> None:
+    options = {"rotate_refresh_tokens": True, "reuse_grace": 30.0}
+    async with running(tmp_path, sim_options=options) as h:
+        await h.consent("usr_a")
+        h.sim.drop_next(1, after_processing=True)
+        await h.clock.advance(HOUR)
+        grant = h.refresher.grant("usr_a")
+        assert grant is not None and grant.state is State.ACTIVE
+        assert h.sim.stats.grace_replays == 1
+        assert h.sim.has_active_grant("usr_a")
+
+
+async def test_lost_answer_without_grace_needs_reconsent_and_says_why(tmp_path: Path) -> None:
+    options = {"rotate_refresh_tokens": True, "reuse_grace": 0.0}
+    async with running(tmp_path, sim_options=options) as h:
+        await h.consent("usr_a")
+        h.sim.drop_next(1, after_processing=True)
+        await h.clock.advance(HOUR)
+        grant = h.refresher.grant("usr_a")
+        assert grant is not None and grant.state is State.NEEDS_RECONSENT
+        assert grant.last_error is not None and "rotation was interrupted" in grant.last_error
+
+
+async def test_idle_grants_are_refreshed_only_on_demand(tmp_path: Path) -> None:
+    async with running(tmp_path, policy=Policy(refresh_idle=2 * HOUR)) as h:
+        await h.consent("usr_dormant")
+        await h.clock.advance(DAY)
+        early = h.sim.stats.refreshes["usr_dormant"]
+        assert early <= 3, "refreshed only while recently consented"
+        await h.clock.advance(DAY)
+        assert h.sim.stats.refreshes["usr_dormant"] == early
+        grant = await h.refresher.ensure_fresh("usr_dormant", min_ttl=60)
+        assert grant.access_expires_at - h.clock.time() > 60
+        assert h.sim.stats.refreshes["usr_dormant"] == early + 1
+        await h.clock.advance(HOUR)  # served again: refreshed ahead again
+        assert h.sim.stats.refreshes["usr_dormant"] == early + 2
+
+
+async def test_min_ttl_beyond_the_lifetime_is_unavailable(tmp_path: Path) -> None:
+    async with running(tmp_path) as h:
+        await h.consent("usr_a")
+        with pytest.raises(TokenUnavailableError) as info:
+            await h.refresher.ensure_fresh("usr_a", min_ttl=2 * HOUR)
+        assert info.value.retry_after > 0
+        with pytest.raises(UnknownHumanError):
+            await h.refresher.ensure_fresh("usr_nobody")
+
+
+async def test_refresh_now_writes_before_answering(tmp_path: Path) -> None:
+    async with running(tmp_path) as h:
+        await h.consent("usr_a")
+        grant = await h.refresher.refresh_now("usr_a")
+        stored = await h.store.get_grant("usr_a")
+        assert stored.access_token == grant.access_token
+        assert stored.refresh_token == grant.refresh_token
+        assert stored.intent is None
+
+
+async def test_restart_serves_valid_tokens_and_refreshes_overdue_ones(tmp_path: Path) -> None:
+    key = Key.generate()
+    sim = simulator(ManualClock())
+    async with sim.running():
+        async with running(tmp_path, key=key, policy=KEEP_BUSY, sim=sim) as h:
+            await h.consent("usr_fresh")
+            await h.consent("usr_overdue")
+        # downtime: the overdue grant's refresh time passes while haasd is down
+        async with await Store.open(tmp_path / "haasd.db", Sealer(key)) as store:
+            overdue = await store.get_grant("usr_overdue")
+            await store.update_status(
+                "usr_overdue",
+                state=overdue.state,
+                last_error=None,
+                consecutive_failures=0,
+                next_refresh_at=overdue.consented_at - 10,
+            )
+        async with running(tmp_path, key=key, policy=KEEP_BUSY, sim=sim) as h:
+            served = await h.refresher.ensure_fresh("usr_fresh")
+            assert served.access_expires_at > h.clock.time()
+            assert h.sim.stats.refreshes["usr_fresh"] == 0, "a valid token is served at once"
+            await h.clock.advance(31)  # the start-up spread is at most 30 s
+            assert h.sim.stats.refreshes["usr_overdue"] == 1
+            assert h.sim.stats.refreshes["usr_fresh"] == 0
