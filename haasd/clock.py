@@ -189,14 +189,21 @@ class ManualClock:
             if not waited:
                 return
 
-    async def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds``, waking sleepers in deadline order."""
+    async def advance(self, seconds: float, *, granularity: float = 0.0) -> None:
+        """Move time forward by ``seconds``, waking sleepers in deadline order.
+
+        With ``granularity``, sleepers due within that many seconds of the first one wake
+        together (at the latest of their deadlines, never early): coarser, and faster
+        for simulations of many grants.
+        """
         if seconds < 0:
             raise ValueError("time does not go back")
         target = self._mono + seconds
         await self.settle()
         while self._sleepers and self._sleepers[0].deadline <= target:
-            self._mono = max(self._mono, self._sleepers[0].deadline)
+            first = self._sleepers[0].deadline
+            batch = max(s.deadline for s in self._sleepers if s.deadline <= first + granularity)
+            self._mono = max(self._mono, min(batch, target))
             while self._sleepers and self._sleepers[0].deadline <= self._mono:
                 heapq.heappop(self._sleepers).event.set()
             await self.settle()

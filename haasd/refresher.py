@@ -90,6 +90,8 @@ class RefresherStats:
 
     refreshes: Counter[str] = field(default_factory=Counter)  # by outcome
     latencies: list[float] = field(default_factory=list)  # seconds, drained by /metrics
+    #: refreshes that landed after the old access token had already expired
+    late: int = 0
     client_fault: str | None = None
     store_error: str | None = None
     at_risk: int = 0
@@ -251,7 +253,9 @@ class Refresher:
         now = self.clock.time()
         for grant in grants:
             if grant.intent is not None:
+                # the last attempt's answer may have been lost: retry promptly
                 self._interrupted.add(grant.human_id)
+                grant = replace(grant, next_refresh_at=now)
             self._grants[grant.human_id] = grant
         for grant in grants:
             await self._apply_clock(grant.human_id, now)
@@ -350,8 +354,6 @@ class Refresher:
             when = min(when, grant.refresh_expires_at - self.policy.reconsent_warning)
         if self.stats.client_fault is None and not self._idle(grant, now):
             due = grant.next_refresh_at if grant.next_refresh_at is not None else now
-            if startup and grant.human_id in self._interrupted:
-                due = now  # the last answer may have been lost: retry promptly
             if startup and due <= now:
                 spread = min(STARTUP_SPREAD, max(0.0, grant.access_expires_at - now) / 4)
                 due = now + self._rng.uniform(0, spread)
@@ -521,6 +523,8 @@ class Refresher:
 
     async def _succeeded(self, grant: Grant, answer: TokenResponse) -> None:
         now = self.clock.time()
+        if now >= grant.access_expires_at and grant.state is not State.NEEDS_RECONSENT:
+            self.stats.late += 1
         limit = grant.refresh_expires_at
         if answer.refresh_token_expires_in is not None:
             limit = now + answer.refresh_token_expires_in

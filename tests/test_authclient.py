@@ -540,6 +540,7 @@ def echo_everything(status: int) -> Callable[[httpx.Request], httpx.Response]:
 
 @pytest.mark.parametrize("status", [200, 302, 400, 401, 429, 500])
 @pytest.mark.parametrize("request_format", ["json", "form"])
+@pytest.mark.usefixtures("debug_logs")
 async def test_no_token_or_secret_reaches_a_message_or_a_log(
     status: int, request_format: RequestFormat
 ) -> None:
@@ -558,6 +559,7 @@ async def test_no_token_or_secret_reaches_a_message_or_a_log(
     assert_nothing_secret(repr(logs))
 
 
+@pytest.mark.usefixtures("debug_logs")
 async def test_requests_are_logged_at_debug_without_tokens() -> None:
     server = Server(httpx.Response(200, json=GRANT), oauth(400, "invalid_grant"))
     with capture_logs() as logs:

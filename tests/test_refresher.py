@@ -299,3 +299,22 @@ async def test_restart_serves_valid_tokens_and_refreshes_overdue_ones(tmp_path: 
             await h.clock.advance(31)  # the start-up spread is at most 30 s
             assert h.sim.stats.refreshes["usr_overdue"] == 1
             assert h.sim.stats.refreshes["usr_fresh"] == 0
+
+
+@pytest.mark.timeout(600)
+async def test_a_thousand_grants_for_a_day_on_the_pro_budget(tmp_path: Path) -> None:
+    """32,000 refreshes over real loopback HTTP: the slowest test (a few minutes)."""
+    async with running(tmp_path, policy=KEEP_BUSY, requests_per_minute=300) as h:
+        for batch in range(5):  # the onboarding itself stays inside the plan
+            for i in range(200):
+                await h.consent(f"usr_{batch}_{i}")
+            await h.clock.advance(60)
+        for _ in range(24 * 12):
+            await h.clock.advance(300)
+            no_token_expired(h)
+        refreshes = sum(h.sim.stats.refreshes.values())
+        assert refreshes > 1000 * 24 / 0.8, "every grant was refreshed all day"
+        assert h.sim.stats.rate_limited == 0
+        assert h.sim.max_requests_in_window(60.0) <= 300
+        assert h.refresher.stats.late == 0
+        assert h.refresher.health()["status"] == "ok"
