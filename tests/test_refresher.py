@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from haasd.clock import ManualClock
 from haasd.crypto import Key, Sealer
 from haasd.errors import NeedsReconsentError, TokenUnavailableError, UnknownHumanError
 from haasd.grants import Policy, State
+from haasd.logs import configure_logging
 from haasd.simulator import MalformedKind, TokenRequestRecord
 from haasd.store import Store
 
@@ -318,3 +320,36 @@ async def test_a_thousand_grants_for_a_day_on_the_pro_budget(tmp_path: Path) -> 
         assert h.sim.max_requests_in_window(60.0) <= 300
         assert h.refresher.stats.late == 0
         assert h.refresher.health()["status"] == "ok"
+
+
+async def test_no_token_reaches_disk_or_log_in_the_clear(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    seen: set[str] = set()
+
+    def collect(h: Harness) -> None:
+        for grant in h.refresher.grants():
+            seen.add(grant.access_token.reveal())
+            seen.add(grant.refresh_token.reveal())
+
+    options = {"rotate_refresh_tokens": True, "reuse_grace": 30.0}
+    async with running(tmp_path, policy=KEEP_BUSY, sim_options=options, invariant=collect) as h:
+        for i in range(3):
+            await h.consent(f"usr_{i}")
+        h.sim.fail_next(2, status=503)
+        h.sim.malformed_next(1, kind="html")
+        h.sim.drop_next(1, after_processing=True)
+        await h.clock.advance(6 * HOUR)
+        await h.refresher.refresh_now("usr_0")
+        h.sim.revoke("usr_2")
+        await h.clock.advance(2 * HOUR)
+        collect(h)
+    assert len(seen) > 40, "many tokens were issued and rotated"
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("haasd.db")]
+    assert {p.name for p in files} >= {"haasd.db"}
+    log = stream.getvalue().encode()
+    assert b"refresh failed; will retry" in log  # the log did record the failures
+    for token in seen:
+        assert token.encode() not in log
+        for f in files:
+            assert token.encode() not in f.read_bytes(), f.name

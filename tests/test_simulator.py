@@ -927,7 +927,7 @@ async def test_activity_as_settle_hook_keeps_the_manual_clock_still_during_an_an
         async with anyio.create_task_group() as tg:
             tg.start_soon(refresh, client, tokens["refresh_token"])
             with anyio.fail_after(5):
-                while sim.activity.count == 0:  # the request has reached the server
+                while sim.activity.count == 0:  # noqa: ASYNC110 - until the request arrives
                     await anyio.sleep(0.001)
             await clock.advance(3600)
     assert [record.time for record in sim.requests_log] == [START, START]
