@@ -137,6 +137,7 @@ class Refresher:
         self._ready: list[tuple[float, int, str]] = []  # (access expiry, seq, human)
         self._seq = itertools.count()
         self._flights: dict[str, _Flight] = {}
+        self._last_served: dict[str, float] = {}  # newer than the grants' last_served_at
         self._interrupted: set[str] = set()  # humans whose last answer may have been lost
         self._wakeup = anyio.Event()
         self._ready_event = anyio.Event()
@@ -210,6 +211,7 @@ class Refresher:
             existed = await self.store.delete_grant(human_id)
         self._grants.pop(human_id, None)
         self._versions.pop(human_id, None)
+        self._last_served.pop(human_id, None)
         return existed
 
     def health(self) -> dict[str, object]:
@@ -333,8 +335,8 @@ class Refresher:
     # --- scheduling ---------------------------------------------------------------------
 
     def _idle(self, grant: Grant, now: float) -> bool:
-        last = grant.last_served_at if grant.last_served_at is not None else grant.consented_at
-        return now - last > self.policy.refresh_idle
+        last = self._last_served.get(grant.human_id, grant.last_served_at)
+        return now - (grant.consented_at if last is None else last) > self.policy.refresh_idle
 
     def _wants_refresh(self, grant: Grant, now: float) -> bool:
         return (
@@ -408,12 +410,19 @@ class Refresher:
             self.events.publish(Event("grant.needs_reconsent", grant.human_id, now, details))
             _log.warning("re-consent needed", human_id=grant.human_id, reason=reason)
 
+    def mark_served(self, grant: Grant, now: float) -> None:
+        """The server handed out ``grant``'s access token (the fast path, from memory)."""
+        current = self._grants.get(grant.human_id)
+        if current is not None:
+            self._served(current, now)
+
     def _served(self, grant: Grant, now: float) -> None:
+        # the hot path: two dict writes, and a reschedule only when waking a dormant grant
         was_idle = self._idle(grant, now)
+        self._last_served[grant.human_id] = now
         self.store.mark_served(grant.human_id, now)
-        self._grants[grant.human_id] = replace(grant, last_served_at=now)
         if was_idle:
-            self._schedule(self._grants[grant.human_id], now)
+            self._schedule(grant, now)
 
     def _refuse_if_backing_off(self, grant: Grant, now: float) -> None:
         if self.stats.client_fault is not None:
