@@ -303,6 +303,7 @@ async def test_restart_serves_valid_tokens_and_refreshes_overdue_ones(tmp_path: 
             assert h.sim.stats.refreshes["usr_fresh"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_a_thousand_grants_for_a_day_on_the_pro_budget(tmp_path: Path) -> None:
     """32,000 refreshes over real loopback HTTP: the slowest test (a few minutes)."""
