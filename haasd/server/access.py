@@ -1,0 +1,148 @@
+"""Who may ask for what: pure decisions over the peer's uid/gid and the ``[[access]]`` rules.
+
+No I/O here. The server reads the peer's credentials once, at accept (``SO_PEERCRED``),
+and asks these functions; pids are carried for the audit trail only, never decided on
+(they are reused).
+
+Rules, as ``config.example.toml`` documents them:
+
+* A rule matches a peer when every id it names matches: ``uid`` (if given) is the peer's
+  uid and ``gid`` (if given) is the peer's primary gid — the one ``SO_PEERCRED`` reports.
+* Without any rule at all, uid 0 and the daemon's own uid match an implicit admin rule for
+  every human.
+* A rule grants the humans its globs match (``fnmatch``, case-sensitive). With ``scopes``
+  it grants only requests for scopes among them, and only grants holding what is asked
+  (all of the rule's scopes when the request names none).
+* ``admin`` rules may list and manage the humans they match, and read ``/metrics``.
+  Several rules may match one peer; a request is allowed when any of them allows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Final
+
+from haasd.config import AccessRule
+
+__all__ = [
+    "Decision",
+    "Peer",
+    "decide",
+    "decide_for",
+    "default_rules",
+    "effective_rules",
+    "human_matches",
+    "is_admin",
+    "may_see",
+    "rules_for",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The process at the other end of a connection, as the kernel vouches for it."""
+
+    uid: int
+    gid: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to "may this peer have this?"; ``reason`` says why not, for the audit."""
+
+    allowed: bool
+    #: scopes the grant must hold for the request to be served
+    required: frozenset[str] = frozenset()
+    reason: str = ""
+
+
+_EVERYONE: Final = ("*",)
+_NO_RULE: Final = "no [[access]] rule matches this peer's uid/gid"
+
+
+def default_rules(daemon_uid: int) -> tuple[AccessRule, ...]:
+    """The rules in force when the configuration has none: root and the daemon's user."""
+    uids = dict.fromkeys((0, daemon_uid))
+    return tuple(AccessRule(uid, None, _EVERYONE, None, True) for uid in uids)
+
+
+def effective_rules(rules: Sequence[AccessRule], daemon_uid: int) -> tuple[AccessRule, ...]:
+    """``rules``, or :func:`default_rules` when there are none."""
+    return tuple(rules) if rules else default_rules(daemon_uid)
+
+
+def rules_for(rules: Iterable[AccessRule], peer: Peer) -> tuple[AccessRule, ...]:
+    """The rules that match ``peer``: every id a rule names must be the peer's."""
+    return tuple(
+        rule
+        for rule in rules
+        if (rule.uid is None or rule.uid == peer.uid)
+        and (rule.gid is None or rule.gid == peer.gid)
+        and (rule.uid is not None or rule.gid is not None)
+    )
+
+
+def human_matches(rule: AccessRule, human_id: str) -> bool:
+    return any(fnmatchcase(human_id, glob) for glob in rule.humans)
+
+
+def may_see(matched: Iterable[AccessRule], human_id: str) -> bool:
+    """May a peer with these rules see this human at all (status, events)?"""
+    return any(human_matches(rule, human_id) for rule in matched)
+
+
+def is_admin(matched: Iterable[AccessRule], human_id: str | None = None) -> bool:
+    """Is a peer with these rules an admin (for ``human_id``, when one is named)?"""
+    return any(
+        rule.admin and (human_id is None or human_matches(rule, human_id)) for rule in matched
+    )
+
+
+def decide_for(
+    matched: Sequence[AccessRule],
+    human_id: str,
+    *,
+    need_admin: bool = False,
+    scopes: frozenset[str] = frozenset(),
+) -> Decision:
+    """Decide for a peer whose matching rules are ``matched`` (see :func:`rules_for`)."""
+    if not matched:
+        return Decision(False, reason=_NO_RULE)
+    best: frozenset[str] | None = None
+    reason = f"no [[access]] rule for this peer covers human {human_id!r}"
+    for rule in matched:
+        if not human_matches(rule, human_id):
+            continue
+        if need_admin and not rule.admin:
+            reason = f"an admin rule is needed for human {human_id!r}"
+            continue
+        required = scopes
+        if rule.scopes is not None:
+            allowed = frozenset(rule.scopes)
+            if not scopes <= allowed:
+                extra = " ".join(sorted(scopes - allowed))
+                reason = f"the [[access]] rules do not allow scope {extra!r} for this peer"
+                continue
+            required = scopes or allowed
+        if best is None or len(required) < len(best):
+            best = required
+    if best is None:
+        return Decision(False, reason=reason)
+    return Decision(True, best)
+
+
+def decide(
+    rules: Sequence[AccessRule],
+    peer: Peer,
+    human_id: str,
+    *,
+    daemon_uid: int,
+    need_admin: bool = False,
+    scopes: frozenset[str] = frozenset(),
+) -> Decision:
+    """May ``peer`` have ``human_id``'s token (or manage the human, with ``need_admin``)?"""
+    matched = rules_for(effective_rules(rules, daemon_uid), peer)
+    return decide_for(matched, human_id, need_admin=need_admin, scopes=scopes)

@@ -1,0 +1,371 @@
+"""The token service's routes: each request in, one answer out.
+
+==========================================  =======================  =========================
+route                                       who                      answer
+==========================================  =======================  =========================
+``GET /v1/health``                          anyone who can connect   200 health
+``GET /v1/tokens/{human_id}``               peers allowed the human  200 token
+``GET /v1/humans``                          admin                    200 ``{"humans": [...]}``
+``GET /v1/humans/{human_id}``               peers allowed the human  200 status
+``POST /v1/humans/{human_id}/refresh``      admin                    200 status / 502 / 409
+``DELETE /v1/humans/{human_id}``            admin                    204
+``GET /v1/events``                          anyone with a rule       ``text/event-stream``
+``GET /metrics``                            admin                    Prometheus text
+==========================================  =======================  =========================
+
+A token whose grant in memory has the time asked for is answered without an await (the
+body is cached per token, only ``expires_in`` changes); only otherwise is the refresh
+engine awaited. Refusals are audited as ``access.denied``; every token handed out as
+``token.served`` (see :mod:`haasd.server.answers`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import anyio
+import structlog
+
+from haasd.config import AccessRule
+from haasd.errors import (
+    HaasdError,
+    NeedsReconsentError,
+    TokenUnavailableError,
+    UnknownHumanError,
+)
+from haasd.grants import Grant, Serve, serve_decision, state_at, status_of
+from haasd.server.access import (
+    Decision,
+    Peer,
+    decide_for,
+    effective_rules,
+    is_admin,
+    may_see,
+    rules_for,
+)
+from haasd.server.answers import (
+    NO_SCOPES,
+    AuditLedger,
+    Problem,
+    TokenBody,
+    check_scope,
+    parse_human_id,
+    parse_token_query,
+    reconsent,
+    unavailable,
+    unknown,
+)
+from haasd.server.http import Limits, Takeover, json_response, response
+from haasd.server.service import TokenService
+from haasd.server.stream import event_stream
+
+__all__ = ["PeerContext", "Router"]
+
+_audit = structlog.get_logger("haasd.audit")
+_TOKENS: Final = b"/v1/tokens/"
+_TOKENS_LEN: Final = len(_TOKENS)
+_SERVE: Final = Serve.SERVE
+_RECONSENT: Final = Serve.NEEDS_RECONSENT
+_HUMANS: Final = b"/v1/humans/"
+_REFRESH: Final = b"/refresh"
+_DECISION_CACHE: Final = 64
+
+
+class Router:
+    """Routes for every connection; :meth:`connect` gives one peer's handler."""
+
+    __slots__ = (
+        "_daemon_uid",
+        "_pattern",
+        "_rules",
+        "bodies",
+        "generation",
+        "limits",
+        "metrics",
+        "outcomes",
+        "served",
+        "service",
+    )
+
+    def __init__(
+        self,
+        service: TokenService,
+        rules: Sequence[AccessRule],
+        *,
+        daemon_uid: int,
+        limits: Limits,
+        human_id_pattern: re.Pattern[str],
+        metrics: Callable[[], bytes],
+    ) -> None:
+        self.service = service
+        self.limits = limits
+        self._daemon_uid = daemon_uid
+        self._pattern = human_id_pattern
+        self._rules = effective_rules(rules, daemon_uid)
+        #: token answers encoded once per token
+        self.bodies: dict[str, TokenBody] = {}
+        #: bumped on every rule change, so connections re-match their peer
+        self.generation = 0
+        #: tokens served, and the other outcomes of token requests, for /metrics
+        self.served = 0
+        self.outcomes: Counter[str] = Counter()
+        #: renders the whole ``GET /metrics`` answer
+        self.metrics = metrics
+
+    def update_rules(self, rules: Sequence[AccessRule]) -> None:
+        self._rules = effective_rules(rules, self._daemon_uid)
+        self.generation += 1
+
+    def match(self, peer: Peer) -> tuple[AccessRule, ...]:
+        return rules_for(self._rules, peer)
+
+    def connect(self, peer: Peer) -> PeerContext:
+        return PeerContext(self, peer)
+
+    def human_id(self, raw: bytes) -> str:
+        return parse_human_id(raw, self._pattern)
+
+    def forget(self, human_id: str) -> None:
+        self.bodies.pop(human_id, None)
+
+
+class PeerContext:
+    """One connection's view: its peer, the rules that match it, its audit logger."""
+
+    __slots__ = ("_decisions", "_generation", "_ledger", "_matched", "peer", "router")
+
+    def __init__(self, router: Router, peer: Peer) -> None:
+        self.router = router
+        self.peer = peer
+        self._generation = router.generation
+        self._matched = router.match(peer)
+        self._decisions: dict[tuple[str, frozenset[str]], Decision] = {}
+        audit = _audit.bind(peer_uid=peer.uid, peer_pid=peer.pid)
+        self._ledger = AuditLedger(audit, router.limits.audit_window)
+
+    def close(self) -> None:
+        """The connection ended: write the audit lines still pending."""
+        self._ledger.close()
+
+    @property
+    def matched(self) -> tuple[AccessRule, ...]:
+        if self._generation != self.router.generation:
+            self._generation = self.router.generation
+            self._matched = self.router.match(self.peer)
+            self._decisions.clear()
+        return self._matched
+
+    def handle(self, method: bytes, target: bytes) -> bytes | Awaitable[bytes] | Takeover:
+        """The answer to one request (see the module's table)."""
+        path, _, query = target.partition(b"?")
+        if path.startswith(_TOKENS) and method == b"GET":
+            try:
+                return self._token(path[_TOKENS_LEN:], query)
+            except Problem as problem:
+                self.router.outcomes[problem.outcome] += 1
+                return problem.answer()
+        try:
+            return self._route(method, path)
+        except Problem as problem:
+            return problem.answer()
+
+    def _route(self, method: bytes, path: bytes) -> bytes | Awaitable[bytes] | Takeover:
+        if path.startswith(_TOKENS):
+            self._method(method, b"GET")  # a GET went the fast way, in handle()
+        if path == b"/v1/health":
+            self._method(method, b"GET")
+            return json_response(200, self.router.service.health())
+        if path.startswith(_HUMANS):
+            rest = path[len(_HUMANS) :]
+            if rest.endswith(_REFRESH):
+                self._method(method, b"POST")
+                human_id = self.router.human_id(rest[: -len(_REFRESH)])
+                self._need_admin(human_id)  # before the coroutine: it answers, not raises
+                return self._refresh(human_id)
+            human_id = self.router.human_id(rest)
+            if method == b"DELETE":
+                self._need_admin(human_id)
+                return self._delete(human_id)
+            self._method(method, b"GET", b"DELETE")
+            return self._status(human_id)
+        if path == b"/v1/humans":
+            self._method(method, b"GET")
+            return self._humans()
+        if path == b"/v1/events":
+            self._method(method, b"GET")
+            return self._events()
+        if path == b"/metrics":
+            self._method(method, b"GET")
+            self._need_admin(None)
+            return self.router.metrics()
+        raise Problem(404, "not_found", "no such route; see GET /v1/health")
+
+    @staticmethod
+    def _method(method: bytes, *allowed: bytes) -> None:
+        if method not in allowed:
+            names = ", ".join(a.decode() for a in allowed)
+            raise Problem(405, "method_not_allowed", f"use {names}", headers={"Allow": names})
+
+    # --- access ---------------------------------------------------------------------------
+
+    def _decide(self, human_id: str, scopes: frozenset[str]) -> Decision:
+        matched = self.matched
+        key = (human_id, scopes)
+        decision = self._decisions.get(key)
+        if decision is None:
+            if len(self._decisions) >= _DECISION_CACHE:
+                self._decisions.clear()
+            decision = self._decisions[key] = decide_for(matched, human_id, scopes=scopes)
+        return decision
+
+    def _deny(self, human_id: str | None, reason: str, route: str) -> Problem:
+        peer = self.peer
+        _audit.warning(
+            "access.denied",
+            peer_uid=peer.uid,
+            peer_gid=peer.gid,
+            peer_pid=peer.pid,
+            human_id=human_id,
+            route=route,
+            reason=reason,
+        )
+        return Problem(403, "forbidden", reason, outcome="forbidden")
+
+    def _need_admin(self, human_id: str | None) -> None:
+        if not is_admin(self.matched, human_id):
+            raise self._deny(human_id, "an admin [[access]] rule is needed", "admin")
+
+    def _need_human(self, human_id: str) -> None:
+        if not may_see(self.matched, human_id):
+            reason = f"no [[access]] rule for this peer covers human {human_id!r}"
+            raise self._deny(human_id, reason, "status")
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    def _token(self, raw_id: bytes, query: bytes) -> bytes | Awaitable[bytes]:
+        router = self.router
+        human_id = router.human_id(raw_id)
+        if query:
+            min_ttl, scopes = parse_token_query(query, router.limits.max_min_ttl)
+        else:
+            min_ttl, scopes = 0, NO_SCOPES
+        decision = self._decide(human_id, scopes)
+        if not decision.allowed:
+            raise self._deny(human_id, decision.reason, "token")
+        service = router.service
+        grant = service.grant(human_id)
+        if grant is None:
+            router.forget(human_id)
+            raise unknown(human_id)
+        if decision.required:
+            check_scope(grant, decision.required)
+        now = service.clock.time()
+        state = state_at(grant.state, grant.refresh_expires_at, now, service.policy)
+        serve = serve_decision(state, grant.access_expires_at, now, min_ttl)
+        if serve is _SERVE:
+            service.mark_served(grant, now)
+            return self._serve(grant, now)
+        if serve is _RECONSENT:
+            raise reconsent(human_id, grant.last_error)
+        return self._token_later(human_id, min_ttl, decision)
+
+    async def _token_later(self, human_id: str, min_ttl: int, decision: Decision) -> bytes:
+        """The slow path: the engine must refresh first (sharing any refresh in flight)."""
+        service = self.router.service
+        try:
+            try:
+                with anyio.fail_after(self.router.limits.handler_timeout):
+                    grant = await service.ensure_fresh(human_id, float(min_ttl))
+            except UnknownHumanError:
+                raise unknown(human_id) from None
+            except NeedsReconsentError as exc:
+                raise reconsent(human_id, exc.reason) from None
+            except TokenUnavailableError as exc:
+                raise unavailable(exc.reason, exc.retry_after) from None
+            except TimeoutError:
+                raise unavailable("timed out waiting for a refresh", 5.0) from None
+            except HaasdError as exc:
+                raise unavailable(str(exc), service.policy.backoff_base) from None
+            check_scope(grant, decision.required)
+            now = service.clock.time()
+            if grant.access_expires_at - now <= min_ttl:  # never an expired or too-short token
+                raise unavailable("no token with the time asked for", service.policy.backoff_base)
+            return self._serve(grant, now)
+        except Problem as problem:
+            self.router.outcomes[problem.outcome] += 1
+            return problem.answer()
+
+    def _serve(self, grant: Grant, now: float) -> bytes:
+        router = self.router
+        body = router.bodies.get(grant.human_id)
+        if body is None or not body.fits(grant):
+            body = router.bodies[grant.human_id] = TokenBody.of(grant)
+        router.served += 1
+        self._ledger.served(grant.human_id, body)
+        return body.answer(int(grant.access_expires_at - now))
+
+    # --- humans ---------------------------------------------------------------------------
+
+    def _status(self, human_id: str) -> bytes:
+        self._need_human(human_id)
+        service = self.router.service
+        grant = service.grant(human_id)
+        if grant is None:
+            raise unknown(human_id)
+        return json_response(200, status_of(grant, service.clock.time(), service.policy))
+
+    def _humans(self) -> bytes:
+        self._need_admin(None)
+        service = self.router.service
+        now = service.clock.time()
+        matched = self.matched
+        rows = [
+            status_of(g, now, service.policy)
+            for g in sorted(service.grants(), key=lambda g: g.human_id)
+            if is_admin(matched, g.human_id)
+        ]
+        return json_response(200, {"humans": rows})
+
+    async def _refresh(self, human_id: str) -> bytes:
+        service = self.router.service
+        try:
+            with anyio.fail_after(self.router.limits.handler_timeout):
+                grant = await service.refresh_now(human_id)
+        except UnknownHumanError:
+            return unknown(human_id).answer()
+        except NeedsReconsentError as exc:
+            return reconsent(human_id, exc.reason).answer()
+        except TokenUnavailableError as exc:
+            return unavailable(exc.reason, exc.retry_after).answer()
+        except (HaasdError, TimeoutError) as exc:
+            current = service.grant(human_id)
+            last_error = (current.last_error if current else None) or str(exc) or "timed out"
+            message = "the refresh failed; the stored tokens are unchanged"
+            return Problem(502, "refresh_failed", message, last_error=last_error).answer()
+        _audit.info("grant.refreshed_by_admin", human_id=human_id, peer_uid=self.peer.uid)
+        return json_response(200, status_of(grant, service.clock.time(), service.policy))
+
+    async def _delete(self, human_id: str) -> bytes:
+        self.router.forget(human_id)
+        existed = await self.router.service.delete(human_id)
+        if not existed:
+            return unknown(human_id).answer()
+        _audit.warning("grant.deleted_by_admin", human_id=human_id, peer_uid=self.peer.uid)
+        return response(204)
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _events(self) -> Takeover:
+        if not self.matched:
+            raise self._deny(None, "no [[access]] rule matches this peer's uid/gid", "events")
+
+        def allowed(human_id: str) -> bool:
+            return may_see(self.matched, human_id)
+
+        router = self.router
+        return Takeover(
+            lambda stream: event_stream(stream, router.service.events, allowed, router.limits)
+        )

@@ -1,0 +1,231 @@
+"""The token server: accept, identify the peer, admit within limits, serve, stop cleanly.
+
+Each connection's peer is read once, at accept, with ``SO_PEERCRED`` (pid, uid, gid — the
+kernel's word, not the client's). Connections beyond ``Limits.max_connections``, or beyond
+``Limits.max_connections_per_uid`` for one uid, are answered 503 and closed.
+
+Stopping (cancelling :meth:`TokenServer.serve`) stops accepting at once; idle
+connections are closed, and a request being answered gets ``Limits.shutdown_grace``
+seconds to finish: connections run in a task group of their own, shielded from the
+cancellation that stops the accept loop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
+
+from haasd.config import AccessRule
+from haasd.server.access import Peer
+from haasd.server.http import HttpConnection, Limits, error_body, json_response, linger_close
+from haasd.server.metrics import ServerCollector, exposition
+from haasd.server.routes import PeerContext, Router
+from haasd.server.service import TokenService
+from haasd.tokens import HUMAN_ID_RE
+
+__all__ = ["TokenServer", "peer_of"]
+
+_log = structlog.get_logger("haasd.server")
+_UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_ACCEPT_RETRY: Final = 0.1
+#: refusals being written at once; beyond this, excess connections are just closed
+_MAX_REFUSING: Final = 64
+
+
+def peer_of(stream: anyio.abc.SocketStream) -> Peer:
+    """The peer's credentials from the kernel (``SO_PEERCRED``)."""
+    sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)  # noqa: S610
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return Peer(uid=uid, gid=gid, pid=pid)
+
+
+def _busy(reason: str) -> bytes:
+    body = error_body(503, "too_many_connections", reason, retry_after=1)
+    answer = json_response(503, body, {"Retry-After": "1", "Connection": "close"})
+    return answer
+
+
+class TokenServer:
+    """Serves tokens, statuses, events and metrics over a Unix socket listener."""
+
+    def __init__(
+        self,
+        service: TokenService,
+        rules: Sequence[AccessRule],
+        *,
+        daemon_uid: int | None = None,
+        limits: Limits = Limits(),  # noqa: B008 - frozen, so sharing the default is safe
+        human_id_pattern: re.Pattern[str] = HUMAN_ID_RE,
+        collectors: Iterable[Collector] = (),
+    ) -> None:
+        if not hasattr(socket, "SO_PEERCRED"):
+            raise RuntimeError("haasd's token server needs SO_PEERCRED (Linux)")
+        self.limits = limits
+        #: this server's own registry (never prometheus-client's global one)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._router = Router(
+            service,
+            rules,
+            daemon_uid=os.geteuid() if daemon_uid is None else daemon_uid,
+            limits=limits,
+            human_id_pattern=human_id_pattern,
+            metrics=exposition(self.registry),
+        )
+        self._connections: set[HttpConnection] = set()
+        self._per_uid: Counter[int] = Counter()
+        self._refusing = 0
+        self._serving = False
+        #: set when the last connection ends, while a stop waits for that
+        self._emptied: anyio.Event | None = None
+        self.registry.register(ServerCollector(self._router, lambda: len(self._connections)))
+        for collector in collectors:
+            self.registry.register(collector)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def register_collector(self, collector: Collector) -> None:
+        """Add figures to ``/metrics`` (the refresh engine's counters, the rate budget)."""
+        self.registry.register(collector)
+
+    def update_rules(self, rules: Sequence[AccessRule]) -> None:
+        """New ``[[access]]`` rules (SIGHUP); open connections use them from their next
+        request on."""
+        self._router.update_rules(rules)
+
+    async def serve(
+        self,
+        listener: anyio.abc.SocketListener,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept and serve until cancelled; ``task_status.started()`` once accepting.
+
+        Cancelling it stops accepting at once and closes idle connections; answers in
+        progress get ``Limits.shutdown_grace`` seconds to go out before it returns.
+        """
+        if self._serving:
+            raise RuntimeError("a TokenServer serves once")
+        self._serving = True
+        stopping = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            conns: TaskGroup = await tg.start(self._connection_group, stopping)
+            try:
+                task_status.started()
+                await self._accept_loop(listener, conns)
+            finally:
+                stopping.set()
+                for conn in self._connections:
+                    conn.closing = True
+                    if not conn.busy:
+                        conn.scope.cancel()
+
+    async def _connection_group(
+        self, stopping: anyio.Event, *, task_status: TaskStatus[TaskGroup]
+    ) -> None:
+        """The connections' task group, shielded from what cancels the accept loop."""
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as conns:
+                conns.start_soon(self._watchdog)
+                task_status.started(conns)
+                await stopping.wait()
+                if self._connections:
+                    self._emptied = anyio.Event()
+                    with anyio.move_on_after(self.limits.shutdown_grace):
+                        await self._emptied.wait()
+                conns.cancel_scope.cancel()
+
+    async def _watchdog(self) -> None:
+        """Close connections past their deadline (idle, slow request, stalled reader)."""
+        tick = self.limits.watchdog_tick
+        while True:
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self._connections):
+                conn.expire(now)
+
+    async def _accept_loop(self, listener: anyio.abc.SocketListener, conns: TaskGroup) -> None:
+        limits = self.limits
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
+            except (anyio.BrokenResourceError, OSError) as exc:  # EMFILE and friends
+                _log.warning("accept failed; retrying", error=str(exc.__cause__ or exc))
+                await anyio.sleep(_ACCEPT_RETRY)
+                continue
+            try:
+                peer = peer_of(stream)
+            except OSError as exc:
+                _log.warning("cannot read peer credentials; closing", error=str(exc))
+                await _close(stream)
+                continue
+            if len(self._connections) >= limits.max_connections:
+                self._refuse(conns, stream, peer, "too many connections to haasd")
+            elif self._per_uid[peer.uid] >= limits.max_connections_per_uid:
+                self._refuse(conns, stream, peer, "too many connections from this user")
+            else:
+                context = self._router.connect(peer)
+                conn = HttpConnection(stream, context.handle, limits)
+                self._connections.add(conn)
+                self._per_uid[peer.uid] += 1
+                conns.start_soon(self._run, conn, stream, context)
+
+    def _refuse(
+        self, conns: TaskGroup, stream: anyio.abc.SocketStream, peer: Peer, reason: str
+    ) -> None:
+        _log.warning("connection refused", reason=reason, peer_uid=peer.uid, peer_pid=peer.pid)
+        if self._refusing >= _MAX_REFUSING:
+            conns.start_soon(_close, stream)
+            return
+        self._refusing += 1
+        conns.start_soon(self._write_refusal, stream, reason)
+
+    async def _write_refusal(self, stream: anyio.abc.SocketStream, reason: str) -> None:
+        try:
+            await linger_close(stream, _busy(reason))
+        finally:
+            self._refusing -= 1
+            await _close(stream)
+
+    async def _run(
+        self, conn: HttpConnection, stream: anyio.abc.SocketStream, context: PeerContext
+    ) -> None:
+        peer = context.peer
+        try:
+            await conn.run()
+        except Exception:
+            _log.exception("connection failed", peer_uid=peer.uid, peer_pid=peer.pid)
+        finally:
+            context.close()
+            self._connections.discard(conn)
+            if not self._connections and self._emptied is not None:
+                self._emptied.set()
+            self._per_uid[peer.uid] -= 1
+            if self._per_uid[peer.uid] <= 0:
+                del self._per_uid[peer.uid]
+            await _close(stream)
+
+
+async def _close(stream: anyio.abc.AsyncResource) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await stream.aclose()
+        except OSError:
+            pass

@@ -1,0 +1,64 @@
+"""``GET /v1/events``: lifecycle events as a ``text/event-stream``, for as long as the
+client reads.
+
+Each event is ``event: <type>`` plus one ``data:`` line holding the event's JSON (never a
+token); a comment line goes out every ``Limits.heartbeat`` seconds of silence. The
+subscription is bounded (``Limits.events_queue``): a reader that falls behind loses the
+oldest events and is told with a ``lost`` event, and a reader that stops reading
+altogether is dropped after ``Limits.write_timeout`` — it never holds up the publisher.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from haasd.events import Event, EventBus
+from haasd.server.http import Limits
+
+__all__ = ["encode_event", "event_stream"]
+
+_HEAD: Final = (
+    b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Type: text/event-stream\r\n"
+    b"Connection: close\r\n\r\n: haasd events\n\n"
+)
+_HEARTBEAT: Final = b": heartbeat\n\n"
+_GONE: Final = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+def encode_event(event: Event) -> bytes:
+    data = json.dumps(event.to_json(), separators=(",", ":"), default=str)
+    return f"event: {event.type}\ndata: {data}\n\n".encode()
+
+
+async def event_stream(
+    stream: anyio.abc.ByteStream,
+    bus: EventBus,
+    allowed: Callable[[str], bool],
+    limits: Limits,
+) -> None:
+    """Stream ``bus``'s events about humans ``allowed`` says yes to, until the reader goes."""
+
+    def accepts(event: Event) -> bool:
+        # runs inside publish(): it must be cheap and must never raise
+        try:
+            return event.human_id is None or allowed(event.human_id)
+        except Exception:
+            return False
+
+    with bus.subscribe(maxsize=limits.events_queue, accepts=accepts) as subscription:
+        chunk = _HEAD
+        try:
+            while True:
+                with anyio.fail_after(limits.write_timeout):
+                    await stream.send(chunk)
+                event: Event | None = None
+                with anyio.move_on_after(limits.heartbeat):
+                    event = await subscription.get()
+                chunk = _HEARTBEAT if event is None else encode_event(event)
+        except (TimeoutError, *_GONE):
+            return

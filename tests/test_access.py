@@ -1,0 +1,146 @@
+"""The pure access decisions: which rules match a peer, which humans and scopes they grant."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from haasd.config import AccessRule
+from haasd.server.access import (
+    Decision,
+    Peer,
+    decide,
+    decide_for,
+    default_rules,
+    effective_rules,
+    is_admin,
+    may_see,
+    rules_for,
+)
+
+DAEMON = 990
+APP = Peer(uid=1001, gid=2001, pid=4242)
+
+
+def rule(
+    uid: int | None = None,
+    gid: int | None = None,
+    humans: tuple[str, ...] = ("usr_*",),
+    scopes: tuple[str, ...] | None = None,
+    *,
+    admin: bool = False,
+) -> AccessRule:
+    return AccessRule(uid=uid, gid=gid, humans=humans, scopes=scopes, admin=admin)
+
+
+def test_without_rules_root_and_the_daemons_user_are_admins_of_everyone() -> None:
+    for uid in (0, DAEMON):
+        peer = Peer(uid, 5, 1)
+        assert decide([], peer, "usr_maria_42", daemon_uid=DAEMON, need_admin=True).allowed
+        assert is_admin(rules_for(effective_rules([], DAEMON), peer))
+    refused = decide([], APP, "usr_maria_42", daemon_uid=DAEMON)
+    assert not refused.allowed
+    assert "no [[access]] rule" in refused.reason
+
+
+def test_default_rules_do_not_repeat_root() -> None:
+    assert len(default_rules(0)) == 1
+    assert [r.uid for r in default_rules(DAEMON)] == [0, DAEMON]
+
+
+def test_with_rules_root_gets_nothing_it_is_not_given() -> None:
+    rules = [rule(uid=APP.uid)]
+    assert not decide(rules, Peer(0, 0, 1), "usr_a", daemon_uid=DAEMON).allowed
+    assert decide(rules, APP, "usr_a", daemon_uid=DAEMON).allowed
+
+
+@pytest.mark.parametrize(
+    ("the_rule", "matches"),
+    [
+        (rule(uid=1001), True),
+        (rule(uid=1002), False),
+        (rule(gid=2001), True),
+        (rule(gid=2002), False),
+        (rule(uid=1001, gid=2001), True),
+        (rule(uid=1001, gid=2002), False),  # a rule naming both needs both
+        (rule(uid=1002, gid=2001), False),
+        (rule(), False),  # names nobody: matches nobody
+    ],
+)
+def test_a_rule_matches_on_every_id_it_names(the_rule: AccessRule, matches: bool) -> None:
+    assert matches == bool(rules_for([the_rule], APP))
+
+
+@pytest.mark.parametrize(
+    ("human_id", "allowed"),
+    [
+        ("usr_team_a", True),
+        ("usr_team_", True),
+        ("usr_maria_42", True),
+        ("usr_mario_42", False),
+        ("usr_TEAM_a", False),  # case matters
+        ("xusr_team_a", False),
+    ],
+)
+def test_human_globs(human_id: str, allowed: bool) -> None:
+    rules = [rule(uid=1001, humans=("usr_team_*", "usr_maria_42"))]
+    assert allowed == decide(rules, APP, human_id, daemon_uid=DAEMON).allowed
+    assert allowed == may_see(rules_for(rules, APP), human_id)
+
+
+def test_an_unrestricted_rule_requires_only_what_is_asked() -> None:
+    matched = rules_for([rule(uid=1001)], APP)
+    assert Decision(True, frozenset()) == decide_for(matched, "usr_a")
+    asked = frozenset({"tasks:read"})
+    assert Decision(True, asked) == decide_for(matched, "usr_a", scopes=asked)
+
+
+def test_a_rule_with_scopes_requires_them_when_none_are_asked() -> None:
+    matched = rules_for([rule(uid=1001, scopes=("tasks:dispatch", "status:read"))], APP)
+    assert {"tasks:dispatch", "status:read"} == decide_for(matched, "usr_a").required
+    asked = frozenset({"status:read"})
+    assert asked == decide_for(matched, "usr_a", scopes=asked).required
+
+
+def test_a_rule_with_scopes_refuses_others() -> None:
+    matched = rules_for([rule(uid=1001, scopes=("status:read",))], APP)
+    decision = decide_for(matched, "usr_a", scopes=frozenset({"status:read", "tasks:dispatch"}))
+    assert not decision.allowed
+    assert "tasks:dispatch" in decision.reason
+
+
+def test_any_matching_rule_may_allow_and_the_lightest_requirement_wins() -> None:
+    rules = [
+        rule(uid=1001, humans=("usr_a",), scopes=("status:read",)),
+        rule(gid=2001, humans=("usr_*",)),
+    ]
+    matched = rules_for(rules, APP)
+    assert len(matched) == 2
+    assert Decision(True, frozenset()) == decide_for(matched, "usr_a")
+    assert decide_for(matched, "usr_b", scopes=frozenset({"tasks:read"})).allowed
+
+
+def test_admin_is_per_rule_and_per_human() -> None:
+    rules = [rule(uid=1001, humans=("usr_team_*",), admin=True), rule(gid=2001, humans=("usr_*",))]
+    matched = rules_for(rules, APP)
+    assert is_admin(matched)
+    assert is_admin(matched, "usr_team_a")
+    assert not is_admin(matched, "usr_maria_42")
+    assert decide_for(matched, "usr_team_a", need_admin=True).allowed
+    refused = decide_for(matched, "usr_maria_42", need_admin=True)
+    assert not refused.allowed
+    assert "admin" in refused.reason
+    assert not is_admin(rules_for([rule(uid=1001)], APP))
+
+
+def test_pids_never_decide() -> None:
+    rules = [rule(uid=1001)]
+    for pid in (1, 4242, 999999):
+        assert decide(rules, dataclasses.replace(APP, pid=pid), "usr_a", daemon_uid=0).allowed
+
+
+def test_peer_is_a_frozen_value() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        APP.uid = 0  # type: ignore[misc]
+    assert Peer(1001, 2001, 4242) == APP

@@ -1,0 +1,207 @@
+"""Nothing a client sends crashes the server, blocks it, or holds up other clients."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+from test_server import MARIA, FakeService, RawClient, eventually, get, make_grant, serving
+
+from haasd.server import Limits
+
+SMALL = Limits(
+    max_head=1024,
+    max_headers=8,
+    max_body=256,
+    request_timeout=0.3,
+    idle_timeout=0.3,
+    write_timeout=0.3,
+    max_connections=6,
+    max_connections_per_uid=3,
+)
+
+
+async def rejected(path: str, data: bytes) -> tuple[int, str, bool]:
+    """Send ``data``; the status and error type of the answer, and whether it then closed."""
+    async with RawClient.connect(path) as client:
+        await client.send(data)
+        reply = await client.reply()
+        return reply.status, reply.error_type, await client.closed()
+
+
+async def still_serving(path: str) -> bool:
+    return (await get(path, f"/v1/tokens/{MARIA}")).status == 200
+
+
+async def test_an_oversized_head_is_431() -> None:
+    data = b"GET /v1/health HTTP/1.1\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+    async with serving(limits=SMALL) as s:
+        assert await rejected(s.path, data) == (431, "request_header_fields_too_large", True)
+        assert await still_serving(s.path)
+
+
+async def test_one_header_line_dribbled_past_the_limit_is_431() -> None:
+    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
+        await client.send(b"GET /v1/health HTTP/1.1\r\nX-Long: ")
+        for _ in range(6):  # never a newline: httptools would buffer it all
+            await client.send(b"b" * 300)
+            await anyio.sleep(0.01)
+        assert (await client.reply()).status == 431
+        assert await client.closed()
+
+
+async def test_too_many_headers_is_431() -> None:
+    headers = b"".join(b"X-%d: 1\r\n" % n for n in range(9))
+    async with serving(limits=SMALL) as s:
+        data = b"GET /v1/health HTTP/1.1\r\n" + headers + b"\r\n"
+        assert await rejected(s.path, data) == (431, "request_header_fields_too_large", True)
+
+
+async def test_an_overlong_target_is_414() -> None:
+    async with serving(limits=SMALL) as s:
+        data = b"GET /v1/tokens/" + b"a" * 1100 + b" HTTP/1.1\r\n\r\n"
+        assert await rejected(s.path, data) == (414, "uri_too_long", True)
+
+
+async def test_a_body_announced_too_large_is_413_before_it_is_sent() -> None:
+    async with serving(limits=SMALL) as s:
+        data = b"POST /v1/humans/usr_a/refresh HTTP/1.1\r\nContent-Length: 100000\r\n\r\n"
+        assert await rejected(s.path, data) == (413, "payload_too_large", True)
+
+
+async def test_a_chunked_body_growing_too_large_is_413() -> None:
+    chunk = b"%x\r\n%s\r\n" % (200, b"z" * 200)
+    async with serving(limits=SMALL) as s:
+        data = b"POST /v1/health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2
+        assert await rejected(s.path, data) == (413, "payload_too_large", True)
+
+
+async def test_a_bad_content_length_is_400() -> None:
+    async with serving(limits=SMALL) as s:
+        data = b"POST /v1/health HTTP/1.1\r\nContent-Length: -5\r\n\r\n"
+        assert await rejected(s.path, data) == (400, "invalid_request", True)
+
+
+async def test_a_small_body_is_read_and_ignored() -> None:
+    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
+        await client.send(
+            b"DELETE /v1/humans/usr_maria_42 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        assert (await client.reply()).status == 204
+        assert (await client.request("GET", "/v1/health")).status == 200
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(40)) + b"\r\n\r\n",
+        b"HELLO\r\n\r\n",
+        b"GET /x y z HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\n\r\n",
+    ],
+)
+async def test_garbage_is_400_and_the_server_keeps_serving(garbage: bytes) -> None:
+    async with serving(limits=SMALL) as s:
+        assert await rejected(s.path, garbage) == (400, "invalid_request", True)
+        assert await still_serving(s.path)
+
+
+async def test_an_upgrade_is_answered_then_the_connection_closes() -> None:
+    data = b"GET /v1/health HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
+        await client.send(data)
+        assert (await client.reply()).status == 200
+        assert await client.closed()
+
+
+async def test_a_head_that_never_completes_is_closed_after_the_limit() -> None:
+    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
+        started = time.monotonic()
+        await client.send(b"GET /v1/health HTTP/1.1\r\nHost: h\r\n")
+        for _ in range(3):  # a byte now and then does not buy more time
+            await anyio.sleep(0.05)
+            await client.send(b"X")
+        assert await client.closed(seconds=3)
+        elapsed = time.monotonic() - started
+        assert await still_serving(s.path)
+    assert 0.3 <= elapsed < 1.5
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_limit() -> None:
+    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
+        assert (await client.request("GET", "/v1/health")).status == 200
+        started = time.monotonic()
+        assert await client.closed(seconds=3)
+    assert 0.25 <= time.monotonic() - started < 1.5
+
+
+async def test_blank_lines_do_not_keep_an_idle_connection_open() -> None:
+    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
+        started = time.monotonic()
+        with anyio.move_on_after(3):
+            try:
+                while True:
+                    await client.send(b"\r\n")
+                    await anyio.sleep(0.05)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+        assert await client.closed(seconds=1)
+    assert time.monotonic() - started < 1.5
+
+
+async def test_connections_beyond_the_per_uid_cap_get_503() -> None:
+    async with serving(limits=SMALL) as s:
+        async with (
+            RawClient.connect(s.path) as a,
+            RawClient.connect(s.path) as b,
+            RawClient.connect(s.path) as c,
+            RawClient.connect(s.path) as extra,
+        ):
+            reply = await extra.reply()
+            assert (reply.status, reply.error_type) == (503, "too_many_connections")
+            assert reply.headers["connection"] == "close"
+            assert await extra.closed()
+            for client in (a, b, c):
+                assert (await client.request("GET", "/v1/health")).status == 200
+        await eventually(lambda: s.server.connections == 0)
+        assert await still_serving(s.path)
+
+
+async def test_connections_beyond_the_total_cap_get_503() -> None:
+    limits = Limits(max_connections=2, max_connections_per_uid=10)
+    async with (
+        serving(limits=limits) as s,
+        RawClient.connect(s.path) as a,
+        RawClient.connect(s.path) as b,
+    ):
+        assert (await a.request("GET", "/v1/health")).status == 200
+        assert (await b.request("GET", "/v1/health")).status == 200
+        async with RawClient.connect(s.path) as extra:
+            assert (await extra.reply()).status == 503
+
+
+async def test_a_failing_handler_is_500_and_nothing_else_breaks() -> None:
+    service = FakeService([make_grant()])
+    service.health_error = RuntimeError("bug")
+    async with serving(service, limits=SMALL) as s:
+        async with RawClient.connect(s.path) as client:
+            reply = await client.request("GET", "/v1/health")
+            assert (reply.status, reply.error_type) == (500, "internal_error")
+            assert await client.closed()
+        assert await still_serving(s.path)
+
+
+async def test_a_reader_that_stops_reading_is_dropped_without_stalling_others() -> None:
+    request = f"GET /v1/tokens/{MARIA} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
+    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as greedy:
+        with anyio.move_on_after(2):
+            try:
+                while True:  # pipelined requests, answers never read: the server's writes block
+                    await greedy.send(request * 200)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+        assert await still_serving(s.path)
+        await eventually(lambda: s.server.connections == 0)
