@@ -76,6 +76,7 @@ LOST_ANSWER_RETRIES: Final = 2
 LOST_ANSWER_DELAY: Final = 1.0
 #: overdue grants at start-up are spread over up to this many seconds
 STARTUP_SPREAD: Final = 30.0
+LIMIT_REACHED: Final = "the refresh token reached its limit; re-consent needed"
 INTERRUPTED: Final = (
     "a refresh-token rotation was interrupted (the answer never reached haasd) and the "
     "server refused the retry; the human must re-consent"
@@ -259,9 +260,17 @@ class Refresher:
                 self._interrupted.add(grant.human_id)
                 grant = replace(grant, next_refresh_at=now)
             self._grants[grant.human_id] = grant
-        for grant in grants:
-            await self._apply_clock(grant.human_id, now)
-            self._schedule(self._grants[grant.human_id], now, startup=True)
+        # the clock moved while haasd was down: apply it to all in memory, write every
+        # change in one transaction (not one synced write per grant), then announce them
+        changed = [c for g in self._grants.values() if (c := self._clock_moved(g, now))]
+        if changed:
+            with anyio.CancelScope(shield=True), self._activity.busy():
+                await self.store.put_grants(changed)
+            for grant in changed:
+                self._grants[grant.human_id] = grant
+                self._announce_state(grant, self._state_reason(grant))
+        for grant in self._grants.values():
+            self._schedule(grant, now, startup=True)
         capacity = self._capacity()
         live = sum(1 for g in self._grants.values() if not self._idle(g, now))
         _log.info(
@@ -366,19 +375,31 @@ class Refresher:
         if when <= self._heap[0][0]:  # the new entry is first: the loop must look again
             self._wakeup.set()
 
+    def _clock_moved(self, grant: Grant, now: float) -> Grant | None:
+        """The grant with the state the clock gives it now, or None if that is unchanged."""
+        state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
+        if state is grant.state:
+            return None
+        if state is State.NEEDS_RECONSENT:
+            return replace(grant, state=state, last_error=LIMIT_REACHED)
+        return replace(grant, state=state)
+
+    @staticmethod
+    def _state_reason(grant: Grant) -> str:
+        if grant.state is State.RECONSENT_DUE:
+            return "the refresh token's limit is near"
+        return "refresh_token_expired"
+
     async def _apply_clock(self, human_id: str, now: float) -> Grant | None:
         """Move the grant's state as the clock says; persist and announce a change."""
         grant = self._grants.get(human_id)
         if grant is None:
             return None
-        state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
-        if state is grant.state:
+        moved = self._clock_moved(grant, now)
+        if moved is None:
             return grant
-        grant = replace(grant, state=state)
-        if state is State.NEEDS_RECONSENT:
-            grant = replace(
-                grant, last_error="the refresh token reached its limit; re-consent needed"
-            )
+        grant = moved
+        state = grant.state
         with anyio.CancelScope(shield=True), self._activity.busy():
             await self.store.update_status(
                 human_id,
@@ -388,12 +409,7 @@ class Refresher:
                 next_refresh_at=grant.next_refresh_at,
             )
         self._grants[human_id] = grant
-        self._announce_state(
-            grant,
-            "the refresh token's limit is near"
-            if state is State.RECONSENT_DUE
-            else "refresh_token_expired",
-        )
+        self._announce_state(grant, self._state_reason(grant))
         return grant
 
     def _announce_state(self, grant: Grant, reason: str) -> None:
