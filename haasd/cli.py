@@ -19,11 +19,12 @@ from typing import TextIO
 import anyio
 
 from haasd import __version__
+from haasd.app import main_run, policy_of, sealer_of
 from haasd.clock import SystemClock
 from haasd.config import Config, load_config
-from haasd.crypto import Key, Sealer
+from haasd.crypto import Key
 from haasd.errors import ConfigError, HaasdError, StoreError, TokenResponseError, UnknownHumanError
-from haasd.grants import Grant, Policy, new_grant, status_of
+from haasd.grants import Grant, new_grant, status_of
 from haasd.store import Store
 from haasd.tokens import parse_token_response
 
@@ -34,32 +35,17 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 
-def policy_of(config: Config) -> Policy:
-    r = config.refresh
-    return Policy(
-        refresh_fraction=r.refresh_fraction,
-        refresh_token_lifetime=r.refresh_token_lifetime,
-        reconsent_warning=r.reconsent_warning,
-        refresh_idle=r.refresh_idle,
-    )
-
-
-def sealer_of(config: Config) -> Sealer:
-    """The store key from its configured source, as a :class:`Sealer`."""
-    source = config.store.key
-    try:
-        key = Key.from_text(source.load().reveal())
-    except ValueError as exc:
-        raise ConfigError(source.describe(), source.key, f"not a haasd key: {exc}") from None
-    return Sealer(key)
-
-
 def _config(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("HAASD_CONFIG")
     return load_config(Path(path) if path else None)
 
 
 # --- commands ----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    path = args.config or os.environ.get("HAASD_CONFIG")
+    return main_run(Path(path) if path else None)
 
 
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
@@ -221,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="the TOML config file (default: $HAASD_CONFIG; HAASD_* variables override it)",
         )
 
+    p = command("run", cmd_run, "run the daemon in the foreground (systemd, container, terminal)")
+    config_arg(p)
     p = command("check-config", cmd_check_config, "validate a configuration and its secrets")
     config_arg(p)
     p = command("keygen", cmd_keygen, "write a new store key (mode 0600; never overwrites)")

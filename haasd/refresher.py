@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -65,7 +66,7 @@ from haasd.ratelimit import RateBudget
 from haasd.store import Store
 from haasd.tokens import TokenResponse
 
-__all__ = ["Refresher", "RefresherStats"]
+__all__ = ["LATENCY_BUCKETS", "Refresher", "RefresherStats"]
 
 _log = structlog.get_logger("haasd.refresher")
 
@@ -85,17 +86,31 @@ INTERRUPTED: Final = (
 Checkpoint = Callable[[str, str], None]
 
 
+#: upper bounds (seconds) of the refresh-latency histogram's buckets
+LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
 @dataclass(slots=True)
 class RefresherStats:
     """Figures for health and /metrics."""
 
     refreshes: Counter[str] = field(default_factory=Counter)  # by outcome
-    latencies: list[float] = field(default_factory=list)  # seconds, drained by /metrics
+    #: refresh round trips: a count per bucket of LATENCY_BUCKETS (+ one for +Inf), sum
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
     #: refreshes that landed after the old access token had already expired
     late: int = 0
     client_fault: str | None = None
     store_error: str | None = None
     at_risk: int = 0
+
+    def observe_latency(self, seconds: float) -> None:
+        index = next(
+            (i for i, bound in enumerate(LATENCY_BUCKETS) if seconds <= bound),
+            len(LATENCY_BUCKETS),
+        )
+        self.latency_buckets[index] += 1
+        self.latency_sum += seconds
 
 
 @dataclass(slots=True)
@@ -215,6 +230,11 @@ class Refresher:
         self._last_served.pop(human_id, None)
         return existed
 
+    @property
+    def backlog(self) -> int:
+        """Grants due for a refresh and waiting for a worker."""
+        return len(self._ready)
+
     def health(self) -> dict[str, object]:
         now = self.clock.time()
         reasons: list[str] = []
@@ -230,7 +250,7 @@ class Refresher:
             "status": "degraded" if reasons else "ok",
             "reasons": reasons,
             "grants": len(self._grants),
-            "refresh_backlog": len(self._ready),
+            "refresh_backlog": self.backlog,
             "in_flight": len(self._flights),
             "rate_budget_remaining": self.budget.remaining,
             "rate_blocked_for": None
@@ -524,11 +544,13 @@ class Refresher:
         self._grants[human_id] = grant
         lost = 0
         while True:
+            started = time.perf_counter()  # real time: latency is a measurement
             try:
                 answer = await self.auth.refresh(
                     grant.refresh_token, human_id=human_id, scope=grant.scope
                 )
             except TransientAuthError as exc:
+                self.stats.observe_latency(time.perf_counter() - started)
                 if exc.sent and lost < LOST_ANSWER_RETRIES:
                     lost += 1  # the server may have rotated: retry with the same token, promptly
                     interrupted = True
@@ -536,7 +558,9 @@ class Refresher:
                     continue
                 return await self._failed(grant, exc, interrupted=interrupted)
             except HaasdError as exc:
+                self.stats.observe_latency(time.perf_counter() - started)
                 return await self._failed(grant, exc, interrupted=interrupted)
+            self.stats.observe_latency(time.perf_counter() - started)
             self._hook("answered", human_id)
             await self._succeeded(grant, answer)
             self._hook("written", human_id)

@@ -1,0 +1,269 @@
+"""The composition root: config → store → auth client → refresher → socket server.
+
+The one place that builds everything and runs it in one task group. Readiness is
+explicit: ``READY=1`` (systemd) and :func:`run`'s ``task_status`` fire only once the
+store is open, every grant is loaded and the socket listens. Signals: SIGTERM/SIGINT
+stop cleanly (the server stops accepting and lets answers in flight finish, a refresh in
+flight writes its answer — that step is shielded — then the store closes); SIGHUP
+reloads access rules, log level and refresh policy, keeping the old configuration if the
+new one is invalid.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from haasd.authclient import AuthClient
+from haasd.clock import Activity, Clock, SystemClock
+from haasd.config import Config, load_config
+from haasd.crypto import Key, Sealer
+from haasd.errors import ConfigError, HaasdError, StoreLockedError
+from haasd.events import EventBus
+from haasd.grants import Policy
+from haasd.logs import configure_logging
+from haasd.metrics import EngineCollector
+from haasd.ratelimit import RateBudget
+from haasd.refresher import Refresher
+from haasd.server import TokenServer, open_listener
+from haasd.store import Store
+from haasd.systemd import Notifier, watchdog_interval
+
+__all__ = ["Daemon", "instance_lock", "main_run", "policy_of", "run", "run_unwrapped", "sealer_of"]
+
+_log = structlog.get_logger("haasd")
+#: how often the systemd STATUS= line is refreshed
+STATUS_EVERY: Final = 30.0
+#: the config keys SIGHUP applies; the rest need a restart
+RELOADABLE: Final = ("access", "log", "refresh")
+
+
+def policy_of(config: Config) -> Policy:
+    r = config.refresh
+    return Policy(
+        refresh_fraction=r.refresh_fraction,
+        refresh_token_lifetime=r.refresh_token_lifetime,
+        reconsent_warning=r.reconsent_warning,
+        refresh_idle=r.refresh_idle,
+    )
+
+
+def sealer_of(config: Config) -> Sealer:
+    """The store key from its configured source, as a :class:`Sealer`."""
+    source = config.store.key
+    try:
+        key = Key.from_text(source.load().reveal())
+    except ValueError as exc:
+        raise ConfigError(source.describe(), source.key, f"not a haasd key: {exc}") from None
+    return Sealer(key)
+
+
+@asynccontextmanager
+async def instance_lock(store_path: Path) -> AsyncIterator[None]:
+    """Hold ``<store>.lock`` exclusively: a second haasd on the same store is refused."""
+    path = store_path.with_name(store_path.name + ".lock")
+    try:
+        handle: IO[str] = path.open("a+", encoding="ascii")
+    except OSError as exc:
+        raise StoreLockedError(f"cannot open the lock file {path}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise StoreLockedError(
+                f"another haasd (pid {holder}) is running on the store {store_path}; "
+                "stop it first, or give this one its own [store] path"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+@dataclass
+class Daemon:
+    """What a running haasd is made of (for the demo, tests and signal handlers)."""
+
+    config: Config
+    clock: Clock
+    store: Store
+    auth: AuthClient
+    budget: RateBudget
+    events: EventBus
+    refresher: Refresher
+    server: TokenServer
+    socket_path: Path
+
+    def status_line(self) -> str:
+        grants = list(self.refresher.grants())
+        health = self.refresher.health()
+        nexts = [g.next_refresh_at for g in grants if g.next_refresh_at is not None]
+        line = f"{len(grants)} grants, {health['status']}"
+        if nexts:
+            line += f"; next refresh in {max(0, int(min(nexts) - self.clock.time()))}s"
+        return line
+
+    def reload(self, path: Path | None, environ: Mapping[str, str] | None = None) -> bool:
+        """Apply a new config's access rules, log settings and refresh policy."""
+        try:
+            new = load_config(path, environ)
+        except ConfigError as exc:
+            _log.error("reload refused: the new configuration is invalid", error=str(exc))
+            return False
+        restart = [
+            name
+            for name in ("haas", "store", "socket")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        configure_logging(new.log.level, new.log.format)
+        self.server.update_rules(new.access)
+        self.refresher.policy = policy_of(new)
+        self.config = new
+        _log.info("configuration reloaded", applied=list(RELOADABLE), need_restart=restart)
+        return True
+
+
+async def run(
+    config: Config,
+    *,
+    config_path: Path | None = None,
+    clock: Clock | None = None,
+    environ: Mapping[str, str] | None = None,
+    signals: bool = True,
+    task_status: TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run haasd until cancelled or signalled; ``task_status`` gets the :class:`Daemon`."""
+    env = os.environ if environ is None else environ
+    clock = clock or SystemClock()
+    notifier = Notifier(env)
+    client_secret = config.haas.client_secret.load()
+    sealer = sealer_of(config)
+    activity = Activity()
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(instance_lock(config.store.path))
+        store = await Store.open(config.store.path, sealer)
+        stack.push_async_callback(store.close)
+        budget = RateBudget(config.haas.requests_per_minute, clock)
+        auth = AuthClient.from_config(config.haas, client_secret, budget, activity=activity)
+        stack.push_async_callback(auth.aclose)
+        events = EventBus()
+        refresher = Refresher(
+            store=store,
+            auth=auth,
+            clock=clock,
+            policy=policy_of(config),
+            events=events,
+            budget=budget,
+            rng=random.SystemRandom(),
+            activity=activity,
+        )
+        server = TokenServer(
+            refresher, config.access, collectors=[EngineCollector(refresher, budget)]
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(refresher.run)
+            listener = await open_listener(config.socket, environ=env)
+            stack.push_async_callback(listener.aclose)
+            await tg.start(server.serve, listener)
+            daemon = Daemon(
+                config, clock, store, auth, budget, events, refresher, server, config.socket.path
+            )
+            notifier.ready(daemon.status_line())
+            _log.info(
+                "haasd ready",
+                socket=str(config.socket.path),
+                grants=len(list(refresher.grants())),
+                environment=config.haas.environment,
+            )
+            interval = watchdog_interval(env)
+            if interval is not None:
+                tg.start_soon(notifier.watchdog, interval)
+            if notifier.enabled:
+                tg.start_soon(_status_loop, notifier, daemon)
+            if signals:
+                tg.start_soon(_signal_loop, tg, daemon, notifier, config_path, environ)
+            task_status.started(daemon)
+    _log.info("haasd stopped")
+
+
+async def _status_loop(notifier: Notifier, daemon: Daemon) -> None:
+    while True:
+        await anyio.sleep(STATUS_EVERY)
+        notifier.status(daemon.status_line())
+
+
+async def _signal_loop(
+    tg: anyio.abc.TaskGroup,
+    daemon: Daemon,
+    notifier: Notifier,
+    config_path: Path | None,
+    environ: Mapping[str, str] | None,
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+        async for signum in received:
+            if signum == signal.SIGHUP:
+                notifier.notify("RELOADING=1")
+                daemon.reload(config_path, environ)
+                notifier.notify("READY=1", f"STATUS={daemon.status_line()}")
+                continue
+            _log.info("stopping", signal=signal.Signals(signum).name)
+            notifier.stopping()
+            tg.cancel_scope.cancel()
+            return
+
+
+def main_run(config_path: Path | None) -> int:
+    """``haasd run``: load, configure logging, run in the foreground until signalled."""
+    config = load_config(config_path)
+    configure_logging(config.log.level, config.log.format)
+
+    async def go() -> None:
+        await run(config, config_path=config_path)
+
+    run_unwrapped(go)
+    return 0
+
+
+def run_unwrapped(func: Callable[[], Awaitable[None]]) -> None:
+    """``anyio.run`` (on uvloop where installed), with a deliberate :class:`HaasdError`
+    raised from inside a task group unwrapped, so the CLI prints one line for it."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        options = {}
+    else:
+        options = {"use_uvloop": True}
+    try:
+        anyio.run(func, backend_options=options)
+    except BaseExceptionGroup as group:
+        first = _first_haasd_error(group)
+        if first is None:
+            raise
+        raise first from None
+
+
+def _first_haasd_error(group: BaseExceptionGroup[BaseException]) -> HaasdError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, HaasdError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_haasd_error(exc)
+            if found is not None:
+                return found
+    return None

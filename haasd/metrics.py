@@ -1,0 +1,85 @@
+"""The refresh engine's figures for ``/metrics`` (the server adds its own).
+
+Computed when scraped from what the engine already counts: refreshes by outcome, the
+refresh round-trip histogram, the rate budget, grants at risk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from haasd.ratelimit import RateBudget
+from haasd.refresher import LATENCY_BUCKETS, Refresher
+
+__all__ = ["EngineCollector"]
+
+_OUTCOMES = ("ok", "transient", "refused", "client_fault")
+
+
+class EngineCollector(Collector):
+    """Refreshes by outcome, their latency, the rate budget and grants at risk."""
+
+    def __init__(self, refresher: Refresher, budget: RateBudget) -> None:
+        self._refresher = refresher
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._refresher.stats
+        refreshes = CounterMetricFamily(
+            "haasd_refreshes", "Refresh attempts that ended, by outcome", labels=["outcome"]
+        )
+        for outcome in _OUTCOMES:
+            refreshes.add_metric([outcome], stats.refreshes[outcome])
+        yield refreshes
+        yield CounterMetricFamily(
+            "haasd_refreshes_late",
+            "Refreshes that landed after the old access token had expired",
+            value=stats.late,
+        )
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(
+            (*LATENCY_BUCKETS, float("inf")), stats.latency_buckets, strict=True
+        ):
+            running += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily(
+            "haasd_refresh_latency_seconds",
+            "Round trip of refresh requests to the HaaS token endpoint",
+            buckets=buckets,
+            sum_value=stats.latency_sum,
+        )
+        yield GaugeMetricFamily(
+            "haasd_rate_budget_remaining",
+            "Requests haasd may still send to HaaS in the current minute",
+            value=self._budget.remaining,
+        )
+        yield GaugeMetricFamily(
+            "haasd_rate_limit_per_minute",
+            "The plan's requests per minute (or the server's lower word)",
+            value=self._budget.limit,
+        )
+        self._refresher.health()  # refreshes stats.at_risk
+        yield GaugeMetricFamily(
+            "haasd_grants_at_risk",
+            "Grants whose token may expire before the rate budget reaches them",
+            value=float(stats.at_risk),
+        )
+        yield GaugeMetricFamily(
+            "haasd_refresh_backlog",
+            "Grants due for a refresh and waiting for a worker",
+            value=float(self._refresher.backlog),
+        )
+        yield GaugeMetricFamily(
+            "haasd_refreshing_stopped",
+            "1 while refreshing is stopped by a client-credentials fault",
+            value=1.0 if stats.client_fault else 0.0,
+        )
