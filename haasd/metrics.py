@@ -67,11 +67,10 @@ class EngineCollector(Collector):
             "The plan's requests per minute (or the server's lower word)",
             value=self._budget.limit,
         )
-        self._refresher.health()  # refreshes stats.at_risk
         yield GaugeMetricFamily(
             "haasd_grants_at_risk",
             "Grants whose token may expire before the rate budget reaches them",
-            value=float(stats.at_risk),
+            value=float(self._refresher.at_risk()),
         )
         yield GaugeMetricFamily(
             "haasd_refresh_backlog",

@@ -75,6 +75,8 @@ MAX_SLEEP: Final = 600.0
 #: prompt retries, with the same refresh token, of a request whose answer was lost
 LOST_ANSWER_RETRIES: Final = 2
 LOST_ANSWER_DELAY: Final = 1.0
+#: how often (clock seconds) a backlog is checked for grants at risk
+RISK_CHECK_EVERY: Final = 10.0
 #: overdue grants at start-up are spread over up to this many seconds
 STARTUP_SPREAD: Final = 30.0
 LIMIT_REACHED: Final = "the refresh token reached its limit; re-consent needed"
@@ -153,7 +155,8 @@ class Refresher:
         self._ready: list[tuple[float, int, str]] = []  # (access expiry, seq, human)
         self._seq = itertools.count()
         self._flights: dict[str, _Flight] = {}
-        self._last_served: dict[str, float] = {}  # newer than the grants' last_served_at
+        self._last_served: dict[str, float] = {}
+        self._risk_checked_at = float("-inf")  # newer than the grants' last_served_at
         self._interrupted: set[str] = set()  # humans whose last answer may have been lost
         self._wakeup = anyio.Event()
         self._ready_event = anyio.Event()
@@ -236,13 +239,12 @@ class Refresher:
         return len(self._ready)
 
     def health(self) -> dict[str, object]:
-        now = self.clock.time()
         reasons: list[str] = []
         if self.stats.client_fault:
             reasons.append(f"refreshing stopped: {self.stats.client_fault}")
         if self.stats.store_error:
             reasons.append(f"store not writable: {self.stats.store_error}")
-        at_risk = self._at_risk(now)
+        at_risk = self.at_risk()
         if at_risk:
             reasons.append(f"{at_risk} grant(s) may expire before the rate budget reaches them")
         blocked = self.budget.blocked_until
@@ -345,6 +347,7 @@ class Refresher:
         if self._wants_refresh(grant, now):
             heapq.heappush(self._ready, (grant.access_expires_at, next(self._seq), human_id))
             self._ready_event.set()
+            self._watch_risk(now)
         else:
             self._schedule(grant, now)
 
@@ -354,6 +357,7 @@ class Refresher:
                 self._ready_event = anyio.Event()
                 await self._ready_event.wait()
             _, _, human_id = heapq.heappop(self._ready)
+            self._watch_risk(self.clock.time())
             grant = self._grants.get(human_id)
             if grant is None or not self._wants_refresh(grant, self.clock.time()):
                 if grant is not None:
@@ -480,15 +484,34 @@ class Refresher:
             return grant.next_refresh_at - now
         return self.policy.backoff_base
 
-    def _at_risk(self, now: float) -> int:
-        """Waiting grants whose token ends before the budget can reach them."""
-        per_request = 60.0 / self.budget.limit
-        at_risk = 0
-        for position, (expiry, _, _) in enumerate(sorted(self._ready)):
-            if expiry <= now + position * per_request:
-                at_risk += 1
-        self.stats.at_risk = at_risk
-        return at_risk
+    def at_risk(self) -> int:
+        """Waiting grants whose token ends before the budget can reach them (earliest first)."""
+        now = self.clock.time()
+        per_request = 60.0 / self.budget.capacity
+        ahead = len(self._flights)  # refreshes in flight spend the budget first
+        return sum(
+            1
+            for position, (expiry, _, _) in enumerate(sorted(self._ready), start=ahead + 1)
+            if expiry <= now + position * per_request
+        )
+
+    def _watch_risk(self, now: float) -> None:
+        """Log when grants fall at risk (demand beyond the budget), and when none are."""
+        if now - self._risk_checked_at < RISK_CHECK_EVERY:
+            return
+        self._risk_checked_at = now
+        before = self.stats.at_risk
+        after = self.stats.at_risk = self.at_risk()
+        if after and not before:
+            _log.warning(
+                "grants at risk: demand exceeds the rate budget",
+                at_risk=after,
+                backlog=len(self._ready),
+                requests_per_minute=self.budget.limit,
+                hint="earliest expiry is served first; raise the plan or requests_per_minute",
+            )
+        elif before and not after:
+            _log.info("no grant at risk any more", backlog=len(self._ready))
 
     # --- one refresh ----------------------------------------------------------------------
 

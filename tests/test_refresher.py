@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 from harness import DAY, HOUR, Harness, running, simulator
+from structlog.testing import capture_logs
 
 from haasd.clock import ManualClock
 from haasd.crypto import Key, Sealer
@@ -354,3 +355,45 @@ async def test_no_token_reaches_disk_or_log_in_the_clear(tmp_path: Path) -> None
         assert token.encode() not in log
         for f in files:
             assert token.encode() not in f.read_bytes(), f.name
+
+
+@pytest.mark.usefixtures("debug_logs")
+async def test_beyond_the_budget_earliest_expiry_goes_first_and_risk_is_reported(
+    tmp_path: Path,
+) -> None:
+    with capture_logs() as logs:
+        # 2 requests a minute (1 with haasd's 10% headroom) for 20 grants due at once
+        async with running(tmp_path, policy=KEEP_BUSY, requests_per_minute=2) as h:
+            for i in range(20):
+                await h.consent(f"usr_{i:02d}")
+                await h.clock.advance(1)  # each expires a second after the one before
+            await h.clock.advance(0.8 * HOUR)
+            health = h.refresher.health()
+            assert health["status"] == "degraded", health
+            assert any("may expire before the rate budget" in str(r) for r in health["reasons"])  # type: ignore[attr-defined]
+            await h.clock.advance(HOUR)
+            first_round = [r.human_id for r in refresh_requests(h)][:20]
+            assert first_round == [f"usr_{i:02d}" for i in range(20)], "earliest expiry first"
+            assert h.sim.stats.rate_limited == 0
+            assert h.sim.max_requests_in_window(60.0) <= 20 + 1  # the consents, then 1/min
+    warnings = [e for e in logs if e["event"] == "grants at risk: demand exceeds the rate budget"]
+    assert len(warnings) == 1
+    assert warnings[0]["at_risk"] > 0
+
+
+@pytest.mark.usefixtures("debug_logs")
+async def test_start_up_says_how_many_grants_the_plan_keeps_fresh(tmp_path: Path) -> None:
+    key = Key.generate()
+    sim = simulator(ManualClock())
+    async with sim.running():
+        async with running(tmp_path, key=key, sim=sim, policy=KEEP_BUSY) as h:
+            for i in range(50):
+                await h.consent(f"usr_{i}")
+        with capture_logs() as logs:
+            async with running(tmp_path, key=key, sim=sim, policy=KEEP_BUSY, requests_per_minute=1):
+                pass
+    loaded = next(e for e in logs if e["event"] == "grants loaded")
+    # 1 request a minute keeps 45 grants fresh: 60 per hour / (1 / 0.75) refreshes each
+    assert loaded["plan_capacity"] == 45
+    warning = next(e for e in logs if e["event"] == "more grants than the plan can keep fresh")
+    assert warning["refreshed_ahead"] == 50
