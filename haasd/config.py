@@ -33,6 +33,7 @@ __all__ = [
     "SCOPES",
     "AccessRule",
     "Config",
+    "ConsentConfig",
     "HaasConfig",
     "LogConfig",
     "RefreshConfig",
@@ -171,6 +172,14 @@ class SocketConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsentConfig:
+    #: how long a started consent waits for the human before it is abandoned
+    pending_ttl: float = 900.0
+    #: the most consents that may be pending at once
+    max_pending: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class AccessRule:
     """Which peers (by uid and/or gid) may have which humans' tokens."""
 
@@ -196,6 +205,7 @@ class Config:
     socket: SocketConfig
     access: tuple[AccessRule, ...]
     log: LogConfig
+    consent: ConsentConfig = ConsentConfig()
 
 
 # --- value parsers -----------------------------------------------------------------------
@@ -369,6 +379,7 @@ _SCHEMA: Final[dict[str, dict[str, Parser]]] = {
         "refresh_idle": parse_duration,
     },
     "socket": {"path": _path, "mode": _mode},
+    "consent": {"pending_ttl": parse_duration, "max_pending": _positive_int},
     "log": {
         "level": _choice("debug", "info", "warning", "error"),
         "format": _choice("json", "console"),
@@ -544,7 +555,12 @@ def _build(
     )
     log = LogConfig(level=values.get("log.level", "info"), format=values.get("log.format", "json"))
     access = _access_rules(access_raw, env, where)
-    return Config(where.file, haas, store, refresh, socket, access, log)
+    consent_defaults = ConsentConfig()
+    consent = ConsentConfig(
+        pending_ttl=values.get("consent.pending_ttl", consent_defaults.pending_ttl),
+        max_pending=values.get("consent.max_pending", consent_defaults.max_pending),
+    )
+    return Config(where.file, haas, store, refresh, socket, access, log, consent)
 
 
 def _access_rules(raw: Any, env: Mapping[str, str], where: _Where) -> tuple[AccessRule, ...]:

@@ -15,12 +15,22 @@ callers decide with ``except``/``match`` on a class, never on a message string::
     ├── NeedsReconsentError    the grant is dead until the human consents again (409)
     ├── TokenUnavailableError  no token with the time asked for can be had now (503)
     ├── TokenResponseError     a token answer that is not what the seed documents
-    └── AuthError              the HaaS token endpoint said no, or could not be reached
-        ├── TransientAuthError     retry later: network, timeout, 5xx, 429, malformed 200
-        │   └── RateLimitedError   429 / rate budget: carries retry_after
-        ├── InvalidGrantError      permanent for one grant: the human must re-consent
-        ├── ClientAuthError        invalid_client / unauthorized_client: daemon-wide fault
-        └── RequestRejectedError   invalid_request, unsupported_grant_type, ...: our bug
+    ├── AuthError              the HaaS token endpoint said no, or could not be reached
+    │   ├── TransientAuthError     retry later: network, timeout, 5xx, 429, malformed 200
+    │   │   └── RateLimitedError   429 / rate budget: carries retry_after
+    │   ├── InvalidGrantError      permanent for one grant: the human must re-consent
+    │   ├── ClientAuthError        invalid_client / unauthorized_client: daemon-wide fault
+    │   └── RequestRejectedError   invalid_request, unsupported_grant_type, ...: our bug
+    └── ConsentError           a consent cannot be started or finished (haasd.consent)
+        ├── ConsentRequestError    malformed input: a human id, a callback URL not ours (400)
+        │   └── ScopeError         '*', an unknown scope, or one beyond the configured (400)
+        ├── ConsentLimitError      the bounded table of pending consents is full (503)
+        ├── InvalidStateError      unknown, expired or used state: nothing exchanged (400)
+        ├── ConsentDeniedError     the redirect carried an error: access_denied = "no" (403)
+        ├── ExchangeFailedError    the server refused the code (permanent): error_type (502)
+        ├── ExchangeUnavailableError  the exchange failed transiently: the same callback
+        │                             may be finished again until the consent expires (503)
+        └── ListenTimeoutError     no redirect reached the loopback listener in time
 """
 
 from __future__ import annotations
@@ -29,12 +39,21 @@ __all__ = [
     "AuthError",
     "ClientAuthError",
     "ConfigError",
+    "ConsentDeniedError",
+    "ConsentError",
+    "ConsentLimitError",
+    "ConsentRequestError",
     "DecryptError",
+    "ExchangeFailedError",
+    "ExchangeUnavailableError",
     "HaasdError",
     "InvalidGrantError",
+    "InvalidStateError",
+    "ListenTimeoutError",
     "NeedsReconsentError",
     "RateLimitedError",
     "RequestRejectedError",
+    "ScopeError",
     "StoreCorruptError",
     "StoreError",
     "StoreLockedError",
@@ -164,3 +183,99 @@ class ClientAuthError(AuthError):
 
 class RequestRejectedError(AuthError):
     """The server rejected the request itself (invalid_request, ...): a haasd defect."""
+
+
+class ConsentError(HaasdError):
+    """A consent (:mod:`haasd.consent`) cannot be started or finished."""
+
+
+class ConsentRequestError(ConsentError):
+    """The request is malformed: a human id, or a callback URL that is not a redirect to
+    the pending consent's ``redirect_uri`` (nothing was consumed)."""
+
+
+class ScopeError(ConsentRequestError):
+    """Scopes that may not be asked for.
+
+    ``error_type`` is ``invalid_scope`` (``*``, unknown, or none) or ``scope_not_allowed``
+    (a known scope beyond the configured ones: a request may narrow, never widen).
+    """
+
+    def __init__(self, error_type: str, message: str, scopes: tuple[str, ...] = ()) -> None:
+        self.error_type = error_type
+        self.scopes = scopes
+        super().__init__(message)
+
+
+class ConsentLimitError(ConsentError):
+    """As many consents are pending as the table holds; ``retry_after`` seconds until the
+    first of them expires."""
+
+    def __init__(self, limit: int, retry_after: float) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"{limit} consents are pending, the most haasd keeps; finish one, or try again "
+            f"in {retry_after:.0f}s when the oldest expires"
+        )
+
+
+class InvalidStateError(ConsentError):
+    """The callback's state is not a pending consent: never issued, already used (or being
+    used by another callback right now), or ``expired``. No code was exchanged."""
+
+    def __init__(self, reason: str) -> None:
+        #: ``unknown`` or ``expired``
+        self.reason = reason
+        what = "has expired" if reason == "expired" else "is unknown or was already used"
+        super().__init__(f"the consent's state {what}; start a new consent")
+
+
+class ConsentDeniedError(ConsentError):
+    """The authorization server redirected back with an error instead of a code.
+
+    ``error_type`` ``access_denied`` is the human saying no; any other (RFC 6749
+    §4.1.2.1: ``invalid_scope``, ``server_error``, ...) ended the request on the server's
+    side. Either way the pending consent is used up.
+    """
+
+    def __init__(self, error_type: str, description: str | None = None) -> None:
+        self.error_type = error_type
+        self.description = description
+        message = (
+            "the human declined the consent"
+            if error_type == "access_denied"
+            else f"the authorization server ended the consent with {error_type}"
+        )
+        super().__init__(message + (f": {description}" if description else ""))
+
+
+class ExchangeFailedError(ConsentError):
+    """The token endpoint refused the code for good (``error_type``: ``invalid_grant``
+    for a used, expired or mismatched code or PKCE verifier, ``invalid_client``, ...).
+    The pending consent is used up: start a new one."""
+
+    def __init__(self, error_type: str, message: str, *, status: int | None = None) -> None:
+        self.error_type = error_type
+        self.status = status
+        super().__init__(message)
+
+
+class ExchangeUnavailableError(ConsentError):
+    """The code exchange failed in a way that may pass (network, timeout, 5xx, 429).
+
+    The pending consent is kept: the same callback can be finished again until
+    ``expires_at`` (wall-clock epoch seconds); ``retry_after`` is the server's wish, if any.
+    """
+
+    def __init__(
+        self, error_type: str, message: str, *, expires_at: float, retry_after: float | None
+    ) -> None:
+        self.error_type = error_type
+        self.expires_at = expires_at
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ListenTimeoutError(ConsentError):
+    """The loopback listener saw no redirect before its timeout; the port is closed."""

@@ -32,6 +32,7 @@ EVENT_TYPES: Final = frozenset(
         "consent.started",
         "consent.granted",
         "consent.denied",
+        "consent.failed",
         "consent.abandoned",
         "lost",
     }

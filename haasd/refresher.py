@@ -528,6 +528,8 @@ class Refresher:
     async def _run_flight(self, human_id: str, flight: _Flight, force: bool) -> None:
         try:
             flight.error = await self._refresh(human_id, force=force)
+        except UnknownHumanError as exc:
+            flight.error = exc  # deleted while the refresh began
         except StoreError as exc:
             # the disk said no: nothing is served that is not on disk; try again later
             flight.error = exc
@@ -593,6 +595,21 @@ class Refresher:
         if self._checkpoint is not None:
             self._checkpoint(point, human_id)
 
+    async def _write_outcome(self, grant: Grant, new: Grant) -> bool:
+        """Write a refresh's outcome — if the grant is still the one refreshed — then
+        show it. A re-consent or delete that landed meanwhile wins: the answer is dropped."""
+        attempt = grant.intent.attempt_id if grant.intent is not None else None
+        with anyio.CancelScope(shield=True), self._activity.busy():
+            written = await self.store.finish_refresh(new, attempt_id=attempt)
+        if not written:
+            _log.info(
+                "refresh outcome dropped: the grant was replaced or deleted meanwhile",
+                human_id=grant.human_id,
+            )
+            return False
+        self._grants[grant.human_id] = new
+        return True
+
     async def _succeeded(self, grant: Grant, answer: TokenResponse) -> None:
         now = self.clock.time()
         if now >= grant.access_expires_at and grant.state is not State.NEEDS_RECONSENT:
@@ -615,9 +632,8 @@ class Refresher:
             next_refresh_at=refresh_due_at(now, answer.expires_in, self.policy, self._rng),
             intent=None,
         )
-        with anyio.CancelScope(shield=True), self._activity.busy():
-            await self.store.finish_refresh(new)
-        self._grants[grant.human_id] = new
+        if not await self._write_outcome(grant, new):
+            return
         self._interrupted.discard(grant.human_id)
         if self.stats.client_fault is not None:
             _log.info("refreshing resumed: the server accepted our client credentials")
@@ -684,9 +700,8 @@ class Refresher:
             )
             if sent:
                 self._interrupted.add(human_id)
-        with anyio.CancelScope(shield=True), self._activity.busy():
-            await self.store.finish_refresh(new)
-        self._grants[human_id] = new
+        if not await self._write_outcome(grant, new):
+            return exc
         if answer is Answer.REFUSED:
             self._interrupted.discard(human_id)
             self._versions.pop(human_id, None)

@@ -5,6 +5,11 @@ One row per human in ``grants``; the access and refresh tokens are sealed blobs
 committed with ``synchronous=FULL`` before the method returns (``last_served_at`` is the
 exception: see :meth:`Store.mark_served`).
 
+``pending_consents`` holds the consents a human has not answered yet
+(:mod:`haasd.consent`): the OAuth ``state`` only as its SHA-256 (``state_id``), the PKCE
+verifier sealed with ``state_id`` in the place of a human id in the associated data — so
+neither is on disk in the clear, and a verifier copied to another row does not open.
+
 Opening is careful with files that are not ours. An existing file is first read through
 an *immutable* read-only connection, which creates and changes nothing (not even the
 ``-wal``/``-shm``): a file that is not SQLite, not a haasd store, written by a newer
@@ -17,8 +22,10 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Self
 from urllib.parse import quote
@@ -39,7 +46,7 @@ from haasd.errors import (
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
 
-__all__ = ["Store"]
+__all__ = ["PendingRecord", "Store"]
 
 # ``PRAGMA application_id`` of a haasd store ("HAAS")
 _APPLICATION_ID: Final = 0x48414153
@@ -72,6 +79,18 @@ _MIGRATIONS: Sequence[tuple[str, ...]] = (
             intent_fingerprint TEXT,
             intent_started_at REAL
         )""",
+    ),
+    (
+        """CREATE TABLE pending_consents (
+            state_id TEXT PRIMARY KEY NOT NULL,
+            code_verifier BLOB NOT NULL,
+            scope TEXT NOT NULL,
+            human_id TEXT,
+            redirect_uri TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+        "CREATE INDEX pending_consents_by_expiry ON pending_consents (expires_at)",
     ),
 )
 
@@ -108,9 +127,50 @@ _STATUS_CLEAR: Final = (
     " intent_attempt_id = NULL, intent_fingerprint = NULL, intent_started_at = NULL"
     " WHERE human_id = ?"
 )
+# pending_consents: columns in PendingRecord's order, the sealed verifier apart.
+_PENDING_SELECT: Final = (
+    "SELECT state_id, scope, human_id, redirect_uri, created_at, expires_at FROM pending_consents"
+)
+# One statement, so the bound holds however many tasks add at once.
+_ADD_PENDING: Final = (
+    "INSERT INTO pending_consents (code_verifier, state_id, scope, human_id, redirect_uri,"
+    " created_at, expires_at) SELECT ?, ?, ?, ?, ?, ?, ?"
+    " WHERE (SELECT count(*) FROM pending_consents) < ?"
+)
+_RESTORE_PENDING: Final = (
+    "INSERT OR IGNORE INTO pending_consents (code_verifier, state_id, scope, human_id,"
+    " redirect_uri, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_TAKE_PENDING: Final = (
+    "DELETE FROM pending_consents WHERE state_id = ? RETURNING code_verifier,"
+    " state_id, scope, human_id, redirect_uri, created_at, expires_at"
+)
+_TAKE_EXPIRED: Final = (
+    "DELETE FROM pending_consents WHERE expires_at <= ? RETURNING"
+    " state_id, scope, human_id, redirect_uri, created_at, expires_at"
+)
+_VERIFIER_COLUMN: Final = "code_verifier"
 _SERVED: Final = (
     "UPDATE grants SET last_served_at = max(coalesce(last_served_at, ?1), ?1) WHERE human_id = ?2"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecord:
+    """A consent waiting for the human's answer, as stored (see :mod:`haasd.consent`).
+
+    Safe to show and log: the state is only its digest, and the PKCE verifier travels
+    apart from the record, as a :class:`~haasd.secret.Secret`.
+    """
+
+    #: SHA-256 of the OAuth ``state``, hex
+    state_id: str
+    scope: tuple[str, ...]
+    #: the human named when the consent was started (a re-consent), if any
+    human_id: str | None
+    redirect_uri: str
+    created_at: float
+    expires_at: float
 
 
 class Store:
@@ -120,7 +180,7 @@ class Store:
     from concurrent tasks (one lock orders the transactions on the one connection).
     """
 
-    __slots__ = ("_closed", "_conn", "_lock", "_path", "_sealer", "_served")
+    __slots__ = ("_closed", "_conn", "_lock", "_path", "_scopes", "_sealer", "_served")
 
     def __init__(self, conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None:
         self._conn = conn
@@ -128,6 +188,7 @@ class Store:
         self._path = path
         self._lock = anyio.Lock()
         self._served: dict[str, float] = {}
+        self._scopes: dict[str, tuple[str, ...]] = {}
         self._closed = False
 
     @classmethod
@@ -224,11 +285,13 @@ class Store:
         params = (intent.attempt_id, intent.fingerprint, intent.started_at, human_id)
         await self._update(human_id, _BEGIN, params, "begin refresh")
 
-    async def finish_refresh(self, grant: Grant) -> None:
+    async def finish_refresh(self, grant: Grant, *, attempt_id: str | None = None) -> bool:
         """Store a refresh's outcome and clear the intent, in one transaction.
 
         Writes the tokens, their expiries, scope and status fields of ``grant``;
-        environment, consented_at and last_served_at stay as stored.
+        environment, consented_at and last_served_at stay as stored. With
+        ``attempt_id``, only if the row still carries that intent: False (nothing
+        written) when the grant was replaced or deleted while the refresh was in flight.
         """
         hid = grant.human_id
         seal = self._sealer.seal
@@ -245,7 +308,11 @@ class Store:
             grant.next_refresh_at,
             hid,
         )
-        await self._update(hid, _FINISH, params, "finish refresh")
+        if attempt_id is None:
+            await self._update(hid, _FINISH, params, "finish refresh")
+            return True
+        sql = f"{_FINISH} AND intent_attempt_id = ?"
+        return await self._write(sql, [(*params, attempt_id)], "finish refresh") == 1
 
     async def update_status(
         self,
@@ -287,7 +354,53 @@ class Store:
             raise
         return len(rows)
 
+    # -- pending consents (haasd.consent) ------------------------------------------------
+
+    async def add_pending(self, record: PendingRecord, verifier: Secret, *, limit: int) -> bool:
+        """Insert a pending consent unless ``limit`` are pending already; whether it was."""
+        params = (self._seal_verifier(record, verifier), *_pending_row(record), limit)
+        return await self._write(_ADD_PENDING, [params], "add pending consent") > 0
+
+    async def restore_pending(self, record: PendingRecord, verifier: Secret) -> None:
+        """Put back what :meth:`take_pending` took (not counted against the limit)."""
+        params = (self._seal_verifier(record, verifier), *_pending_row(record))
+        await self._write(_RESTORE_PENDING, [params], "restore pending consent")
+
+    async def get_pending(self, state_id: str) -> PendingRecord | None:
+        rows = await self._fetch(_PENDING_SELECT + " WHERE state_id = ?", (state_id,))
+        return _to_pending(rows[0]) if rows else None
+
+    async def list_pending(self) -> list[PendingRecord]:
+        """Every pending consent, the first to expire first."""
+        rows = await self._fetch(_PENDING_SELECT + " ORDER BY expires_at, state_id")
+        return [_to_pending(row) for row in rows]
+
+    async def next_pending_expiry(self) -> float | None:
+        rows = await self._fetch("SELECT min(expires_at) FROM pending_consents")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    async def take_pending(self, state_id: str) -> tuple[PendingRecord, Secret] | None:
+        """Delete and return a pending consent and its verifier, in one statement: of two
+        tasks (or processes) taking the same one, exactly one gets it."""
+        rows = await self._write_returning(_TAKE_PENDING, (state_id,), "take pending consent")
+        if not rows:
+            return None
+        blob, *fields = rows[0]
+        record = _to_pending(fields)
+        opened = self._sealer.open(blob, human_id=record.state_id, column=_VERIFIER_COLUMN)
+        return record, Secret(opened)
+
+    async def take_expired_pending(self, now: float) -> list[PendingRecord]:
+        """Delete and return every pending consent expired at ``now``, in one statement."""
+        rows = await self._write_returning(_TAKE_EXPIRED, (now,), "prune pending consents")
+        return sorted((_to_pending(row) for row in rows), key=lambda r: r.expires_at)
+
     # -- internals -----------------------------------------------------------------------
+
+    def _seal_verifier(self, record: PendingRecord, verifier: Secret) -> bytes:
+        return self._sealer.seal(
+            verifier.reveal(), human_id=record.state_id, column=_VERIFIER_COLUMN
+        )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -333,6 +446,18 @@ class Store:
                         raise
         return changed
 
+    async def _write_returning(
+        self, sql: str, params: Sequence[Any], what: str
+    ) -> list[sqlite3.Row]:
+        """One changing statement with ``RETURNING``: its own transaction (autocommit ends
+        it once every row is read), shielded from cancellation like :meth:`_write`."""
+        self._check_open()
+        rows: list[sqlite3.Row] = []
+        with anyio.CancelScope(shield=True), _translate(self._path, what):
+            async with self._lock:
+                rows = list(await self._conn.execute_fetchall(sql, params))
+        return rows
+
     def _to_row(self, g: Grant) -> tuple[Any, ...]:
         seal = self._sealer.seal
         intent = g.intent
@@ -359,6 +484,13 @@ class Store:
     def _to_grants(self, rows: list[sqlite3.Row]) -> list[Grant]:
         return [self._to_grant(row) for row in rows]
 
+    def _scope_tuple(self, scope: str) -> tuple[str, ...]:
+        """One shared tuple per distinct scope string: 100k grants hold a handful."""
+        cached = self._scopes.get(scope)
+        if cached is None:
+            cached = self._scopes[scope] = tuple(scope.split())
+        return cached
+
     def _to_grant(self, row: sqlite3.Row) -> Grant:
         (hid, env, scope, at, at_exp, rt, rt_exp, consented, last_refresh, state, error,
          failures, next_refresh, served, attempt, fp, started) = row  # fmt: skip
@@ -369,8 +501,8 @@ class Store:
         try:
             return Grant(
                 human_id=hid,
-                environment=env,
-                scope=tuple(scope.split()),
+                environment=sys.intern(env),
+                scope=self._scope_tuple(scope),
                 access_token=Secret(open_(at, human_id=hid, column="access_token")),
                 access_expires_at=at_exp,
                 refresh_token=Secret(open_(rt, human_id=hid, column="refresh_token")),
@@ -386,6 +518,24 @@ class Store:
             )
         except (TypeError, ValueError) as exc:
             raise StoreCorruptError(f"store {self._path}: grant {hid!r} is malformed") from exc
+
+
+def _pending_row(record: PendingRecord) -> tuple[Any, ...]:
+    return (
+        record.state_id,
+        " ".join(record.scope),
+        record.human_id,
+        record.redirect_uri,
+        record.created_at,
+        record.expires_at,
+    )
+
+
+def _to_pending(row: Sequence[Any]) -> PendingRecord:
+    state_id, scope, human_id, redirect_uri, created_at, expires_at = row
+    return PendingRecord(
+        state_id, tuple(scope.split()), human_id, redirect_uri, created_at, expires_at
+    )
 
 
 @contextmanager

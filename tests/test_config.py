@@ -275,3 +275,10 @@ def test_access_rule_by_names(tmp_path: Path) -> None:
     text = MINIMAL + f'[[access]]\nuser = "{user}"\ngroup = "{group}"\nhumans = ["usr_*"]\n'
     rule = load_config(write(tmp_path, text), {}).access[0]
     assert (rule.uid, rule.gid, rule.admin, rule.scopes) == (os.getuid(), os.getgid(), False, None)
+
+
+def test_consent_section(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + '[consent]\npending_ttl = "5m"\nmax_pending = 10\n')
+    config = load_config(path, {})
+    assert (config.consent.pending_ttl, config.consent.max_pending) == (300.0, 10)
+    assert load_config(write(tmp_path, MINIMAL), {}).consent.pending_ttl == 900.0

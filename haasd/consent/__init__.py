@@ -1,0 +1,58 @@
+"""Getting a human's consent into haasd, and getting it again before the 30-day limit.
+
+The authorization-code flow with PKCE (RFC 7636, S256), as the HaaS docs describe it::
+
+    flow = ConsentFlow(store, auth, refresher, clock, events, config.haas, policy)
+    await tg.start(flow.run)                      # expires abandoned consents
+    pending = await flow.start(["status:read"])   # or start(human_id="usr_…") to re-consent
+    # send the human to pending.authorization_url; the browser comes back to redirect_uri
+    result = await flow.finish_url(callback_url)  # or finish(state, code=…/error=…)
+
+Decisions a caller must know:
+
+* **Pending consents live in the store** (``pending_consents``), so a restart between
+  start and callback loses nothing. The ``state`` is kept only as its SHA-256; the PKCE
+  verifier is sealed (AES-GCM, the store's key) with that digest as associated data.
+* **Single use.** :meth:`ConsentFlow.finish` takes the pending consent out of the store in
+  one statement (``DELETE … RETURNING``) before anything else, so of two concurrent
+  callbacks exactly one exchanges the code; the other gets InvalidStateError, as do
+  unknown and expired states — without any request to the server.
+* **What consumes a consent:** a grant; a callback with an error (ConsentDeniedError;
+  ``consent.denied``); the server refusing the code (ExchangeFailedError with the
+  server's ``error_type``; ``consent.failed``); expiry (``consent.abandoned``). A
+  *transient* exchange failure (network, timeout, 5xx, 429) or a cancellation puts it back:
+  ExchangeUnavailableError, and the same callback may be finished again until it expires.
+  So every ``consent.started`` ends in exactly one of ``consent.granted``, ``.denied``,
+  ``.failed`` or ``.abandoned``; events carry a ``consent_id`` (a prefix of the state's
+  digest) to match them, never the state or the code.
+* **Scopes** default to the configured ones — for a named human with a grant, to that
+  grant's (within the configured ones). A request may narrow, never widen; ``*`` and
+  unknown scopes are refused (ScopeError).
+* **Re-consent** works for a grant in any state (an early re-consent is allowed); the
+  URL carries ``login_hint``. The new grant replaces the old in one ``INSERT OR REPLACE``
+  (:meth:`~haasd.refresher.Refresher.add`): state active, the refresh-token limit counted
+  from the new consent. If another human approves, their grant is stored and the named
+  human's is untouched (``ConsentResult.different_human``).
+* **Bounded:** at most ``max_pending`` (1000) consents wait at once. When full, expired
+  ones are pruned first; if none has expired, ConsentLimitError (``retry_after`` until
+  the first expires). Live consents are never evicted.
+* :func:`listen_once` serves the loopback redirect of ``haasd consent listen``.
+"""
+
+from haasd.consent._flow import (
+    DEFAULT_MAX_PENDING,
+    DEFAULT_PENDING_TTL,
+    ConsentFlow,
+    ConsentResult,
+    PendingConsent,
+)
+from haasd.consent._listen import listen_once
+
+__all__ = [
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_PENDING_TTL",
+    "ConsentFlow",
+    "ConsentResult",
+    "PendingConsent",
+    "listen_once",
+]

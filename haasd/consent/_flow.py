@@ -1,0 +1,438 @@
+"""The consent flow: start (state, PKCE, URL), finish (the callback), expire (abandoned)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import urlsplit
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from haasd.authclient import AuthClient
+from haasd.clock import Activity, Clock, rfc3339
+from haasd.config import HaasConfig
+from haasd.consent._oauth import (
+    authorization_url,
+    check_human_id,
+    code_challenge,
+    consent_id,
+    loopback_port,
+    new_state,
+    new_verifier,
+    parse_callback,
+    redirect_matches,
+    resolve_scopes,
+    state_id,
+    with_port,
+)
+from haasd.errors import (
+    AuthError,
+    ConsentDeniedError,
+    ConsentLimitError,
+    ConsentRequestError,
+    ExchangeFailedError,
+    ExchangeUnavailableError,
+    HaasdError,
+    InvalidStateError,
+    TransientAuthError,
+)
+from haasd.events import Event, EventBus
+from haasd.grants import Grant, Policy, new_grant
+from haasd.refresher import Refresher
+from haasd.secret import Secret
+from haasd.store import PendingRecord, Store
+from haasd.tokens import TokenResponse
+
+__all__ = [
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_PENDING_TTL",
+    "ConsentFlow",
+    "ConsentResult",
+    "PendingConsent",
+]
+
+DEFAULT_PENDING_TTL: Final = 15 * 60.0
+DEFAULT_MAX_PENDING: Final = 1000
+#: the longest the expiry loop sleeps without looking again (wall-clock steps)
+MAX_SLEEP: Final = 600.0
+
+_log = structlog.get_logger("haasd.consent")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingConsent:
+    """A started consent: send the human to ``authorization_url`` before ``expires_at``.
+
+    ``state`` is what the callback must bring back; it is stored only as a digest and
+    never logged, so it is kept out of ``repr`` (as is the URL, which carries it).
+    """
+
+    consent_id: str
+    state: str = field(repr=False)
+    authorization_url: str = field(repr=False)
+    scope: tuple[str, ...]
+    #: the human asked for (``login_hint``): a re-consent or a known human's onboarding
+    human_id: str | None
+    #: True when ``human_id`` has a grant now (whatever its state)
+    reconsent: bool
+    redirect_uri: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentResult:
+    """A finished consent: the grant is stored and scheduled."""
+
+    consent_id: str
+    #: whom the server says consented (the grant is stored under this id)
+    human_id: str
+    scope: tuple[str, ...]
+    requested_scope: tuple[str, ...]
+    #: an earlier grant of ``human_id`` was replaced (atomically)
+    replaced: bool
+    #: the consent named a human and another one approved: a new grant for that other
+    #: human; the named human's grant is untouched
+    different_human: bool
+    expected_human_id: str | None
+    grant: Grant = field(repr=False)
+
+
+class ConsentFlow:
+    """Pending consents in the store, the callback's exchange, and their expiry.
+
+    Run :meth:`run` in the daemon's task group (``await tg.start(flow.run)``) so that
+    consents nobody finishes expire on time, with a ``consent.abandoned`` event.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        auth: AuthClient,
+        refresher: Refresher,
+        clock: Clock,
+        events: EventBus,
+        haas: HaasConfig,
+        policy: Policy,
+        *,
+        pending_ttl: float = DEFAULT_PENDING_TTL,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        rng: random.Random | None = None,
+        activity: Activity | None = None,
+    ) -> None:
+        if not pending_ttl > 0:
+            raise ValueError("pending_ttl must be positive")
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self._store = store
+        self._auth = auth
+        self._refresher = refresher
+        self._clock = clock
+        self._events = events
+        self._haas = haas
+        self._policy = policy
+        self.pending_ttl = pending_ttl
+        self.max_pending = max_pending
+        self._rng = rng or random.Random()
+        #: busy during store I/O, so a ManualClock's settle hook waits for it
+        self._activity = activity or Activity()
+        self._wakeup: anyio.Event | None = None
+
+    @property
+    def redirect_uri(self) -> str:
+        """The configured redirect URI."""
+        return self._haas.redirect_uri
+
+    # --- start --------------------------------------------------------------------------
+
+    async def start(
+        self,
+        scopes: Sequence[str] | None = None,
+        human_id: str | None = None,
+        *,
+        redirect_uri: str | None = None,
+    ) -> PendingConsent:
+        """Begin a consent; raises ScopeError, ConsentRequestError or ConsentLimitError.
+
+        ``scopes`` default to the named human's grant's (a re-consent), else to the
+        configured ones; they may narrow the configured scopes, never widen them.
+        ``redirect_uri`` may differ from the configured one only in the port, and only for
+        a loopback URI (RFC 8252 §7.3: :func:`~haasd.consent.listen_once` passes its port).
+        """
+        previous = None
+        if human_id is not None:
+            previous = self._refresher.grant(check_human_id(human_id))
+        scope = resolve_scopes(
+            scopes, self._haas.scopes, previous.scope if previous is not None else None
+        )
+        redirect = self._redirect_uri(redirect_uri)
+        state, verifier = new_state(), new_verifier()
+        now = self._clock.time()
+        record = PendingRecord(
+            state_id(state), scope, human_id, redirect, now, now + self.pending_ttl
+        )
+        await self._add(record, verifier, now)
+        pending = PendingConsent(
+            consent_id=consent_id(record.state_id),
+            state=state,
+            authorization_url=authorization_url(
+                self._haas.authorize_url,
+                client_id=self._haas.client_id,
+                redirect_uri=redirect,
+                scope=scope,
+                state=state,
+                challenge=code_challenge(verifier),
+                login_hint=human_id,
+            ),
+            scope=scope,
+            human_id=human_id,
+            reconsent=previous is not None,
+            redirect_uri=redirect,
+            created_at=now,
+            expires_at=record.expires_at,
+        )
+        details = {
+            "consent_id": pending.consent_id,
+            "scope": " ".join(scope),
+            "expires_at": rfc3339(pending.expires_at),
+            "reconsent": pending.reconsent,
+        }
+        self._events.publish(Event("consent.started", human_id, now, details))
+        _log.info("consent started", human_id=human_id, **details)
+        return pending
+
+    def _redirect_uri(self, override: str | None) -> str:
+        configured = self._haas.redirect_uri
+        if override is None or override == configured:
+            return configured
+        loopback_port(configured)  # only a loopback redirect may change its port
+        try:
+            port = urlsplit(override).port
+        except ValueError:
+            port = None
+        if port is None or with_port(configured, port) != override:
+            raise ConsentRequestError(
+                f"redirect_uri {override} differs from the configured {configured} in more "
+                "than its port"
+            )
+        return override
+
+    async def _add(self, record: PendingRecord, verifier: Secret, now: float) -> None:
+        store, limit = self._store, self.max_pending
+        with self._activity.busy():
+            if not await store.add_pending(record, verifier, limit=limit):
+                # full: make room by expiring what has expired, then try once more
+                await self.prune(now)
+                if not await store.add_pending(record, verifier, limit=limit):
+                    first = await store.next_pending_expiry()
+                    raise ConsentLimitError(limit, max(0.0, (first or now) - now))
+        self._wake()
+
+    # --- finish -------------------------------------------------------------------------
+
+    async def finish_url(self, callback_url: str) -> ConsentResult:
+        """Finish from the full URL the browser was redirected to.
+
+        A URL that is not a redirect to the consent's ``redirect_uri`` raises
+        ConsentRequestError and consumes nothing. Otherwise as :meth:`finish`.
+        """
+        callback = parse_callback(callback_url)
+        with self._activity.busy():
+            record = await self._store.get_pending(state_id(callback.state))
+        if record is not None and not redirect_matches(callback_url, record.redirect_uri):
+            raise ConsentRequestError(
+                f"the callback URL is not a redirect to this consent's redirect URI "
+                f"{record.redirect_uri}"
+            )
+        return await self.finish(
+            callback.state,
+            code=callback.code,
+            error=callback.error,
+            error_description=callback.error_description,
+        )
+
+    async def finish(
+        self,
+        state: str,
+        *,
+        code: str | None = None,
+        error: str | None = None,
+        error_description: str | None = None,
+    ) -> ConsentResult:
+        """Finish the consent ``state`` with the callback's ``code`` or ``error``.
+
+        The pending consent is taken from the store in one statement before anything
+        else, so of two concurrent callbacks one exchanges and the other gets
+        InvalidStateError. Raises InvalidStateError (nothing exchanged),
+        ConsentDeniedError, ExchangeFailedError (used up), ExchangeUnavailableError (put
+        back: finish again), or a StoreError.
+        """
+        if error or not code:
+            if code or not error:
+                raise ConsentRequestError("a callback carries either a code or an error")
+            record, _ = await self._take(state)
+            details = {"consent_id": consent_id(record.state_id), "error": error}
+            now = self._clock.time()
+            self._events.publish(Event("consent.denied", record.human_id, now, details))
+            _log.info("consent denied", human_id=record.human_id, **details)
+            raise ConsentDeniedError(error, error_description)
+        record, verifier = await self._take(state)
+        answer = await self._exchange(record, verifier, code)
+        return await self._granted(record, answer)
+
+    async def _take(self, state: str) -> tuple[PendingRecord, Secret]:
+        """The pending consent of ``state``, taken out of the store; InvalidStateError if
+        there is none, or it has expired (then announced as abandoned)."""
+        with self._activity.busy():
+            taken = await self._store.take_pending(state_id(state))
+        if taken is None:
+            raise InvalidStateError("unknown")
+        now = self._clock.time()
+        if now >= taken[0].expires_at:
+            self._abandoned(taken[0], now)
+            raise InvalidStateError("expired")
+        return taken
+
+    async def _exchange(self, record: PendingRecord, verifier: Secret, code: str) -> TokenResponse:
+        cid = consent_id(record.state_id)
+        try:
+            return await self._auth.exchange_code(code, record.redirect_uri, verifier.reveal())
+        except TransientAuthError as exc:
+            # the outcome is unknown or the server did not act: the consent stays usable
+            await self._put_back(record, verifier)
+            _log.warning("code exchange failed; consent kept", consent_id=cid, error=str(exc))
+            raise ExchangeUnavailableError(
+                exc.error_type,
+                f"the code exchange failed for now ({exc}); finish the same callback again "
+                f"before {rfc3339(record.expires_at)}",
+                expires_at=record.expires_at,
+                retry_after=exc.retry_after,
+            ) from exc
+        except AuthError as exc:
+            self._failed(record, exc.error_type, record.human_id)
+            _log.warning("code exchange refused", consent_id=cid, reason=str(exc))
+            raise ExchangeFailedError(
+                exc.error_type, f"the code exchange was refused: {exc}", status=exc.status
+            ) from exc
+        except BaseException:
+            # cancelled (or a defect): the server may not have seen the code; keep it
+            await self._put_back(record, verifier)
+            raise
+
+    def _failed(self, record: PendingRecord, error: str, human_id: str | None) -> None:
+        details = {"consent_id": consent_id(record.state_id), "error": error}
+        self._events.publish(Event("consent.failed", human_id, self._clock.time(), details))
+
+    async def _put_back(self, record: PendingRecord, verifier: Secret) -> None:
+        with anyio.CancelScope(shield=True), self._activity.busy():
+            await self._store.restore_pending(record, verifier)
+        self._wake()
+
+    async def _granted(self, record: PendingRecord, answer: TokenResponse) -> ConsentResult:
+        now = self._clock.time()
+        human_id = answer.human_id
+        replaced = self._refresher.grant(human_id) is not None
+        grant = new_grant(answer, self._haas.environment, now, self._policy, self._rng)
+        try:
+            await self._refresher.add(grant)  # one INSERT OR REPLACE: the old grant goes at once
+        except HaasdError as exc:  # the disk said no: the code is spent, the tokens lost
+            self._failed(record, "store_error", human_id)
+            _log.error("cannot store the new grant", human_id=human_id, error=str(exc))
+            raise
+        different = record.human_id is not None and record.human_id != human_id
+        result = ConsentResult(
+            consent_id=consent_id(record.state_id),
+            human_id=human_id,
+            scope=grant.scope,
+            requested_scope=record.scope,
+            replaced=replaced,
+            different_human=different,
+            expected_human_id=record.human_id,
+            grant=grant,
+        )
+        details: dict[str, object] = {
+            "consent_id": result.consent_id,
+            "scope": " ".join(grant.scope),
+            "replaced": replaced,
+            "different_human": different,
+            "refresh_expires_at": rfc3339(grant.refresh_expires_at),
+        }
+        if different:
+            details["expected_human_id"] = record.human_id
+        self._events.publish(Event("consent.granted", human_id, now, details))
+        _log.info("consent granted", human_id=human_id, **details)
+        if different:
+            _log.warning(
+                "a different human approved the consent; the named human's grant is unchanged",
+                human_id=human_id,
+                expected_human_id=record.human_id,
+            )
+        if set(grant.scope) != set(record.scope):
+            _log.info(
+                "the server granted other scopes than asked for",
+                human_id=human_id,
+                requested=" ".join(record.scope),
+                granted=" ".join(grant.scope),
+            )
+        return result
+
+    # --- expiry -------------------------------------------------------------------------
+
+    async def prune(self, now: float | None = None) -> int:
+        """Delete expired pending consents, announcing each as abandoned; how many."""
+        now = self._clock.time() if now is None else now
+        with self._activity.busy():
+            expired = await self._store.take_expired_pending(now)
+        for record in expired:
+            self._abandoned(record, now)
+        return len(expired)
+
+    def _abandoned(self, record: PendingRecord, now: float) -> None:
+        details = {
+            "consent_id": consent_id(record.state_id),
+            "scope": " ".join(record.scope),
+            "reason": "expired",
+            "expired_at": rfc3339(record.expires_at),
+        }
+        self._events.publish(Event("consent.abandoned", record.human_id, now, details))
+        _log.info("consent abandoned", human_id=record.human_id, **details)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Expire pending consents on time (sleeping on the clock between), until cancelled.
+
+        Consents that expired while haasd was down are pruned before ``started``.
+        """
+        self._wakeup = anyio.Event()
+        await self.prune()
+        task_status.started()
+        while True:
+            self._wakeup = anyio.Event()
+            with self._activity.busy():
+                first = await self._store.next_pending_expiry()
+                now = self._clock.time()
+                if first is not None and first <= now:
+                    await self.prune(now)
+                    continue
+            if first is None:
+                await self._wakeup.wait()  # nothing can expire before something is added
+            else:
+                await self._sleep_or_wakeup(min(MAX_SLEEP, first - now), self._wakeup)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _sleep_or_wakeup(self, delay: float, wakeup: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def sleeper() -> None:
+                await self._clock.sleep(delay)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(sleeper)
+            await wakeup.wait()
+            tg.cancel_scope.cancel()
