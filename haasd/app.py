@@ -28,45 +28,24 @@ from anyio.abc import TaskStatus
 from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, SystemClock
 from haasd.config import Config, load_config
-from haasd.crypto import Key, Sealer
 from haasd.errors import ConfigError, HaasdError, StoreLockedError
 from haasd.events import EventBus
-from haasd.grants import Policy
 from haasd.logs import configure_logging
 from haasd.metrics import EngineCollector
+from haasd.parts import policy_of, sealer_of
 from haasd.ratelimit import RateBudget
 from haasd.refresher import Refresher
 from haasd.server import TokenServer, open_listener
 from haasd.store import Store
 from haasd.systemd import Notifier, watchdog_interval
 
-__all__ = ["Daemon", "instance_lock", "main_run", "policy_of", "run", "run_unwrapped", "sealer_of"]
+__all__ = ["Daemon", "instance_lock", "main_run", "run", "run_unwrapped"]
 
 _log = structlog.get_logger("haasd")
 #: how often the systemd STATUS= line is refreshed
 STATUS_EVERY: Final = 30.0
 #: the config keys SIGHUP applies; the rest need a restart
 RELOADABLE: Final = ("access", "log", "refresh")
-
-
-def policy_of(config: Config) -> Policy:
-    r = config.refresh
-    return Policy(
-        refresh_fraction=r.refresh_fraction,
-        refresh_token_lifetime=r.refresh_token_lifetime,
-        reconsent_warning=r.reconsent_warning,
-        refresh_idle=r.refresh_idle,
-    )
-
-
-def sealer_of(config: Config) -> Sealer:
-    """The store key from its configured source, as a :class:`Sealer`."""
-    source = config.store.key
-    try:
-        key = Key.from_text(source.load().reveal())
-    except ValueError as exc:
-        raise ConfigError(source.describe(), source.key, f"not a haasd key: {exc}") from None
-    return Sealer(key)
 
 
 @asynccontextmanager

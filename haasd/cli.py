@@ -19,12 +19,22 @@ from typing import TextIO
 import anyio
 
 from haasd import __version__
-from haasd.app import main_run, policy_of, sealer_of
+from haasd.client import (
+    DaemonUnreachable,
+    Forbidden,
+    HaasdClient,
+    HaasdClientError,
+    HumanStatus,
+    NeedsReconsent,
+    TokenUnavailable,
+    UnknownHuman,
+)
 from haasd.clock import SystemClock
 from haasd.config import Config, load_config
 from haasd.crypto import Key
 from haasd.errors import ConfigError, HaasdError, StoreError, TokenResponseError, UnknownHumanError
 from haasd.grants import Grant, new_grant, status_of
+from haasd.parts import policy_of, sealer_of
 from haasd.store import Store
 from haasd.tokens import parse_token_response
 
@@ -33,6 +43,14 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+#: ``haasd token``'s exit codes, by what went wrong (anything else: 1)
+TOKEN_EXITS: tuple[tuple[type[HaasdClientError], int], ...] = (
+    (UnknownHuman, 3),
+    (NeedsReconsent, 4),
+    (DaemonUnreachable, 5),
+    (TokenUnavailable, 6),
+    (Forbidden, 7),
+)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -45,6 +63,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     path = args.config or os.environ.get("HAASD_CONFIG")
+    from haasd.app import main_run  # the daemon's imports; other commands start faster
+
     return main_run(Path(path) if path else None)
 
 
@@ -125,7 +145,30 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
+    scope = [word for text in args.scope for word in text.split()] if args.scope else None
+    with HaasdClient(args.socket) as client:
+        try:
+            token = client.token(args.human_id, min_ttl=args.min_ttl, scope=scope)
+        except HaasdClientError as exc:
+            print(f"haasd: {exc}", file=sys.stderr)
+            return next((code for cls, code in TOKEN_EXITS if isinstance(exc, cls)), 1)
+    print(token.access_token.reveal(), file=out)
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace, out: TextIO) -> int:
+    with HaasdClient(args.socket) as client:
+        health = client.health()
+    print(f"haasd is {health.status}", file=out)
+    for reason in health.reasons:
+        print(f"  - {reason}", file=out)
+    return EXIT_OK if health.ok else EXIT_FAILURE
+
+
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    if args.config is None:
+        return _status_online(args, out)
     config = _config(args)
     policy = policy_of(config)
     now = SystemClock().time()
@@ -147,24 +190,36 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if not rows:
         print("no grants stored", file=out)
         return EXIT_OK
-    print(_table(grants, rows, now), file=out)
+    print(_table([HumanStatus.from_json(row) for row in rows], now), file=out)
     return EXIT_OK
 
 
-def _table(grants: Sequence[Grant], rows: Sequence[dict[str, object]], now: float) -> str:
+def _status_online(args: argparse.Namespace, out: TextIO) -> int:
+    with HaasdClient(args.socket) as client:
+        humans = client.humans()
+    if args.json:
+        print(json.dumps({"humans": [h.to_json() for h in humans]}, indent=2), file=out)
+    elif not humans:
+        print("haasd holds no grants", file=out)
+    else:
+        print(_table(humans, SystemClock().time()), file=out)
+    return EXIT_OK
+
+
+def _table(humans: Sequence[HumanStatus], now: float) -> str:
     header = ("HUMAN", "STATE", "ACCESS LEFT", "REFRESH LIMIT", "SCOPE", "LAST ERROR")
     lines = [header]
-    for grant, row in zip(grants, rows, strict=True):
-        lines.append(
-            (
-                grant.human_id,
-                str(row["state"]),
-                _left(grant.access_expires_at - now),
-                _left(grant.refresh_expires_at - now),
-                str(row["scope"]),
-                str(row["last_error"] or "-"),
-            )
+    lines += [
+        (
+            h.human_id,
+            h.state,
+            _left(h.access_expires_at - now),
+            _left(h.refresh_expires_at - now),
+            " ".join(h.scope),
+            h.last_error or "-",
         )
+        for h in humans
+    ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
@@ -194,9 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        name: str, handler: Callable[[argparse.Namespace, TextIO], int], help_text: str
+        name: str,
+        handler: Callable[[argparse.Namespace, TextIO], int],
+        help_text: str,
+        epilog: str | None = None,
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(handler=handler)
         return p
 
@@ -216,10 +280,83 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("import", cmd_import, "store a grant from a token-exchange answer (JSON)")
     config_arg(p)
     p.add_argument("json", metavar="JSON", help="a file holding the answer, or - for stdin")
-    p = command("status", cmd_status, "show every stored grant (read from the store)")
-    config_arg(p)
+
+    def socket_arg(p: argparse._ActionsContainer) -> None:
+        p.add_argument(
+            "--socket",
+            metavar="PATH",
+            help="haasd's socket (default: $HAASD_SOCKET, else /run/haasd/haasd.sock)",
+        )
+
+    p = command(
+        "status",
+        cmd_status,
+        "show every grant: asked of the running haasd (admin), or read from the store",
+        epilog="Without --config, asks the running haasd over its socket (this user needs\n"
+        "an admin [[access]] rule); with --config, reads the store itself.",
+    )
+    where = p.add_mutually_exclusive_group()
+    socket_arg(where)
+    where.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read the store this TOML config names, offline (HAASD_* variables override it)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = command(
+        "token",
+        cmd_token,
+        "print a fresh access token for a human, and nothing else",
+        epilog=_EXIT_CODES_EPILOG,
+    )
+    p.add_argument("human_id", metavar="HUMAN_ID", help="e.g. usr_maria_42")
+    p.add_argument(
+        "--min-ttl",
+        type=_seconds,
+        default=0,
+        metavar="S",
+        help="the token must have at least S more seconds (haasd refreshes if needed)",
+    )
+    p.add_argument(
+        "--scope",
+        action="append",
+        metavar="S",
+        help="the grant must hold scope S (repeat, or give several separated by spaces)",
+    )
+    socket_arg(p)
+    p = command(
+        "health",
+        cmd_health,
+        "ask the running haasd whether it is healthy (exit 0) or not (exit 1)",
+        epilog="For probes and container HEALTHCHECKs: prints the reasons when degraded;\n"
+        "exit 1 also when haasd cannot be reached.",
+    )
+    socket_arg(p)
     return parser
+
+
+_EXIT_CODES_EPILOG = """\
+for scripts:
+  curl -H "Authorization: Bearer $(haasd token usr_maria_42)" ...
+
+exit codes:
+  0  the token is printed on standard output
+  1  any other error (e.g. a malformed human id)
+  3  unknown human: haasd holds no grant for it
+  4  the human must consent again
+  5  haasd cannot be reached (not running, wrong --socket, no permission)
+  6  no token with the time asked for right now: try again later
+  7  forbidden: no [[access]] rule gives this user that human (or scope)"""
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected whole seconds >= 0, not {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,177 @@
+"""The daemon's answers as values: tokens, statuses, health; and the event stream's
+lines as events. Pure: bytes or JSON in, values out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from haasd.clock import rfc3339
+from haasd.secret import Secret
+
+__all__ = ["EventParser", "Health", "HumanStatus", "Token", "parse_time", "scope_tuple"]
+
+
+def parse_time(text: object) -> float:
+    """An RFC 3339 timestamp (``...Z``) as epoch seconds."""
+    if not isinstance(text, str):
+        raise ValueError(f"not a timestamp: {text!r}")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {text!r}")
+    return moment.timestamp()
+
+
+def _optional_time(text: object) -> float | None:
+    return None if text is None else parse_time(text)
+
+
+def scope_tuple(scope: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Scopes as a sorted tuple without repeats; a string is space-separated."""
+    if scope is None:
+        return ()
+    words = scope.split() if isinstance(scope, str) else [w for s in scope for w in s.split()]
+    return tuple(sorted(set(words)))
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token from haasd. ``expires_at`` is epoch seconds; ``expires_in`` the
+    seconds it had left when handed to you. Its ``repr`` never shows the token."""
+
+    human_id: str
+    access_token: Secret
+    token_type: str
+    expires_at: float
+    expires_in: int
+    scope: tuple[str, ...]
+    environment: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Token:
+        token = data["access_token"]
+        expires_in = data["expires_in"]
+        if not isinstance(token, str) or not token:
+            raise ValueError("access_token is not a string")
+        if not isinstance(expires_in, int) or isinstance(expires_in, bool):
+            raise ValueError("expires_in is not a whole number")
+        return cls(
+            human_id=str(data["human_id"]),
+            access_token=Secret(token),
+            token_type=str(data["token_type"]),
+            expires_at=parse_time(data["expires_at"]),
+            expires_in=expires_in,
+            scope=tuple(str(data["scope"]).split()),
+            environment=str(data["environment"]),
+        )
+
+    @property
+    def authorization(self) -> str:
+        """The ``Authorization`` header's value. Reveals the token: send it, never log it."""
+        return f"{self.token_type} {self.access_token.reveal()}"
+
+
+@dataclass(frozen=True, slots=True)
+class HumanStatus:
+    """What haasd shows about a grant (never a token); times are epoch seconds."""
+
+    human_id: str
+    state: str  # active, reconsent_due or needs_reconsent
+    scope: tuple[str, ...]
+    access_expires_at: float
+    refresh_expires_at: float
+    last_refresh_at: float | None
+    last_error: str | None
+    reconsent_days_left: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HumanStatus:
+        days = data.get("reconsent_days_left")
+        error = data.get("last_error")
+        return cls(
+            human_id=str(data["human_id"]),
+            state=str(data["state"]),
+            scope=tuple(str(data["scope"]).split()),
+            access_expires_at=parse_time(data["access_expires_at"]),
+            refresh_expires_at=parse_time(data["refresh_expires_at"]),
+            last_refresh_at=_optional_time(data.get("last_refresh_at")),
+            last_error=None if error is None else str(error),
+            reconsent_days_left=days if isinstance(days, int) else None,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """The daemon's own shape (RFC 3339 times, space-separated scope)."""
+        return {
+            "human_id": self.human_id,
+            "state": self.state,
+            "scope": " ".join(self.scope),
+            "access_expires_at": rfc3339(self.access_expires_at),
+            "refresh_expires_at": rfc3339(self.refresh_expires_at),
+            "last_refresh_at": None
+            if self.last_refresh_at is None
+            else rfc3339(self.last_refresh_at),
+            "last_error": self.last_error,
+            "reconsent_days_left": self.reconsent_days_left,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """``GET /v1/health``: ``status`` is ``ok`` or ``degraded``, with the reasons; the
+    rest of the answer (grants, backlog, rate budget, ...) is in ``details``."""
+
+    status: str
+    reasons: tuple[str, ...]
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Health:
+        reasons = data.get("reasons") or ()
+        if not isinstance(reasons, list | tuple):
+            raise ValueError("reasons is not a list")
+        details = {k: v for k, v in data.items() if k not in {"status", "reasons"}}
+        return cls(str(data["status"]), tuple(str(r) for r in reasons), details)
+
+
+class EventParser:
+    """``text/event-stream`` lines in, events out: one JSON object per ``data:``.
+
+    Comment lines (``: heartbeat``) are skipped; an event ends at a blank line. Each
+    event is the ``data`` object, with ``type`` from the ``event:`` line if it lacks one.
+    """
+
+    __slots__ = ("_data", "_name")
+
+    def __init__(self) -> None:
+        self._name = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        """One line (without its line end); the event it completes, if any."""
+        if not line:
+            name, data = self._name, self._data
+            self._name, self._data = "", []
+            if not data:
+                return None
+            event = json.loads("\n".join(data))
+            if not isinstance(event, dict):
+                raise ValueError("an event's data is not a JSON object")
+            if name:
+                event.setdefault("type", name)
+            return event
+        if line.startswith(":"):
+            return None
+        key, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if key == "event":
+            self._name = value
+        elif key == "data":
+            self._data.append(value)
+        return None  # id:, retry: and unknown fields are ignored, as the spec says
