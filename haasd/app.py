@@ -28,6 +28,7 @@ from anyio.abc import TaskStatus
 from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, SystemClock
 from haasd.config import Config, load_config
+from haasd.consent import ConsentFlow
 from haasd.errors import ConfigError, HaasdError, StoreLockedError
 from haasd.events import EventBus
 from haasd.logs import configure_logging
@@ -86,6 +87,7 @@ class Daemon:
     budget: RateBudget
     events: EventBus
     refresher: Refresher
+    consent: ConsentFlow
     server: TokenServer
     socket_path: Path
 
@@ -152,16 +154,38 @@ async def run(
             rng=random.SystemRandom(),
             activity=activity,
         )
+        consent = ConsentFlow(
+            store,
+            auth,
+            refresher,
+            clock,
+            events,
+            config.haas,
+            policy_of(config),
+            pending_ttl=config.consent.pending_ttl,
+            max_pending=config.consent.max_pending,
+            activity=activity,
+        )
         server = TokenServer(
             refresher, config.access, collectors=[EngineCollector(refresher, budget)]
         )
         async with anyio.create_task_group() as tg:
             await tg.start(refresher.run)
+            await tg.start(consent.run)
             listener = await open_listener(config.socket, environ=env)
             stack.push_async_callback(listener.aclose)
             await tg.start(server.serve, listener)
             daemon = Daemon(
-                config, clock, store, auth, budget, events, refresher, server, config.socket.path
+                config,
+                clock,
+                store,
+                auth,
+                budget,
+                events,
+                refresher,
+                consent,
+                server,
+                config.socket.path,
             )
             notifier.ready(daemon.status_line())
             _log.info(
