@@ -11,6 +11,7 @@ new one is invalid.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import random
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import anyio
 import structlog
@@ -167,7 +168,10 @@ async def run(
             activity=activity,
         )
         server = TokenServer(
-            refresher, config.access, collectors=[EngineCollector(refresher, budget)]
+            refresher,
+            config.access,
+            collectors=[EngineCollector(refresher, budget)],
+            consents=consent,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(refresher.run)
@@ -252,13 +256,32 @@ def run_unwrapped(func: Callable[[], Awaitable[None]]) -> None:
         options = {}
     else:
         options = {"use_uvloop": True}
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(_quiet_benign_races)
+        await func()
+
     try:
-        anyio.run(func, backend_options=options)
+        anyio.run(main, backend_options=options)
     except BaseExceptionGroup as group:
         first = _first_haasd_error(group)
         if first is None:
             raise
         raise first from None
+
+
+def _quiet_benign_races(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Drop one known-harmless report; pass everything else to the default handler.
+
+    When a connection task is cancelled while its Unix socket turns readable, anyio's
+    reader callback (``Future.set_result``) can still run on uvloop after the future was
+    cancelled: the loop then reports InvalidStateError although nothing was lost.
+    """
+    exc = context.get("exception")
+    handle = repr(context.get("handle", ""))
+    if isinstance(exc, asyncio.InvalidStateError) and "set_result" in handle:
+        return
+    loop.default_exception_handler(context)
 
 
 def _first_haasd_error(group: BaseExceptionGroup[BaseException]) -> HaasdError | None:

@@ -20,19 +20,29 @@ import anyio
 
 from haasd import __version__
 from haasd.client import (
+    AsyncHaasdClient,
     DaemonUnreachable,
+    FinishedConsent,
     Forbidden,
     HaasdClient,
     HaasdClientError,
     HumanStatus,
     NeedsReconsent,
+    StartedConsent,
     TokenUnavailable,
     UnknownHuman,
 )
-from haasd.clock import SystemClock
+from haasd.clock import SystemClock, rfc3339
 from haasd.config import Config, load_config
 from haasd.crypto import Key
-from haasd.errors import ConfigError, HaasdError, StoreError, TokenResponseError, UnknownHumanError
+from haasd.errors import (
+    ConfigError,
+    HaasdError,
+    ListenTimeoutError,
+    StoreError,
+    TokenResponseError,
+    UnknownHumanError,
+)
 from haasd.grants import Grant, new_grant, status_of
 from haasd.parts import policy_of, sealer_of
 from haasd.store import Store
@@ -51,6 +61,17 @@ TOKEN_EXITS: tuple[tuple[type[HaasdClientError], int], ...] = (
     (TokenUnavailable, 6),
     (Forbidden, 7),
 )
+#: ``haasd consent``'s exit codes, by the daemon's error type (anything else: 1)
+CONSENT_EXITS: dict[str, int] = {
+    "invalid_state": 3,
+    "consent_denied": 4,
+    "unreachable": 5,
+    "consent_limit": 6,
+    "exchange_unavailable": 6,
+    "forbidden": 7,
+    "exchange_failed": 8,
+    "listen_timeout": 9,
+}
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -59,6 +80,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 # --- commands ----------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from haasd.demo import main_demo
+
+    return main_demo(args.speed, args.duration)
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -145,8 +172,12 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _words(texts: Sequence[str] | None) -> list[str] | None:
+    return [word for text in texts for word in text.split()] if texts else None
+
+
 def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
-    scope = [word for text in args.scope for word in text.split()] if args.scope else None
+    scope = _words(args.scope)
     with HaasdClient(args.socket) as client:
         try:
             token = client.token(args.human_id, min_ttl=args.min_ttl, scope=scope)
@@ -154,6 +185,84 @@ def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
             print(f"haasd: {exc}", file=sys.stderr)
             return next((code for cls, code in TOKEN_EXITS if isinstance(exc, cls)), 1)
     print(token.access_token.reveal(), file=out)
+    return EXIT_OK
+
+
+def _consent_failed(exc: HaasdError) -> int:
+    print(f"haasd: {exc}", file=sys.stderr)
+    if isinstance(exc, ListenTimeoutError):
+        return CONSENT_EXITS["listen_timeout"]
+    return CONSENT_EXITS.get(exc.error_type, 1) if isinstance(exc, HaasdClientError) else 1
+
+
+def _print_started(started: StartedConsent, out: TextIO) -> None:
+    print(started.authorization_url, file=out)
+    left = _left(started.expires_at - SystemClock().time())
+    print(f"expires at {rfc3339(started.expires_at)} (in {left})", file=out, flush=True)
+
+
+def _print_granted(done: FinishedConsent, out: TextIO) -> None:
+    limit = rfc3339(done.status.refresh_expires_at)
+    print(f"granted: {done.human_id} ({' '.join(done.scope)}); consent until {limit}", file=out)
+    if done.replaced:
+        print(f"  replaced the earlier grant of {done.human_id}", file=out)
+    if done.different_human:
+        print(
+            f"  note: the consent was for {done.expected_human_id}, but {done.human_id} "
+            f"approved; the grant of {done.expected_human_id} is unchanged",
+            file=out,
+        )
+
+
+def cmd_consent_start(args: argparse.Namespace, out: TextIO) -> int:
+    with HaasdClient(args.socket) as client:
+        try:
+            started = client.start_consent(_words(args.scope), args.human)
+        except HaasdClientError as exc:
+            return _consent_failed(exc)
+    _print_started(started, out)
+    return EXIT_OK
+
+
+def cmd_consent_finish(args: argparse.Namespace, out: TextIO) -> int:
+    if (args.state is None) != (args.code is None):
+        print("haasd consent finish: --state S goes with --code C", file=sys.stderr)
+        return EXIT_CONFIG  # a usage error, as argparse's own
+    with HaasdClient(args.socket) as client:
+        try:
+            done = client.finish_consent(
+                callback_url=args.callback_url, state=args.state, code=args.code
+            )
+        except HaasdClientError as exc:
+            return _consent_failed(exc)
+    _print_granted(done, out)
+    return EXIT_OK
+
+
+def cmd_consent_listen(args: argparse.Namespace, out: TextIO) -> int:
+    from haasd.client import listen_for_consent  # brings the listener's HTTP server
+
+    async def listen() -> FinishedConsent:
+        async with AsyncHaasdClient(args.socket) as client:
+
+            async def ready(started: StartedConsent) -> None:
+                _print_started(started, out)
+                print(f"waiting for the redirect to {started.redirect_uri}", file=out, flush=True)
+
+            return await listen_for_consent(
+                client,
+                _words(args.scope),
+                args.human,
+                port=args.port,
+                seconds=args.timeout,
+                ready=ready,
+            )
+
+    try:
+        done = anyio.run(listen)
+    except HaasdError as exc:
+        return _consent_failed(exc)
+    _print_granted(done, out)
     return EXIT_OK
 
 
@@ -250,18 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(
         name: str,
-        handler: Callable[[argparse.Namespace, TextIO], int],
+        handler: Callable[[argparse.Namespace, TextIO], int] | None,
         help_text: str,
         epilog: str | None = None,
+        within: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(
+        p = within.add_parser(
             name,
             help=help_text,
             description=help_text,
             epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.set_defaults(handler=handler)
+        if handler is not None:
+            p.set_defaults(handler=handler)
         return p
 
     def config_arg(p: argparse.ArgumentParser) -> None:
@@ -271,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="the TOML config file (default: $HAASD_CONFIG; HAASD_* variables override it)",
         )
 
+    p = command("demo", cmd_demo, "the whole life cycle in a minute, with simulated humans")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=360.0,
+        help="simulated seconds per real second (default 360: an hour per 10 s)",
+    )
+    p.add_argument("--duration", type=float, default=60.0, help="real seconds to run (default 60)")
     p = command("run", cmd_run, "run the daemon in the foreground (systemd, container, terminal)")
     config_arg(p)
     p = command("check-config", cmd_check_config, "validate a configuration and its secrets")
@@ -332,6 +451,57 @@ def build_parser() -> argparse.ArgumentParser:
         "exit 1 also when haasd cannot be reached.",
     )
     socket_arg(p)
+    consent = command(
+        "consent",
+        None,
+        "onboard a human through the running haasd (admin): start, finish, or listen",
+        epilog=_CONSENT_EPILOG,
+    )
+    within = consent.add_subparsers(dest="consent_command", required=True, metavar="COMMAND")
+
+    def asking(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--scope",
+            action="append",
+            metavar="S",
+            help="ask for scope S (repeat; default: the configured scopes, or the human's)",
+        )
+        p.add_argument("--human", metavar="HUMAN_ID", help="ask this human (a re-consent)")
+        socket_arg(p)
+
+    p = command("start", cmd_consent_start, "print the URL to send the human to", within=within)
+    asking(p)
+    p = command(
+        "finish",
+        cmd_consent_finish,
+        "finish a consent from the URL the browser was sent back to",
+        within=within,
+    )
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--callback-url", metavar="URL", help="the whole redirect URL, pasted")
+    given.add_argument("--state", metavar="S", help="the redirect's state (with --code)")
+    p.add_argument("--code", metavar="C", help="the redirect's code (with --state)")
+    socket_arg(p)
+    p = command(
+        "listen",
+        cmd_consent_listen,
+        "start a consent and catch its redirect on a loopback port (RFC 8252 7.3)",
+        epilog=_LISTEN_EPILOG,
+        within=within,
+    )
+    asking(p)
+    p.add_argument(
+        "--port",
+        type=_seconds,
+        metavar="N",
+        help="listen on port N (0: any free port; default: the redirect URI's own)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="S",
+        help="give up after S seconds (default: when the consent expires)",
+    )
     return parser
 
 
@@ -347,6 +517,35 @@ exit codes:
   5  haasd cannot be reached (not running, wrong --socket, no permission)
   6  no token with the time asked for right now: try again later
   7  forbidden: no [[access]] rule gives this user that human (or scope)"""
+
+
+_CONSENT_EPILOG = """\
+Every consent goes through the running haasd (it holds the store, the client secret and
+the token endpoint): this user needs an admin [[access]] rule on its socket.
+
+  haasd consent start --scope status:read           # prints the URL, and its expiry
+  haasd consent finish --callback-url 'https://app.example/callback?code=...&state=...'
+
+exit codes:
+  0  done: `start` printed the URL; `finish` and `listen` print the human and scopes
+  1  any other error (a malformed request, '*' or a scope beyond the configured ones)
+  2  usage: `finish` needs --callback-url URL, or --state S with --code C
+  3  the state is unknown, expired or already used: start a new consent
+  4  the human declined (or the server ended the consent)
+  5  haasd cannot be reached
+  6  try again later: the code exchange failed for now (finish the same URL again
+     before the consent expires), or too many consents are pending
+  7  forbidden: this user has no admin [[access]] rule
+  8  the HaaS server refused the code: start a new consent
+  9  `listen`: no redirect arrived in time"""
+
+_LISTEN_EPILOG = """\
+For a loopback redirect_uri (such as http://127.0.0.1:8765/callback): asks haasd for its
+redirect URI, listens on that address only (127.0.0.1 or ::1, never a public one), starts
+the consent via haasd with the redirect on the listening port, prints the URL, hands the
+one redirect to haasd to finish, closes the port, and prints the human and scopes
+granted. It runs through haasd's socket, like `start` and `finish`: no store, key or
+client secret is needed here. Exit codes as for `haasd consent`."""
 
 
 def _seconds(text: str) -> int:

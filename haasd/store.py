@@ -412,9 +412,12 @@ class Store:
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         self._check_open()
-        with _translate(self._path, "read"):
+        # shielded too: aiosqlite resolves the future from its thread, and a cancelled
+        # future makes the event loop log InvalidStateError at shutdown
+        with anyio.CancelScope(shield=True), _translate(self._path, "read"):
             async with self._lock:
-                return list(await self._conn.execute_fetchall(sql, params))
+                rows = list(await self._conn.execute_fetchall(sql, params))
+        return rows
 
     async def _update(self, human_id: str, sql: str, params: Sequence[Any], what: str) -> None:
         if await self._write(sql, [params], what) == 0:
