@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -230,3 +231,45 @@ async def test_a_corrupt_store_is_refused_and_left_untouched(short_dir: Path) ->
     assert "Traceback" not in err
     assert "haasd.db" in err
     assert store.read_bytes() == before
+
+
+async def test_systemd_notify_ready_watchdog_and_stopping(short_dir: Path) -> None:
+    sim = simulator(ManualClock(start=time.time()))
+    async with sim.running():
+        config = write_config(short_dir, sim.token_url)
+        await seed_grant(short_dir, sim, "usr_maria_42")
+        notify = short_dir / "notify"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+            listener.bind(str(notify))
+            listener.settimeout(20)
+            proc = haasd(
+                "run",
+                "--config",
+                str(config),
+                cwd=short_dir,
+                env={"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000"},
+            )
+            try:
+                messages: list[str] = []
+                while not any("READY=1" in m for m in messages):
+                    data: bytes = await anyio.to_thread.run_sync(listener.recv, 4096)
+                    messages.append(data.decode())
+                ready = next(m for m in messages if "READY=1" in m)
+                # ready means the socket listens and the store is open with its grants
+                assert (short_dir / "haasd.sock").exists()
+                assert "STATUS=1 grants, ok" in ready
+                pings = 0
+                while pings < 2:  # WATCHDOG=1 every 0.2 s, from the event loop
+                    data = await anyio.to_thread.run_sync(listener.recv, 4096)
+                    pings += "WATCHDOG=1" in data.decode()
+                proc.send_signal(signal.SIGTERM)
+                stopping = False
+                with anyio.fail_after(15):
+                    while not stopping:
+                        data = await anyio.to_thread.run_sync(listener.recv, 4096)
+                        stopping = "STOPPING=1" in data.decode()
+                proc.communicate(timeout=15)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == 0
