@@ -40,6 +40,7 @@ __all__ = [
     "SecretSource",
     "SocketConfig",
     "StoreConfig",
+    "known_keys",
     "load_config",
     "parse_duration",
 ]
@@ -390,6 +391,12 @@ _ACCESS_KEYS: Final = frozenset({"uid", "user", "gid", "group", "humans", "scope
 _ENV_NOT_KEYS: Final = frozenset(
     {"HAASD_CLIENT_SECRET", "HAASD_STORE_KEY", "HAASD_CONFIG", "HAASD_SOCKET", "HAASD_ACCESS"}
 )
+
+
+def known_keys() -> list[str]:
+    """Every configuration key, as ``section.key`` (``access.*`` for the rule keys)."""
+    keys = [f"{section}.{key}" for section, body in _SCHEMA.items() for key in body]
+    return keys + [f"access.{key}" for key in sorted(_ACCESS_KEYS)]
 
 
 # --- loading ------------------------------------------------------------------------------

@@ -27,8 +27,6 @@ EVENT_TYPES: Final = frozenset(
         "refresh.failed",
         "grant.reconsent_due",
         "grant.needs_reconsent",
-        "grant.added",
-        "grant.deleted",
         "consent.started",
         "consent.granted",
         "consent.denied",
