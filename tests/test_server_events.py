@@ -32,6 +32,7 @@ from haasd.grants import State
 from haasd.server import Limits
 
 NOBODY = 65534
+CLIENTS = 4242  # a supplementary group of the child, not its primary one
 
 # --- events -----------------------------------------------------------------------------------
 
@@ -194,11 +195,13 @@ async def test_with_no_audit_window_every_handout_has_its_own_line() -> None:
 # --- peer credentials -------------------------------------------------------------------------
 
 
-def _ask_as_nobody(path: str, target: str, write_fd: int) -> None:  # pragma: no cover - child
-    """In a forked child: drop to uid/gid 65534, ask, report the status, exit."""
+def _ask_as_nobody(  # pragma: no cover - child
+    path: str, target: str, write_fd: int, groups: tuple[int, ...] = ()
+) -> None:
+    """In a forked child: drop to uid/gid 65534 (+ ``groups``), ask, report the status."""
     code = 1
     try:
-        os.setgroups([])
+        os.setgroups(list(groups))
         os.setgid(NOBODY)
         os.setuid(NOBODY)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -216,12 +219,12 @@ def _ask_as_nobody(path: str, target: str, write_fd: int) -> None:  # pragma: no
         os._exit(code)
 
 
-async def status_as_nobody(path: str, target: str) -> str:
+async def status_as_nobody(path: str, target: str, groups: tuple[int, ...] = ()) -> str:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read_fd)
-        _ask_as_nobody(path, target, write_fd)
+        _ask_as_nobody(path, target, write_fd, groups)
     os.close(write_fd)
     try:
         with anyio.fail_after(10):
@@ -251,4 +254,10 @@ async def test_a_second_uid_is_told_apart_by_its_credentials() -> None:
         not_admin = await status_as_nobody(s.path, "/v1/humans")
         s.server.update_rules([*rules, rule(uid=None, gid=NOBODY)])
         by_group = await status_as_nobody(s.path, f"/v1/tokens/{MARIA}")
+        # a member of a clients group (a supplementary group, as systemd's SocketGroup=
+        # setups give) matches a gid rule too: SO_PEERGROUPS, not just the primary gid
+        s.server.update_rules([*rules, rule(uid=None, gid=CLIENTS)])
+        outsider = await status_as_nobody(s.path, f"/v1/tokens/{MARIA}")
+        member = await status_as_nobody(s.path, f"/v1/tokens/{MARIA}", groups=(CLIENTS,))
     assert (without_rule, with_rule, not_admin, by_group) == ("403", "200", "403", "200")
+    assert (outsider, member) == ("403", "200")

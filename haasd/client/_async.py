@@ -13,15 +13,29 @@ import httpx
 
 from haasd.client._cache import CacheKey, Flight, TokenCache, whole_seconds
 from haasd.client._errors import HaasdClientError, error_from_response, error_from_transport
-from haasd.client._model import EventParser, Health, HumanStatus, Token, scope_tuple
+from haasd.client._model import (
+    ConsentSettings,
+    EventParser,
+    FinishedConsent,
+    Health,
+    HumanStatus,
+    StartedConsent,
+    Token,
+    scope_tuple,
+)
 from haasd.client._wire import (
     BASE_URL,
+    CONSENT_CALLBACK,
+    CONSENTS,
     EVENTS,
     HEALTH,
     HUMANS,
+    callback_body,
+    consent_timeout,
     default_socket,
     event_of,
     human_path,
+    start_body,
     status_list,
     token_query,
     value_of,
@@ -154,6 +168,59 @@ class AsyncHaasdClient:
         if response.is_error:
             raise error_from_response(response)
 
+    # --- consents (admin) -----------------------------------------------------------------
+
+    async def consent_settings(self) -> ConsentSettings:
+        """How haasd takes consents: its redirect URI (loopback or not), the pending TTL."""
+        return value_of(await self._request("GET", CONSENTS), ConsentSettings.from_json)
+
+    async def start_consent(
+        self,
+        scopes: str | Iterable[str] | None = None,
+        human_id: str | None = None,
+        *,
+        redirect_uri: str | None = None,
+    ) -> StartedConsent:
+        """Start a consent (admin): send the human to the answer's ``authorization_url``.
+
+        ``scopes`` (default: the configured ones, or ``human_id``'s grant's) may narrow
+        the configured scopes, never widen them; ``human_id`` asks that human (a
+        re-consent); ``redirect_uri`` is the configured loopback redirect URI on another
+        port (see :func:`~haasd.client.listen_for_consent`). Errors carry their
+        ``error_type``: ``invalid_scope`` (``*`` too), ``scope_not_allowed``,
+        ``invalid_request``, ``consent_limit`` (503, ``retry_after``).
+        """
+        body = start_body(scopes, human_id, redirect_uri)
+        timeout = consent_timeout(self.timeout)
+        response = await self._request("POST", CONSENTS, json=body, seconds=timeout)
+        return value_of(response, StartedConsent.from_json)
+
+    async def finish_consent(
+        self,
+        *,
+        callback_url: str | None = None,
+        state: str | None = None,
+        code: str | None = None,
+        error: str | None = None,
+        error_description: str | None = None,
+    ) -> FinishedConsent:
+        """Finish a consent (admin) from the URL the browser was redirected to, or from
+        its ``state`` and ``code`` (or ``error``); haasd exchanges the code and stores
+        the grant.
+
+        Raises :class:`ConsentDenied`, :class:`InvalidConsentState` (nothing exchanged),
+        or a :class:`HaasdClientError` with ``error_type`` ``exchange_failed`` (502: the
+        server refused the code) or ``exchange_unavailable`` (503: send the same callback
+        again after ``retry_after``); ValueError for a combination of arguments haasd
+        would refuse.
+        """
+        body = callback_body(callback_url, state, code, error, error_description)
+        timeout = consent_timeout(self.timeout)
+        response = await self._request("POST", CONSENT_CALLBACK, json=body, seconds=timeout)
+        finished = value_of(response, FinishedConsent.from_json)
+        self._cache.invalidate(finished.human_id)
+        return finished
+
     async def events(self) -> AsyncGenerator[dict[str, Any], None]:
         """Lifecycle events as they happen, each a dict with ``type``, ``human_id``,
         ``at``; ends when haasd closes the stream. Close it early with
@@ -184,9 +251,16 @@ class AsyncHaasdClient:
             await response.aclose()
 
     async def _request(
-        self, method: str, path: str, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        *,
+        json: Any = None,
+        seconds: float | None = None,
     ) -> httpx.Response:
+        wait = httpx.USE_CLIENT_DEFAULT if seconds is None else seconds
         try:
-            return await self._http.request(method, path, params=params)
+            return await self._http.request(method, path, params=params, json=json, timeout=wait)
         except httpx.TransportError as exc:
             raise error_from_transport(self.socket_path, exc, self.timeout) from exc

@@ -8,7 +8,13 @@ The class says what to do; ``error_type`` is the daemon's own name for the error
         ├── Forbidden          403 forbidden / insufficient_scope: an [[access]] matter
         ├── NeedsReconsent     409 needs_reconsent: the human must consent again
         ├── TokenUnavailable   503 token_unavailable: try again after ``retry_after``
+        ├── ConsentDenied      403 consent_denied: the human (or the server) said no
+        ├── InvalidConsentState  400 invalid_state: unknown, expired or used; start again
         └── DaemonUnreachable  no socket, nothing listening, no permission, or no answer
+
+The other consent errors keep their type in ``error_type``: ``invalid_scope``,
+``scope_not_allowed``, ``consent_limit`` and ``exchange_unavailable`` (503, try again after
+``retry_after``), ``exchange_failed`` (502, ``details["server_error"]``).
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import httpx
 from haasd.errors import HaasdError
 
 __all__ = [
+    "ConsentDenied",
     "DaemonUnreachable",
     "Forbidden",
     "HaasdClientError",
+    "InvalidConsentState",
     "NeedsReconsent",
     "TokenUnavailable",
     "UnknownHuman",
@@ -76,6 +84,17 @@ class TokenUnavailable(HaasdClientError):
     ``retry_after`` says when to try again."""
 
 
+class ConsentDenied(HaasdClientError):
+    """The redirect carried an error instead of a code (403 ``consent_denied``):
+    ``details["error"]`` is ``access_denied`` when the human said no. The consent is
+    used up."""
+
+
+class InvalidConsentState(HaasdClientError):
+    """The callback's state is unknown, expired or already used (400 ``invalid_state``);
+    nothing was exchanged: start a new consent."""
+
+
 class DaemonUnreachable(HaasdClientError):
     """haasd could not be asked: ``socket_path`` is missing, nothing listens on it, this
     user may not open it, or no answer came in time (``reason`` says which)."""
@@ -96,6 +115,8 @@ _BY_TYPE: Final[Mapping[str, type[HaasdClientError]]] = {
     "insufficient_scope": Forbidden,
     "needs_reconsent": NeedsReconsent,
     "token_unavailable": TokenUnavailable,
+    "consent_denied": ConsentDenied,
+    "invalid_state": InvalidConsentState,
 }
 
 

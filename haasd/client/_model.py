@@ -12,7 +12,17 @@ from typing import Any
 from haasd.clock import rfc3339
 from haasd.secret import Secret
 
-__all__ = ["EventParser", "Health", "HumanStatus", "Token", "parse_time", "scope_tuple"]
+__all__ = [
+    "ConsentSettings",
+    "EventParser",
+    "FinishedConsent",
+    "Health",
+    "HumanStatus",
+    "StartedConsent",
+    "Token",
+    "parse_time",
+    "scope_tuple",
+]
 
 
 def parse_time(text: object) -> float:
@@ -116,6 +126,93 @@ class HumanStatus:
             "last_error": self.last_error,
             "reconsent_days_left": self.reconsent_days_left,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class StartedConsent:
+    """A consent haasd started (``POST /v1/consents``): send the human to
+    ``authorization_url`` before ``expires_at`` (epoch seconds). The URL carries the
+    single-use ``state``: neither is shown in ``repr``."""
+
+    authorization_url: str = field(repr=False)
+    state: str = field(repr=False)
+    expires_at: float
+    consent_id: str
+    scope: tuple[str, ...]
+    redirect_uri: str
+    #: the human named (a re-consent, or a known human's onboarding), if any
+    human_id: str | None
+    #: the named human has a grant now, which the consent will replace
+    reconsent: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StartedConsent:
+        human_id = data.get("human_id")
+        return cls(
+            authorization_url=str(data["authorization_url"]),
+            state=str(data["state"]),
+            expires_at=parse_time(data["expires_at"]),
+            consent_id=str(data["consent_id"]),
+            scope=tuple(str(data["scope"]).split()),
+            redirect_uri=str(data["redirect_uri"]),
+            human_id=None if human_id is None else str(human_id),
+            reconsent=bool(data.get("reconsent", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedConsent:
+    """A consent haasd finished (``POST /v1/consents/callback``): the grant it stored."""
+
+    status: HumanStatus
+    consent_id: str
+    requested_scope: tuple[str, ...]
+    #: an earlier grant of the same human was replaced
+    replaced: bool
+    #: the consent named a human and another approved: ``status`` is the other's new
+    #: grant, and ``expected_human_id``'s grant is unchanged
+    different_human: bool
+    expected_human_id: str | None
+
+    @property
+    def human_id(self) -> str:
+        return self.status.human_id
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        return self.status.scope
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FinishedConsent:
+        expected = data.get("expected_human_id")
+        return cls(
+            status=HumanStatus.from_json(data),
+            consent_id=str(data["consent_id"]),
+            requested_scope=tuple(str(data.get("requested_scope", "")).split()),
+            replaced=bool(data["replaced"]),
+            different_human=bool(data["different_human"]),
+            expected_human_id=None if expected is None else str(expected),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentSettings:
+    """How haasd takes consents (``GET /v1/consents``)."""
+
+    redirect_uri: str
+    #: the redirect URI is a loopback one (``haasd consent listen`` can catch it)
+    loopback: bool
+    pending_ttl: float
+    max_pending: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ConsentSettings:
+        return cls(
+            redirect_uri=str(data["redirect_uri"]),
+            loopback=bool(data["loopback"]),
+            pending_ttl=float(data["pending_ttl"]),
+            max_pending=int(data["max_pending"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,15 +13,29 @@ import httpx
 
 from haasd.client._cache import CacheKey, Flight, TokenCache, whole_seconds
 from haasd.client._errors import HaasdClientError, error_from_response, error_from_transport
-from haasd.client._model import EventParser, Health, HumanStatus, Token, scope_tuple
+from haasd.client._model import (
+    ConsentSettings,
+    EventParser,
+    FinishedConsent,
+    Health,
+    HumanStatus,
+    StartedConsent,
+    Token,
+    scope_tuple,
+)
 from haasd.client._wire import (
     BASE_URL,
+    CONSENT_CALLBACK,
+    CONSENTS,
     EVENTS,
     HEALTH,
     HUMANS,
+    callback_body,
+    consent_timeout,
     default_socket,
     event_of,
     human_path,
+    start_body,
     status_list,
     token_query,
     value_of,
@@ -150,6 +164,45 @@ class HaasdClient:
         if response.is_error:
             raise error_from_response(response)
 
+    # --- consents (admin) -----------------------------------------------------------------
+
+    def consent_settings(self) -> ConsentSettings:
+        """See :meth:`AsyncHaasdClient.consent_settings`."""
+        return value_of(self._request("GET", CONSENTS), ConsentSettings.from_json)
+
+    def start_consent(
+        self,
+        scopes: str | Iterable[str] | None = None,
+        human_id: str | None = None,
+        *,
+        redirect_uri: str | None = None,
+    ) -> StartedConsent:
+        """See :meth:`AsyncHaasdClient.start_consent`."""
+        body = start_body(scopes, human_id, redirect_uri)
+        response = self._request("POST", CONSENTS, json=body, seconds=self._consent_timeout)
+        return value_of(response, StartedConsent.from_json)
+
+    def finish_consent(
+        self,
+        *,
+        callback_url: str | None = None,
+        state: str | None = None,
+        code: str | None = None,
+        error: str | None = None,
+        error_description: str | None = None,
+    ) -> FinishedConsent:
+        """See :meth:`AsyncHaasdClient.finish_consent`."""
+        body = callback_body(callback_url, state, code, error, error_description)
+        timeout = self._consent_timeout
+        response = self._request("POST", CONSENT_CALLBACK, json=body, seconds=timeout)
+        finished = value_of(response, FinishedConsent.from_json)
+        self.invalidate(finished.human_id)
+        return finished
+
+    @property
+    def _consent_timeout(self) -> float:
+        return consent_timeout(self.timeout)
+
     def events(self) -> Generator[dict[str, Any], None, None]:
         """See :meth:`AsyncHaasdClient.events`; close it early with ``contextlib.closing``."""
         timeout = httpx.Timeout(self.timeout, read=None)
@@ -178,9 +231,16 @@ class HaasdClient:
             response.close()
 
     def _request(
-        self, method: str, path: str, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        *,
+        json: Any = None,
+        seconds: float | None = None,
     ) -> httpx.Response:
+        wait = httpx.USE_CLIENT_DEFAULT if seconds is None else seconds
         try:
-            return self._http.request(method, path, params=params)
+            return self._http.request(method, path, params=params, json=json, timeout=wait)
         except httpx.TransportError as exc:
             raise error_from_transport(self.socket_path, exc, self.timeout) from exc

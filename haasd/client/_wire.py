@@ -4,7 +4,7 @@ becomes a value or an exception. No I/O here."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
@@ -15,13 +15,19 @@ from haasd.client._model import EventParser, HumanStatus
 
 __all__ = [
     "BASE_URL",
+    "CONSENTS",
+    "CONSENT_CALLBACK",
+    "CONSENT_TIMEOUT",
     "DEFAULT_SOCKET",
     "EVENTS",
     "HEALTH",
     "HUMANS",
+    "callback_body",
+    "consent_timeout",
     "default_socket",
     "event_of",
     "human_path",
+    "start_body",
     "status_list",
     "token_query",
     "value_of",
@@ -41,6 +47,10 @@ BASE_URL: Final = "http://haasd"
 HEALTH: Final = "/v1/health"
 HUMANS: Final = "/v1/humans"
 EVENTS: Final = "/v1/events"
+CONSENTS: Final = "/v1/consents"
+CONSENT_CALLBACK: Final = "/v1/consents/callback"
+#: finishing a consent waits for haasd's code exchange (bounded there by 30 s by default)
+CONSENT_TIMEOUT: Final = 40.0
 
 T = TypeVar("T")
 
@@ -59,6 +69,47 @@ def token_query(min_ttl: int, scope: tuple[str, ...]) -> dict[str, str]:
     if scope:
         query["scope"] = " ".join(scope)
     return query
+
+
+def consent_timeout(timeout: float) -> float:
+    """The timeout of a consent request: the client's, but long enough for an exchange."""
+    return max(timeout, CONSENT_TIMEOUT)
+
+
+def start_body(
+    scopes: str | Iterable[str] | None, human_id: str | None, redirect_uri: str | None
+) -> dict[str, Any]:
+    """``POST /v1/consents``'s body."""
+    body: dict[str, Any] = {}
+    if scopes is not None:
+        body["scopes"] = scopes.split() if isinstance(scopes, str) else list(scopes)
+    if human_id is not None:
+        body["human_id"] = human_id
+    if redirect_uri is not None:
+        body["redirect_uri"] = redirect_uri
+    return body
+
+
+def callback_body(
+    callback_url: str | None,
+    state: str | None,
+    code: str | None,
+    error: str | None,
+    error_description: str | None,
+) -> dict[str, str]:
+    """``POST /v1/consents/callback``'s body; ValueError for a combination haasd refuses."""
+    if callback_url is not None:
+        if state is not None or code is not None or error is not None:
+            raise ValueError("give callback_url, or state with code or error, not both")
+        return {"callback_url": callback_url}
+    if state is None or (code is None) == (error is None):
+        raise ValueError("give callback_url, or state with either code or error")
+    if error is None:
+        return {"state": state, "code": str(code)}
+    body = {"state": state, "error": error}
+    if error_description is not None:
+        body["error_description"] = error_description
+    return body
 
 
 def value_of(response: httpx.Response, build: Callable[[Mapping[str, Any]], T]) -> T:

@@ -7,7 +7,8 @@ and asks these functions; pids are carried for the audit trail only, never decid
 Rules, as ``config.example.toml`` documents them:
 
 * A rule matches a peer when every id it names matches: ``uid`` (if given) is the peer's
-  uid and ``gid`` (if given) is the peer's primary gid — the one ``SO_PEERCRED`` reports.
+  uid and ``gid`` (if given) is the peer's primary gid (``SO_PEERCRED``) or one of its
+  supplementary groups (``SO_PEERGROUPS``) — so "members of haasd-clients" works.
 * Without any rule at all, uid 0 and the daemon's own uid match an implicit admin rule for
   every human.
 * A rule grants the humans its globs match (``fnmatch``, case-sensitive). With ``scopes``
@@ -47,6 +48,8 @@ class Peer:
     uid: int
     gid: int
     pid: int
+    #: supplementary groups (``SO_PEERGROUPS``), so a member of a clients group matches
+    groups: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,7 @@ def rules_for(rules: Iterable[AccessRule], peer: Peer) -> tuple[AccessRule, ...]
         rule
         for rule in rules
         if (rule.uid is None or rule.uid == peer.uid)
-        and (rule.gid is None or rule.gid == peer.gid)
+        and (rule.gid is None or rule.gid == peer.gid or rule.gid in peer.groups)
         and (rule.uid is not None or rule.gid is not None)
     )
 

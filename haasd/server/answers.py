@@ -38,6 +38,7 @@ __all__ = [
     "AuditLedger",
     "Problem",
     "TokenBody",
+    "check_method",
     "check_scope",
     "invalid",
     "parse_human_id",
@@ -82,6 +83,13 @@ class Problem(Exception):
 
 def invalid(message: str) -> Problem:
     return Problem(400, "invalid_request", message, outcome="invalid_request")
+
+
+def check_method(method: bytes, *allowed: bytes) -> None:
+    """405 ``method_not_allowed`` (with ``Allow``) unless ``method`` is one of ``allowed``."""
+    if method not in allowed:
+        names = ", ".join(a.decode() for a in allowed)
+        raise Problem(405, "method_not_allowed", f"use {names}", headers={"Allow": names})
 
 
 def unknown(human_id: str) -> Problem:

@@ -1,7 +1,7 @@
 """HTTP/1.1 on one Unix-socket connection: httptools parses, this loop reads and writes.
 
-The loop knows nothing of tokens: it hands each complete request (method and target) to a
-handler and writes back the bytes it returns. A handler answers with
+The loop knows nothing of tokens: it hands each complete request (method, target and
+body) to a handler and writes back the bytes it returns. A handler answers with
 
 * ``bytes`` — a whole response, the fast path: no await between parse and send;
 * an awaitable of ``bytes`` — when the answer needs the refresh engine;
@@ -100,7 +100,8 @@ class Takeover:
         self.run = run
 
 
-Handler = Callable[[bytes, bytes], bytes | Awaitable[bytes] | Takeover]
+#: ``handler(method, target, body)``; the body is ``b""`` when the request has none
+Handler = Callable[[bytes, bytes, bytes], bytes | Awaitable[bytes] | Takeover]
 
 # --- responses ---------------------------------------------------------------------------
 
@@ -199,6 +200,7 @@ class HttpConnection:
     __slots__ = (
         "_begun",
         "_body",
+        "_chunks",
         "_done",
         "_error",
         "_handler",
@@ -224,7 +226,8 @@ class HttpConnection:
         self._handler = handler
         self._limits = limits
         self._parser = httptools.HttpRequestParser(self)
-        self._done: list[tuple[bytes, bytes, bool]] = []
+        self._done: list[tuple[bytes, bytes, bytes, bool]] = []
+        self._chunks: list[bytes] = []
         self._url = b""
         self._head = self._partial = self._headers = self._body = 0
         self._in_head = self._in_message = self._begun = self._progress = False
@@ -274,10 +277,17 @@ class HttpConnection:
         self._body += len(body)
         if self._body > self._limits.max_body:
             self._fail(413)
+        self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         parser = self._parser
-        self._done.append((parser.get_method(), self._url, parser.should_keep_alive()))
+        chunks = self._chunks
+        if chunks:  # most requests have no body: no allocation for them
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._chunks = []
+        else:
+            body = b""
+        self._done.append((parser.get_method(), self._url, body, parser.should_keep_alive()))
         self._in_message = False
 
     def _fail(self, status: int) -> None:
@@ -335,9 +345,9 @@ class HttpConnection:
         stream = self._stream
         self.busy = True
         try:
-            for method, target, keep_alive in self._done:
+            for method, target, body, keep_alive in self._done:
                 try:
-                    answer = handler(method, target)
+                    answer = handler(method, target, body)
                     if not isinstance(answer, bytes):
                         if isinstance(answer, Takeover):
                             self.busy = False

@@ -11,7 +11,12 @@ route                                       who                      answer
 ``DELETE /v1/humans/{human_id}``            admin                    204
 ``GET /v1/events``                          anyone with a rule       ``text/event-stream``
 ``GET /metrics``                            admin                    Prometheus text
+``/v1/consents``, ``…/callback``            admin                    see :mod:`.consents`
 ==========================================  =======================  =========================
+
+``GET /v1/events`` streams the events about the humans a peer's rules cover (and those
+about nobody); ``consent.*`` events go to admins only — for the human they name, or to
+any admin while the human is not known yet (a consent started without ``human_id``).
 
 A token whose grant in memory has the time asked for is answered without an await (the
 body is cached per token, only ``expires_in`` changes); only otherwise is the refresh
@@ -24,7 +29,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import structlog
@@ -36,6 +41,7 @@ from haasd.errors import (
     TokenUnavailableError,
     UnknownHumanError,
 )
+from haasd.events import Event
 from haasd.grants import Grant, Serve, serve_decision, state_at, status_of
 from haasd.server.access import (
     Decision,
@@ -51,6 +57,7 @@ from haasd.server.answers import (
     AuditLedger,
     Problem,
     TokenBody,
+    check_method,
     check_scope,
     parse_human_id,
     parse_token_query,
@@ -58,9 +65,13 @@ from haasd.server.answers import (
     unavailable,
     unknown,
 )
+from haasd.server.consents import CONSENTS, ConsentRoutes
 from haasd.server.http import Limits, Takeover, json_response, response
 from haasd.server.service import TokenService
 from haasd.server.stream import event_stream
+
+if TYPE_CHECKING:
+    from haasd.consent import ConsentFlow
 
 __all__ = ["PeerContext", "Router"]
 
@@ -82,6 +93,7 @@ class Router:
         "_pattern",
         "_rules",
         "bodies",
+        "consents",
         "generation",
         "limits",
         "metrics",
@@ -99,6 +111,7 @@ class Router:
         limits: Limits,
         human_id_pattern: re.Pattern[str],
         metrics: Callable[[], bytes],
+        consents: ConsentFlow | None = None,
     ) -> None:
         self.service = service
         self.limits = limits
@@ -114,6 +127,7 @@ class Router:
         self.outcomes: Counter[str] = Counter()
         #: renders the whole ``GET /metrics`` answer
         self.metrics = metrics
+        self.consents = ConsentRoutes(consents, service, limits, human_id_pattern)
 
     def update_rules(self, rules: Sequence[AccessRule]) -> None:
         self._rules = effective_rules(rules, self._daemon_uid)
@@ -158,7 +172,9 @@ class PeerContext:
             self._decisions.clear()
         return self._matched
 
-    def handle(self, method: bytes, target: bytes) -> bytes | Awaitable[bytes] | Takeover:
+    def handle(
+        self, method: bytes, target: bytes, body: bytes = b""
+    ) -> bytes | Awaitable[bytes] | Takeover:
         """The answer to one request (see the module's table)."""
         path, _, query = target.partition(b"?")
         if path.startswith(_TOKENS) and method == b"GET":
@@ -168,20 +184,22 @@ class PeerContext:
                 self.router.outcomes[problem.outcome] += 1
                 return problem.answer()
         try:
-            return self._route(method, path)
+            return self._route(method, path, body)
         except Problem as problem:
             return problem.answer()
 
-    def _route(self, method: bytes, path: bytes) -> bytes | Awaitable[bytes] | Takeover:
+    def _route(
+        self, method: bytes, path: bytes, body: bytes
+    ) -> bytes | Awaitable[bytes] | Takeover:
         if path.startswith(_TOKENS):
-            self._method(method, b"GET")  # a GET went the fast way, in handle()
+            check_method(method, b"GET")  # a GET went the fast way, in handle()
         if path == b"/v1/health":
-            self._method(method, b"GET")
+            check_method(method, b"GET")
             return json_response(200, self.router.service.health())
         if path.startswith(_HUMANS):
             rest = path[len(_HUMANS) :]
             if rest.endswith(_REFRESH):
-                self._method(method, b"POST")
+                check_method(method, b"POST")
                 human_id = self.router.human_id(rest[: -len(_REFRESH)])
                 self._need_admin(human_id)  # before the coroutine: it answers, not raises
                 return self._refresh(human_id)
@@ -189,25 +207,21 @@ class PeerContext:
             if method == b"DELETE":
                 self._need_admin(human_id)
                 return self._delete(human_id)
-            self._method(method, b"GET", b"DELETE")
+            check_method(method, b"GET", b"DELETE")
             return self._status(human_id)
         if path == b"/v1/humans":
-            self._method(method, b"GET")
+            check_method(method, b"GET")
             return self._humans()
         if path == b"/v1/events":
-            self._method(method, b"GET")
+            check_method(method, b"GET")
             return self._events()
         if path == b"/metrics":
-            self._method(method, b"GET")
+            check_method(method, b"GET")
             self._need_admin(None)
             return self.router.metrics()
+        if path.startswith(CONSENTS):
+            return self.router.consents.handle(method, path, body, self._need_admin, self.peer.uid)
         raise Problem(404, "not_found", "no such route; see GET /v1/health")
-
-    @staticmethod
-    def _method(method: bytes, *allowed: bytes) -> None:
-        if method not in allowed:
-            names = ", ".join(a.decode() for a in allowed)
-            raise Problem(405, "method_not_allowed", f"use {names}", headers={"Allow": names})
 
     # --- access ---------------------------------------------------------------------------
 
@@ -362,10 +376,12 @@ class PeerContext:
         if not self.matched:
             raise self._deny(None, "no [[access]] rule matches this peer's uid/gid", "events")
 
-        def allowed(human_id: str) -> bool:
-            return may_see(self.matched, human_id)
+        def accepts(event: Event) -> bool:
+            if event.type.startswith("consent."):
+                return is_admin(self.matched, event.human_id)
+            return event.human_id is None or may_see(self.matched, event.human_id)
 
         router = self.router
         return Takeover(
-            lambda stream: event_stream(stream, router.service.events, allowed, router.limits)
+            lambda stream: event_stream(stream, router.service.events, accepts, router.limits)
         )

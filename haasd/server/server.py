@@ -19,7 +19,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
@@ -36,10 +36,15 @@ from haasd.server.routes import PeerContext, Router
 from haasd.server.service import TokenService
 from haasd.tokens import HUMAN_ID_RE
 
+if TYPE_CHECKING:
+    from haasd.consent import ConsentFlow
+
 __all__ = ["TokenServer", "peer_of"]
 
 _log = structlog.get_logger("haasd.server")
 _UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)  # Linux's number; not in 3.11
+_MAX_GROUPS: Final = 256  # Python caps getsockopt buffers at 1024 bytes
 _ACCEPT_RETRY: Final = 0.1
 #: refusals being written at once; beyond this, excess connections are just closed
 _MAX_REFUSING: Final = 64
@@ -50,7 +55,16 @@ def peer_of(stream: anyio.abc.SocketStream) -> Peer:
     sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)  # noqa: S610
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    return Peer(uid=uid, gid=gid, pid=pid)
+    return Peer(uid=uid, gid=gid, pid=pid, groups=_peer_groups(sock))
+
+
+def _peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The peer's supplementary groups (Linux ≥ 4.13), or none where unsupported."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, _MAX_GROUPS * 4)
+    except OSError:  # ERANGE (more groups than we ask for) or no SO_PEERGROUPS
+        return frozenset()
+    return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
 
 
 def _busy(reason: str) -> bytes:
@@ -60,7 +74,11 @@ def _busy(reason: str) -> bytes:
 
 
 class TokenServer:
-    """Serves tokens, statuses, events and metrics over a Unix socket listener."""
+    """Serves tokens, statuses, events and metrics over a Unix socket listener.
+
+    With ``consents`` it also takes consents (``/v1/consents``, see
+    :mod:`haasd.server.consents`); without, those routes answer 404 ``not_found``.
+    """
 
     def __init__(
         self,
@@ -71,6 +89,7 @@ class TokenServer:
         limits: Limits = Limits(),  # noqa: B008 - frozen, so sharing the default is safe
         human_id_pattern: re.Pattern[str] = HUMAN_ID_RE,
         collectors: Iterable[Collector] = (),
+        consents: ConsentFlow | None = None,
     ) -> None:
         if not hasattr(socket, "SO_PEERCRED"):
             raise RuntimeError("haasd's token server needs SO_PEERCRED (Linux)")
@@ -84,6 +103,7 @@ class TokenServer:
             limits=limits,
             human_id_pattern=human_id_pattern,
             metrics=exposition(self.registry),
+            consents=consents,
         )
         self._connections: set[HttpConnection] = set()
         self._per_uid: Counter[int] = Counter()
