@@ -55,7 +55,8 @@ async def instance_lock(store_path: Path) -> AsyncIterator[None]:
     """Hold ``<store>.lock`` exclusively: a second haasd on the same store is refused."""
     path = store_path.with_name(store_path.name + ".lock")
     try:
-        handle: IO[str] = path.open("a+", encoding="ascii")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        handle: IO[str] = os.fdopen(fd, "a+", encoding="ascii")
     except OSError as exc:
         raise StoreLockedError(f"cannot open the lock file {path}: {exc.strerror}") from exc
     try:

@@ -156,7 +156,12 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     )
 
     async def store_it() -> bool:
-        async with await Store.open(config.store.path, sealer_of(config)) as store:
+        from haasd.app import instance_lock  # not while a daemon, rekey or restore runs
+
+        async with (
+            instance_lock(config.store.path),
+            await Store.open(config.store.path, sealer_of(config)) as store,
+        ):
             try:
                 await store.get_grant(grant.human_id)
             except UnknownHumanError:
@@ -170,6 +175,24 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     verb = "replaced the grant of" if replaced else "imported a grant for"
     print(f"{verb} {grant.human_id} (scope: {' '.join(grant.scope)})", file=out)
     return EXIT_OK
+
+
+def cmd_rekey(args: argparse.Namespace, out: TextIO) -> int:
+    from haasd.maintenance import main_rekey
+
+    return main_rekey(_config(args), Path(args.new_key), out)
+
+
+def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
+    from haasd.maintenance import main_backup
+
+    return main_backup(_config(args), Path(args.out), out)
+
+
+def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
+    from haasd.maintenance import main_restore
+
+    return main_restore(_config(args), Path(args.backup), out)
 
 
 def _words(texts: Sequence[str] | None) -> list[str] | None:
@@ -399,6 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("import", cmd_import, "store a grant from a token-exchange answer (JSON)")
     config_arg(p)
     p.add_argument("json", metavar="JSON", help="a file holding the answer, or - for stdin")
+    p = command("rekey", cmd_rekey, "re-seal the store under a new key (haasd stopped)")
+    config_arg(p)
+    p.add_argument("--new-key", required=True, metavar="FILE", help="a key from haasd keygen")
+    p = command("backup", cmd_backup, "copy the store, still sealed (haasd may be running)")
+    config_arg(p)
+    p.add_argument("out", metavar="OUT", help="the backup file to write (never overwritten)")
+    p = command("restore", cmd_restore, "replace the store by a backup the key opens")
+    config_arg(p)
+    p.add_argument("backup", metavar="BACKUP", help="a file written by haasd backup")
 
     def socket_arg(p: argparse._ActionsContainer) -> None:
         p.add_argument(
@@ -492,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     asking(p)
     p.add_argument(
         "--port",
-        type=_seconds,
+        type=_port,
         metavar="N",
         help="listen on port N (0: any free port; default: the redirect URI's own)",
     )
@@ -546,6 +578,12 @@ the consent via haasd with the redirect on the listening port, prints the URL, h
 one redirect to haasd to finish, closes the port, and prints the human and scopes
 granted. It runs through haasd's socket, like `start` and `finish`: no store, key or
 client secret is needed here. Exit codes as for `haasd consent`."""
+
+
+def _port(text: str) -> int:
+    if not (text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, not {text!r}")
+    return int(text)
 
 
 def _seconds(text: str) -> int:

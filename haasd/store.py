@@ -23,8 +23,8 @@ import math
 import os
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Self
@@ -395,6 +395,37 @@ class Store:
         rows = await self._write_returning(_TAKE_EXPIRED, (now,), "prune pending consents")
         return sorted((_to_pending(row) for row in rows), key=lambda r: r.expires_at)
 
+    # -- maintenance (haasd.maintenance) -------------------------------------------------
+
+    @asynccontextmanager
+    async def resealing(self, sealer: Sealer) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction in which the body re-seals every token and verifier under
+        ``sealer``; the key check is re-sealed last, then ``COMMIT`` and a checkpoint. From
+        then on this store seals with ``sealer``. ``secure_delete`` zeroes the old blobs'
+        space. Rolled back if anything raises; under the lock and shielded, as every write.
+        """
+        self._check_open()
+        conn, old = self._conn, self._sealer
+        with anyio.CancelScope(shield=True), _translate(self._path, "re-seal"):
+            async with self._lock:
+                await conn.execute("PRAGMA secure_delete = ON")
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    sql = "SELECT value FROM meta WHERE name = ?"
+                    check = await _scalar(conn, sql, (_KEY_CHECK_COLUMN,))
+                    text = old.open(check, human_id="", column=_KEY_CHECK_COLUMN)
+                    blob = sealer.seal(text, human_id="", column=_KEY_CHECK_COLUMN)
+                    sql = "UPDATE meta SET value = ? WHERE name = ?"
+                    await conn.execute(sql, (blob, _KEY_CHECK_COLUMN))
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        await conn.execute("ROLLBACK")
+                    raise
+                self._sealer = sealer
+                await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # -- internals -----------------------------------------------------------------------
 
     def _seal_verifier(self, record: PendingRecord, verifier: Secret) -> bytes:
@@ -619,7 +650,8 @@ async def _setup(conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None
         if version is not None:
             problems = [row[0] for row in await conn.execute_fetchall("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
-                raise StoreCorruptError(f"store {path} is damaged: {'; '.join(problems)}")
+                found = "; ".join(problems).replace("\n", "; ")
+                raise StoreCorruptError(f"store {path} is damaged: {found}")
         mode = await _scalar(conn, "PRAGMA journal_mode = WAL")
         if mode != "wal":
             raise StoreError(f"store {path}: cannot use WAL journaling (got {mode!r})")

@@ -1,0 +1,433 @@
+"""Keys and data: ``haasd rekey``, ``haasd backup`` and ``haasd restore``.
+
+None of them leaves a store half-done:
+
+- **rekey** takes the instance lock (the daemon must be stopped), copies the store beside
+  itself through SQLite's backup API, re-seals every sealed value of the copy under the
+  new key in one transaction (:meth:`Store.resealing`, with ``secure_delete`` so that no
+  blob under the old key survives even in free space), checks that the new key opens the
+  copy, and renames it over the store. A crash before the rename leaves the store
+  byte-identical, so the old key still opens it; the rename is atomic. (Re-sealing in place
+  would leave a window between ``COMMIT`` and the checkpoint in which the new key check is
+  only in the ``-wal``, where :meth:`Store.open`'s read-only first look does not see it,
+  and old ciphertexts in the ``-wal`` and free pages.)
+- **backup** copies the live store in one step of the backup API: a consistent snapshot,
+  taken while the daemon runs (WAL readers do not block its writer), still sealed. The
+  copy is checked (``quick_check``) without the key, then linked to OUT, never over it.
+- **restore** takes the instance lock, copies BACKUP beside the store and opens the copy
+  with the configured key (key check, ``quick_check``, every token decrypted) before
+  anything of the store is touched; only then does it replace the store.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TextIO
+from urllib.parse import quote
+
+import aiosqlite
+import anyio
+
+from haasd.app import instance_lock
+from haasd.config import Config, SecretSource
+from haasd.crypto import Key, Sealer, sealed_key_id
+from haasd.errors import (
+    ConfigError,
+    DecryptError,
+    HaasdError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreNewerError,
+    WrongKeyError,
+)
+from haasd.parts import sealer_of
+from haasd.store import _APPLICATION_ID, _KEY_CHECK_COLUMN, Store
+
+__all__ = [
+    "Contents",
+    "backup_store",
+    "load_key_file",
+    "main_backup",
+    "main_rekey",
+    "main_restore",
+    "rekey_store",
+    "restore_store",
+]
+
+#: Every sealed column but the key check (which :meth:`Store.resealing` does): table, the
+#: column whose value stands for the human id in the associated data, the sealed columns
+#: (each its own column name in the associated data).
+SEALED: Final = (
+    ("grants", "human_id", ("access_token", "refresh_token")),
+    ("pending_consents", "state_id", ("code_verifier",)),
+)
+_BUSY_TIMEOUT: Final = 5.0  # seconds, as the store's own connection waits
+
+
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """What a store file holds, as the commands report it."""
+
+    grants: int
+    pending: int
+    #: bytes of the file
+    size: int
+    #: the key its key check is sealed with (None if it has none)
+    key_id: str | None
+
+    def describe(self) -> str:
+        pending = f"{self.pending} pending consent{'' if self.pending == 1 else 's'}"
+        return f"{self.grants} grant{'' if self.grants == 1 else 's'} and {pending}"
+
+    def details(self) -> str:
+        return f"{_size(self.size)}, sealed with key {self.key_id}"
+
+
+def load_key_file(path: Path) -> Key:
+    """A key file written by ``haasd keygen``, refused (as a secret file) if group or
+    others can read it."""
+    source = SecretSource(key="--new-key", credential="", env_var="", file=path)
+    try:
+        return Key.from_text(source.load().reveal())
+    except ValueError as exc:
+        raise ConfigError(str(path), "--new-key", f"not a haasd key: {exc}") from None
+
+
+# --- rekey -------------------------------------------------------------------------------
+
+
+async def rekey_store(path: Path, old: Sealer, new: Sealer) -> Contents:
+    """Re-seal everything in the store at ``path`` from ``old``'s keys to ``new``'s."""
+    if new.current_key_id in old.key_ids:
+        raise HaasdError(
+            f"the new key is the store's current key (key id {new.current_key_id}); "
+            "write a new one with `haasd keygen --out FILE`"
+        )
+    _require_store(path)
+    copy = _beside(path, "rekey")
+    async with _stopped_daemon(path, "rekey"):
+        _remove_database(copy)  # a left-over from a crashed rekey: ours, under the lock
+        try:
+            async with await Store.open(path, old):
+                pass  # the key, integrity and schema are checked; closing checkpoints
+            await anyio.to_thread.run_sync(_copy_live, path, copy)
+            async with await Store.open(copy, old) as store, store.resealing(new) as conn:
+                for table, id_column, columns in SEALED:
+                    await _reseal_table(conn, old, new, table, id_column, columns)
+            contents = await _verify(copy, new)
+            await anyio.to_thread.run_sync(_install, copy, path, False)
+        except DecryptError as exc:  # a value the current key does not open
+            _remove_database(copy)
+            raise DecryptError(f"{exc}; nothing was re-sealed, the store is unchanged") from exc
+        except BaseException:
+            _remove_database(copy)
+            raise
+    return contents
+
+
+async def _reseal_table(
+    conn: aiosqlite.Connection,
+    old: Sealer,
+    new: Sealer,
+    table: str,
+    id_column: str,
+    columns: tuple[str, ...],
+) -> int:
+    """Re-seal ``columns`` of every row of ``table``, inside the caller's transaction."""
+    names = ", ".join(columns)
+    rows = await conn.execute_fetchall(f"SELECT {id_column}, {names} FROM {table}")  # noqa: S608 - constants
+
+    def reseal(row_id: str, column: str, blob: bytes) -> bytes:
+        plaintext = old.open(blob, human_id=row_id, column=column)
+        return new.seal(plaintext, human_id=row_id, column=column)
+
+    updates = [
+        (*(reseal(row[0], c, blob) for c, blob in zip(columns, row[1:], strict=True)), row[0])
+        for row in rows
+    ]
+    assignments = ", ".join(f"{column} = ?" for column in columns)
+    sql = f"UPDATE {table} SET {assignments} WHERE {id_column} = ?"  # noqa: S608 - constants
+    await conn.executemany(sql, updates)
+    return len(updates)
+
+
+def main_rekey(config: Config, new_key_file: Path, out: TextIO) -> int:
+    """``haasd rekey``: print what was re-sealed and where the key must now come from."""
+    old = sealer_of(config)
+    new = Sealer(load_key_file(new_key_file))
+    started = time.perf_counter()
+    contents = anyio.run(rekey_store, config.store.path, old, new)
+    seconds = time.perf_counter() - started
+    print(
+        f"re-sealed {contents.describe()} of {config.store.path} under key {new.current_key_id}"
+        f" (was {old.current_key_id}) in {seconds:.2f} s",
+        file=out,
+    )
+    print(
+        "the old key is no longer needed; point store.key_file / HAASD_STORE_KEY / the"
+        f" store.key credential at {new_key_file.absolute()}",
+        file=out,
+    )
+    print("  (backups made before now still need the old key: keep it with them)", file=out)
+    return 0
+
+
+# --- backup ------------------------------------------------------------------------------
+
+
+def backup_store(path: Path, target: Path) -> Contents:
+    """Copy the store at ``path`` (live or not) to ``target`` (mode 0600, never replaced)."""
+    _require_store(path)
+    if target.exists():
+        raise HaasdError(f"{target} exists; haasd backup never overwrites a file")
+    copy = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        _copy_live(path, copy)
+        contents = _inspect(copy)
+        try:
+            os.link(copy, target)  # unlike rename, refuses to replace
+        except FileExistsError:
+            raise HaasdError(f"{target} exists; haasd backup never overwrites a file") from None
+        except OSError as exc:
+            raise HaasdError(f"cannot write {target}: {exc.strerror}") from exc
+        _fsync_directory(target.parent)
+    finally:
+        _remove_database(copy)
+    return contents
+
+
+def main_backup(config: Config, target: Path, out: TextIO) -> int:
+    contents = backup_store(config.store.path, target)
+    print(
+        f"backed up {contents.describe()} ({contents.details()}) to {target} (mode 0600)",
+        file=out,
+    )
+    return 0
+
+
+# --- restore -----------------------------------------------------------------------------
+
+
+async def restore_store(path: Path, backup: Path, sealer: Sealer) -> Contents:
+    """Replace the store at ``path`` by ``backup``, once ``sealer`` is seen to open it."""
+    _check_backup(path, backup)
+    copy = _beside(path, "restore")
+    async with _stopped_daemon(path, "restore"):
+        _remove_database(copy)
+        try:
+            await anyio.to_thread.run_sync(_copy_file, backup, copy)
+            try:
+                contents = await _verify(copy, sealer)  # before anything of the store changes
+            except (StoreError, DecryptError) as exc:
+                raise _about(exc, copy, backup) from exc
+            await anyio.to_thread.run_sync(_install, copy, path, True)
+        except BaseException:
+            _remove_database(copy)
+            raise
+    return contents
+
+
+def main_restore(config: Config, backup: Path, out: TextIO) -> int:
+    contents = anyio.run(restore_store, config.store.path, backup, sealer_of(config))
+    print(
+        f"restored {contents.describe()} ({contents.details()}) from {backup}"
+        f" into {config.store.path}",
+        file=out,
+    )
+    return 0
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _stopped_daemon(path: Path, command: str) -> AsyncIterator[None]:
+    """Hold haasd's instance lock on ``path`` (see :func:`haasd.app.instance_lock`)."""
+    if not path.parent.is_dir():
+        raise StoreError(f"no directory {path.parent} for the store {path.name}")
+    lock = instance_lock(path)
+    try:
+        await lock.__aenter__()
+    except StoreLockedError as exc:
+        if exc.__cause__ is not None:  # the lock file cannot be opened: says so itself
+            raise
+        raise StoreLockedError(
+            f"haasd is running on the store {path}; stop it before `haasd {command}`,"
+            " which needs the store to itself"
+        ) from None
+    try:
+        yield
+    finally:
+        await lock.__aexit__(None, None, None)
+
+
+async def _verify(path: Path, sealer: Sealer) -> Contents:
+    """Open ``path`` with ``sealer`` (key check, quick_check) and decrypt every token."""
+    async with await Store.open(path, sealer) as store:
+        grants = len(await store.list_grants())
+        pending = len(await store.list_pending())
+    return Contents(grants, pending, os.stat(path).st_size, sealer.current_key_id)
+
+
+def _check_backup(path: Path, backup: Path) -> None:
+    if not backup.is_file():
+        raise HaasdError(f"no backup at {backup}")
+    if path.exists() and path.samefile(backup):
+        raise HaasdError(f"{backup} is the store itself")
+
+
+def _require_store(path: Path) -> None:
+    if not path.is_file():
+        raise StoreError(f"no store at {path}")
+
+
+def _beside(path: Path, what: str) -> Path:
+    """The work file of ``what`` beside the store: one name, used under the lock only."""
+    return path.with_name(f".{path.name}.{what}.tmp")
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _uri(path: Path, query: str) -> str:
+    return f"file:{quote(str(path.absolute()))}?{query}"
+
+
+def _create_private(path: Path) -> None:
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise HaasdError(f"cannot create {path}: {exc.strerror}") from exc
+
+
+def _copy_live(source: Path, target: Path) -> None:
+    """A consistent copy of the database ``source`` (and its -wal) into a new file."""
+    _create_private(target)
+    try:
+        # mode=rw: never create a store; read only, yet it tidies the -wal up if last out
+        with (
+            closing(
+                sqlite3.connect(_uri(source, "mode=rw"), uri=True, timeout=_BUSY_TIMEOUT)
+            ) as src,
+            closing(sqlite3.connect(_uri(target, "mode=rw"), uri=True)) as dst,
+        ):
+            src.backup(dst)  # in one step: one read transaction, one snapshot
+    except sqlite3.Error as exc:
+        raise _store_error(source, "copy", exc) from exc
+    _fsync(target)
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to a new private file ``target``."""
+    _create_private(target)
+    try:
+        with source.open("rb") as src, target.open("r+b") as dst:
+            shutil.copyfileobj(src, dst)
+    except OSError as exc:
+        raise HaasdError(f"cannot copy {source} to {target}: {exc.strerror}") from exc
+    _fsync(target)
+
+
+def _inspect(path: Path) -> Contents:
+    """Check a single-file database (no -wal) read-only, without the key: a haasd store,
+    undamaged; how many grants and pending consents, and the key it needs."""
+    try:
+        with closing(sqlite3.connect(_uri(path, "mode=ro&immutable=1"), uri=True)) as conn:
+            if conn.execute("PRAGMA application_id").fetchone()[0] != _APPLICATION_ID:
+                raise StoreCorruptError(f"{path} is not a haasd store")
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                found = "; ".join(problems).replace("\n", "; ")
+                raise StoreCorruptError(f"the copy is damaged: {found}")
+            grants = conn.execute("SELECT count(*) FROM grants").fetchone()[0]
+            sql = "SELECT count(*) FROM sqlite_master WHERE name = 'pending_consents'"
+            has_pending = conn.execute(sql).fetchone()[0]  # not in schema version 1
+            sql = "SELECT count(*) FROM pending_consents"
+            pending = conn.execute(sql).fetchone()[0] if has_pending else 0
+            sql = "SELECT value FROM meta WHERE name = ?"
+            check = conn.execute(sql, (_KEY_CHECK_COLUMN,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _store_error(path, "check", exc) from exc
+    key_id = sealed_key_id(check[0]) if check and isinstance(check[0], bytes) else None
+    return Contents(int(grants), int(pending), path.stat().st_size, key_id)
+
+
+def _install(copy: Path, path: Path, replace_stale: bool) -> None:
+    """Rename ``copy`` over ``path``, after removing ``path``'s -wal and -shm.
+
+    They go first (the -wal before the -shm): a -wal left beside the new file would be
+    replayed into it. For a rekey, a -wal left after our last connection closed means
+    another process has the store open; then nothing changes.
+    """
+    if any(p.exists() for p in _sidecars(copy)):
+        raise StoreError(f"{copy} is still in use; nothing was replaced")
+    _fsync(copy)
+    wal, shm = _sidecars(path)
+    if not replace_stale and wal.exists():
+        raise StoreLockedError(
+            f"another process has the store open ({wal.name} exists); close it and retry"
+        )
+    try:
+        if path.exists():
+            st = path.stat()
+            if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+                os.chown(copy, st.st_uid, st.st_gid)  # run as root: still the daemon's
+        wal.unlink(missing_ok=True)
+        shm.unlink(missing_ok=True)
+        os.replace(copy, path)
+    except OSError as exc:
+        raise HaasdError(f"cannot replace {path}: {exc.strerror}") from exc
+    _fsync_directory(path.parent)
+
+
+def _remove_database(path: Path) -> None:
+    for p in (path, *_sidecars(path), path.with_name(path.name + "-journal")):
+        p.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _about(exc: HaasdError, copy: Path, backup: Path) -> StoreError:
+    """``exc``, about the copy of a backup, told of the backup itself."""
+    text = f"{str(exc).replace(str(copy), str(backup))}; nothing was restored"
+    for kind in (WrongKeyError, StoreNewerError, StoreLockedError, StoreCorruptError):
+        if isinstance(exc, kind):
+            return kind(text)
+    return StoreCorruptError(text) if isinstance(exc, DecryptError) else StoreError(text)
+
+
+def _store_error(path: Path, what: str, exc: sqlite3.Error) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreCorruptError(f"{path}: {what} failed: {exc}; not a usable haasd store")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreLockedError(f"{path}: {what} failed: {exc} (busy; try again)")
+    return StoreError(f"{path}: {what} failed: {exc}")
+
+
+def _size(size: int) -> str:
+    return f"{size / 1024:.0f} KiB" if size < 1024 * 1024 else f"{size / 1024**2:.1f} MiB"
