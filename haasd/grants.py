@@ -22,16 +22,25 @@ re-consent (back to active).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
 from haasd.clock import rfc3339
-from haasd.errors import ClientAuthError, HaasdError, InvalidGrantError, RequestRejectedError
+from haasd.errors import (
+    ClientAuthError,
+    HaasdError,
+    InvalidGrantError,
+    RequestRejectedError,
+    TokenResponseError,
+    TransientAuthError,
+)
 from haasd.secret import Secret
 from haasd.tokens import TokenResponse
 
 __all__ = [
+    "INTERRUPTED",
+    "LIMIT_REACHED",
     "TRANSITIONS",
     "Answer",
     "Grant",
@@ -39,6 +48,9 @@ __all__ = [
     "RefreshIntent",
     "Serve",
     "State",
+    "after_clock",
+    "after_failure",
+    "after_refresh",
     "classify",
     "failure_retry_at",
     "new_grant",
@@ -49,6 +61,13 @@ __all__ = [
     "status_of",
     "transition",
 ]
+
+
+LIMIT_REACHED: Final = "the refresh token reached its limit; re-consent needed"
+INTERRUPTED: Final = (
+    "a refresh-token rotation was interrupted (the answer never reached haasd) and the "
+    "server refused the retry; the human must re-consent"
+)
 
 
 class State(StrEnum):
@@ -275,3 +294,91 @@ def status_of(grant: Grant, now: float, policy: Policy) -> dict[str, object]:
         "last_error": grant.last_error,
         "reconsent_days_left": max(0, int((grant.refresh_expires_at - now) // 86400)),
     }
+
+
+# --- what an answer does to a grant ----------------------------------------------------------
+
+
+def after_clock(grant: Grant, now: float, policy: Policy) -> Grant | None:
+    """The grant with the state the clock gives it now, or None if that is unchanged."""
+    state = state_at(grant.state, grant.refresh_expires_at, now, policy)
+    if state is grant.state:
+        return None
+    if state is State.NEEDS_RECONSENT:
+        return replace(grant, state=state, last_error=LIMIT_REACHED)
+    return replace(grant, state=state)
+
+
+def after_refresh(
+    grant: Grant, answer: TokenResponse, now: float, policy: Policy, rng: random.Random
+) -> Grant:
+    """The grant after a successful refresh answered at ``now``.
+
+    An answer without a refresh token keeps the old one (RFC 6749 §6); the refresh
+    token's limit moves only when the server states a lifetime for the new one.
+    """
+    limit = grant.refresh_expires_at
+    if answer.refresh_token_expires_in is not None:
+        limit = now + answer.refresh_token_expires_in
+    return replace(
+        grant,
+        scope=answer.scope,
+        access_token=answer.access_token,
+        access_expires_at=now + answer.expires_in,
+        refresh_token=answer.refresh_token or grant.refresh_token,
+        refresh_expires_at=limit,
+        last_refresh_at=now,
+        state=state_at(transition(grant.state, Answer.OK), limit, now, policy),
+        last_error=None,
+        consecutive_failures=0,
+        next_refresh_at=refresh_due_at(now, answer.expires_in, policy, rng),
+        intent=None,
+    )
+
+
+def after_failure(
+    grant: Grant,
+    error: HaasdError,
+    now: float,
+    policy: Policy,
+    rng: random.Random,
+    *,
+    interrupted: bool,
+) -> tuple[Answer, Grant, bool]:
+    """What a failed refresh means: (the answer, the grant after it, whether the server may
+    have acted on the request and the answer was lost — then the intent stays open).
+
+    ``interrupted``: an earlier answer for this grant may have been lost, so a refusal
+    now most likely means the rotation was interrupted.
+    """
+    answer = classify(error)
+    if answer is Answer.REFUSED:
+        # the server says the grant is gone: its access token is not served any more
+        reason = INTERRUPTED if interrupted else f"the server refused the grant: {error}"
+        refused = replace(
+            grant,
+            state=transition(grant.state, answer),
+            access_expires_at=min(grant.access_expires_at, now),
+            last_error=reason,
+            next_refresh_at=None,
+            intent=None,
+        )
+        return answer, refused, False
+    if answer is Answer.CLIENT_FAULT:  # not the human's fault: the grant is untouched
+        return answer, replace(grant, intent=None), False
+    failures = grant.consecutive_failures + 1
+    retry_after = error.retry_after if isinstance(error, TransientAuthError) else None
+    # a malformed 200 came from a server that may have rotated the token
+    lost = isinstance(error, TokenResponseError) or (
+        isinstance(error, TransientAuthError) and error.sent
+    )
+    failed = replace(
+        grant,
+        consecutive_failures=failures,
+        last_error=f"{getattr(error, 'error_type', 'error')}: {error}",
+        next_refresh_at=failure_retry_at(
+            now, failures, grant.access_expires_at, retry_after, policy, rng
+        ),
+        intent=grant.intent if lost else None,
+    )
+    return answer, failed, lost

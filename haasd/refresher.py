@@ -19,8 +19,6 @@ Policy (when, what an answer means) is :mod:`haasd.grants`; this module does the
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
 import time
 import uuid
@@ -42,7 +40,6 @@ from haasd.errors import (
     NeedsReconsentError,
     RequestRejectedError,
     StoreError,
-    TokenResponseError,
     TokenUnavailableError,
     TransientAuthError,
     UnknownHumanError,
@@ -55,14 +52,15 @@ from haasd.grants import (
     RefreshIntent,
     Serve,
     State,
-    classify,
+    after_clock,
+    after_failure,
+    after_refresh,
     failure_retry_at,
-    refresh_due_at,
     serve_decision,
     state_at,
-    transition,
 )
 from haasd.ratelimit import RateBudget
+from haasd.schedule import Schedule
 from haasd.store import Store
 from haasd.tokens import TokenResponse
 
@@ -79,12 +77,6 @@ LOST_ANSWER_DELAY: Final = 1.0
 RISK_CHECK_EVERY: Final = 10.0
 #: overdue grants at start-up are spread over up to this many seconds
 STARTUP_SPREAD: Final = 30.0
-LIMIT_REACHED: Final = "the refresh token reached its limit; re-consent needed"
-INTERRUPTED: Final = (
-    "a refresh-token rotation was interrupted (the answer never reached haasd) and the "
-    "server refused the retry; the human must re-consent"
-)
-
 Checkpoint = Callable[[str, str], None]
 
 
@@ -150,10 +142,7 @@ class Refresher:
         self._workers = workers
         self._checkpoint = checkpoint
         self._grants: dict[str, Grant] = {}
-        self._versions: dict[str, int] = {}
-        self._heap: list[tuple[float, int, str, int]] = []  # (when, seq, human, version)
-        self._ready: list[tuple[float, int, str]] = []  # (access expiry, seq, human)
-        self._seq = itertools.count()
+        self._schedule = Schedule()
         self._flights: dict[str, _Flight] = {}
         self._last_served: dict[str, float] = {}
         self._risk_checked_at = float("-inf")  # newer than the grants' last_served_at
@@ -223,20 +212,20 @@ class Refresher:
             await self.store.put_grant(grant)
         self._grants[grant.human_id] = grant
         self._interrupted.discard(grant.human_id)
-        self._schedule(grant, self.clock.time())
+        self._place(grant, self.clock.time())
 
     async def delete(self, human_id: str) -> bool:
         with anyio.CancelScope(shield=True), self._activity.busy():
             existed = await self.store.delete_grant(human_id)
         self._grants.pop(human_id, None)
-        self._versions.pop(human_id, None)
+        self._schedule.drop(human_id)
         self._last_served.pop(human_id, None)
         return existed
 
     @property
     def backlog(self) -> int:
         """Grants due for a refresh and waiting for a worker."""
-        return len(self._ready)
+        return self._schedule.backlog
 
     def health(self) -> dict[str, object]:
         reasons: list[str] = []
@@ -284,7 +273,7 @@ class Refresher:
             self._grants[grant.human_id] = grant
         # the clock moved while haasd was down: apply it to all in memory, write every
         # change in one transaction (not one synced write per grant), then announce them
-        changed = [c for g in self._grants.values() if (c := self._clock_moved(g, now))]
+        changed = [c for g in self._grants.values() if (c := after_clock(g, now, self.policy))]
         if changed:
             with anyio.CancelScope(shield=True), self._activity.busy():
                 await self.store.put_grants(changed)
@@ -292,7 +281,7 @@ class Refresher:
                 self._grants[grant.human_id] = grant
                 self._announce_state(grant, self._state_reason(grant))
         for grant in self._grants.values():
-            self._schedule(grant, now, startup=True)
+            self._place(grant, now, startup=True)
         capacity = self._capacity()
         live = sum(1 for g in self._grants.values() if not self._idle(g, now))
         _log.info(
@@ -319,13 +308,12 @@ class Refresher:
     async def _schedule_loop(self) -> None:
         while True:
             now = self.clock.time()
-            while self._heap and self._heap[0][0] <= now:
-                _, _, human_id, version = heapq.heappop(self._heap)
-                if self._versions.get(human_id) == version:
-                    await self._due(human_id, now)
+            for human_id in self._schedule.pop_due(now):
+                await self._due(human_id, now)
             delay = MAX_SLEEP
-            if self._heap:
-                delay = min(delay, self._heap[0][0] - now)
+            next_deadline = self._schedule.next_deadline()
+            if next_deadline is not None:
+                delay = min(delay, next_deadline - now)
             self._wakeup = anyio.Event()
             await self._sleep_or_wakeup(delay)
 
@@ -345,23 +333,22 @@ class Refresher:
         if grant is None:
             return
         if self._wants_refresh(grant, now):
-            heapq.heappush(self._ready, (grant.access_expires_at, next(self._seq), human_id))
+            self._schedule.make_ready(human_id, grant.access_expires_at)
             self._ready_event.set()
             self._watch_risk(now)
         else:
-            self._schedule(grant, now)
+            self._place(grant, now)
 
     async def _worker(self) -> None:
         while True:
-            while not self._ready:
+            while (human_id := self._schedule.take_ready()) is None:
                 self._ready_event = anyio.Event()
                 await self._ready_event.wait()
-            _, _, human_id = heapq.heappop(self._ready)
             self._watch_risk(self.clock.time())
             grant = self._grants.get(human_id)
             if grant is None or not self._wants_refresh(grant, self.clock.time()):
                 if grant is not None:
-                    self._schedule(grant, self.clock.time())
+                    self._place(grant, self.clock.time())
                 continue
             await self._fly(human_id).done.wait()
 
@@ -379,10 +366,10 @@ class Refresher:
             and (grant.next_refresh_at is None or grant.next_refresh_at <= now)
         )
 
-    def _schedule(self, grant: Grant, now: float, *, startup: bool = False) -> None:
+    def _place(self, grant: Grant, now: float, *, startup: bool = False) -> None:
         """(Re)place the grant's one heap entry at its next deadline."""
         if grant.state is State.NEEDS_RECONSENT:
-            self._versions.pop(grant.human_id, None)
+            self._schedule.drop(grant.human_id)
             return
         when = grant.refresh_expires_at
         if grant.state is State.ACTIVE:
@@ -393,20 +380,8 @@ class Refresher:
                 spread = min(STARTUP_SPREAD, max(0.0, grant.access_expires_at - now) / 4)
                 due = now + self._rng.uniform(0, spread)
             when = min(when, due)
-        version = self._versions.get(grant.human_id, 0) + 1
-        self._versions[grant.human_id] = version
-        heapq.heappush(self._heap, (when, next(self._seq), grant.human_id, version))
-        if when <= self._heap[0][0]:  # the new entry is first: the loop must look again
-            self._wakeup.set()
-
-    def _clock_moved(self, grant: Grant, now: float) -> Grant | None:
-        """The grant with the state the clock gives it now, or None if that is unchanged."""
-        state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
-        if state is grant.state:
-            return None
-        if state is State.NEEDS_RECONSENT:
-            return replace(grant, state=state, last_error=LIMIT_REACHED)
-        return replace(grant, state=state)
+        if self._schedule.place(grant.human_id, when):
+            self._wakeup.set()  # the new entry is first: the loop must look again
 
     @staticmethod
     def _state_reason(grant: Grant) -> str:
@@ -419,7 +394,7 @@ class Refresher:
         grant = self._grants.get(human_id)
         if grant is None:
             return None
-        moved = self._clock_moved(grant, now)
+        moved = after_clock(grant, now, self.policy)
         if moved is None:
             return grant
         grant = moved
@@ -462,7 +437,7 @@ class Refresher:
         self._last_served[grant.human_id] = now
         self.store.mark_served(grant.human_id, now)
         if was_idle:
-            self._schedule(grant, now)
+            self._place(grant, now)
 
     def _refuse_if_backing_off(self, grant: Grant, now: float) -> None:
         if self.stats.client_fault is not None:
@@ -491,7 +466,7 @@ class Refresher:
         ahead = len(self._flights)  # refreshes in flight spend the budget first
         return sum(
             1
-            for position, (expiry, _, _) in enumerate(sorted(self._ready), start=ahead + 1)
+            for position, expiry in enumerate(self._schedule.ready_expiries(), start=ahead + 1)
             if expiry <= now + position * per_request
         )
 
@@ -506,12 +481,12 @@ class Refresher:
             _log.warning(
                 "grants at risk: demand exceeds the rate budget",
                 at_risk=after,
-                backlog=len(self._ready),
+                backlog=self.backlog,
                 requests_per_minute=self.budget.limit,
                 hint="earliest expiry is served first; raise the plan or requests_per_minute",
             )
         elif before and not after:
-            _log.info("no grant at risk any more", backlog=len(self._ready))
+            _log.info("no grant at risk any more", backlog=self.backlog)
 
     # --- one refresh ----------------------------------------------------------------------
 
@@ -544,7 +519,7 @@ class Refresher:
                     now, 3, grant.access_expires_at, None, self.policy, self._rng
                 )
                 self._grants[human_id] = replace(grant, next_refresh_at=retry)
-                self._schedule(self._grants[human_id], now)
+                self._place(self._grants[human_id], now)
         else:
             self.stats.store_error = None
         finally:
@@ -614,24 +589,7 @@ class Refresher:
         now = self.clock.time()
         if now >= grant.access_expires_at and grant.state is not State.NEEDS_RECONSENT:
             self.stats.late += 1
-        limit = grant.refresh_expires_at
-        if answer.refresh_token_expires_in is not None:
-            limit = now + answer.refresh_token_expires_in
-        state = state_at(transition(grant.state, Answer.OK), limit, now, self.policy)
-        new = replace(
-            grant,
-            scope=answer.scope,
-            access_token=answer.access_token,
-            access_expires_at=now + answer.expires_in,
-            refresh_token=answer.refresh_token or grant.refresh_token,
-            refresh_expires_at=limit,
-            last_refresh_at=now,
-            state=state,
-            last_error=None,
-            consecutive_failures=0,
-            next_refresh_at=refresh_due_at(now, answer.expires_in, self.policy, self._rng),
-            intent=None,
-        )
+        new = after_refresh(grant, answer, now, self.policy, self._rng)
         if not await self._write_outcome(grant, new):
             return
         self._interrupted.discard(grant.human_id)
@@ -639,9 +597,9 @@ class Refresher:
             _log.info("refreshing resumed: the server accepted our client credentials")
             self.stats.client_fault = None
             for g in list(self._grants.values()):
-                self._schedule(g, now)
+                self._place(g, now)
         self.stats.refreshes["ok"] += 1
-        self._schedule(new, now)
+        self._place(new, now)
         self.events.publish(
             Event(
                 "token.refreshed",
@@ -658,59 +616,34 @@ class Refresher:
 
     async def _failed(self, grant: Grant, exc: HaasdError, *, interrupted: bool) -> HaasdError:
         now = self.clock.time()
-        answer = classify(exc)
+        answer, new, maybe_lost = after_failure(
+            grant, exc, now, self.policy, self._rng, interrupted=interrupted
+        )
         human_id = grant.human_id
         self.stats.refreshes[answer.value] += 1
-        if answer is Answer.REFUSED:
-            reason = INTERRUPTED if interrupted else f"the server refused the grant: {exc}"
-            new = replace(
-                grant,
-                state=transition(grant.state, answer),
-                access_expires_at=min(grant.access_expires_at, now),
-                last_error=reason,
-                next_refresh_at=None,
-                intent=None,
+        if answer is Answer.CLIENT_FAULT and self.stats.client_fault is None:
+            self.stats.client_fault = f"the server rejects haasd's client ({exc})"
+            _log.error(
+                "refreshing stopped for all grants: the token endpoint rejects our client",
+                error=str(exc),
+                hint="check haas.client_id and the client secret; reload or restart haasd",
             )
-        elif answer is Answer.CLIENT_FAULT:
-            if self.stats.client_fault is None:
-                self.stats.client_fault = f"the server rejects haasd's client ({exc})"
-                _log.error(
-                    "refreshing stopped for all grants: the token endpoint rejects our client",
-                    error=str(exc),
-                    hint="check haas.client_id and the client secret; reload or restart haasd",
-                )
-            new = replace(grant, intent=None)
-        else:
-            failures = grant.consecutive_failures + 1
-            retry_after = exc.retry_after if isinstance(exc, TransientAuthError) else None
-            if retry_after is not None and retry_after > self.policy.retry_after_cap:
-                _log.warning("capping an absurd Retry-After", retry_after=retry_after)
-            # a malformed 200 came from a server that may have rotated the token
-            sent = isinstance(exc, TokenResponseError) or (
-                isinstance(exc, TransientAuthError) and exc.sent
-            )
-            new = replace(
-                grant,
-                consecutive_failures=failures,
-                last_error=f"{getattr(exc, 'error_type', 'error')}: {exc}",
-                next_refresh_at=failure_retry_at(
-                    now, failures, grant.access_expires_at, retry_after, self.policy, self._rng
-                ),
-                intent=grant.intent if sent else None,
-            )
-            if sent:
-                self._interrupted.add(human_id)
+        retry_after = exc.retry_after if isinstance(exc, TransientAuthError) else None
+        if retry_after is not None and retry_after > self.policy.retry_after_cap:
+            _log.warning("capping an absurd Retry-After", retry_after=retry_after)
+        if maybe_lost:
+            self._interrupted.add(human_id)
         if not await self._write_outcome(grant, new):
             return exc
         if answer is Answer.REFUSED:
             self._interrupted.discard(human_id)
-            self._versions.pop(human_id, None)
+            self._schedule.drop(human_id)
             _log.warning("grant refused by the server", human_id=human_id, reason=new.last_error)
             self.events.publish(
                 Event("grant.needs_reconsent", human_id, now, {"reason": new.last_error})
             )
         elif answer is Answer.CLIENT_FAULT:
-            self._schedule(new, now)
+            self._place(new, now)
         else:
             _log.info(
                 "refresh failed; will retry",
@@ -731,7 +664,7 @@ class Refresher:
                     },
                 )
             )
-            self._schedule(new, now)
+            self._place(new, now)
         if isinstance(exc, RequestRejectedError):
             _log.error("the token endpoint rejected haasd's request", error=str(exc))
         return exc

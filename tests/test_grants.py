@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -18,9 +19,14 @@ from haasd.errors import (
 from haasd.grants import (
     TRANSITIONS,
     Answer,
+    Grant,
     Policy,
+    RefreshIntent,
     Serve,
     State,
+    after_clock,
+    after_failure,
+    after_refresh,
     classify,
     failure_retry_at,
     refresh_due_at,
@@ -124,3 +130,73 @@ def test_retry_after_is_honoured_exactly_and_capped() -> None:
 )
 def test_classify(error: HaasdError, answer: Answer) -> None:
     assert classify(error) is answer
+
+
+def _grant(**changes: object) -> Grant:
+    base = Grant(
+        human_id="usr_a",
+        environment="test",
+        scope=("tasks:read",),
+        access_token=Secret("haas_at_old"),
+        access_expires_at=3600.0,
+        refresh_token=Secret("haas_rt_old"),
+        refresh_expires_at=30 * DAY,
+        consented_at=0.0,
+        intent=RefreshIntent("attempt", "fp", 2700.0),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_after_refresh_keeps_the_old_refresh_token_when_none_is_sent() -> None:
+    answer = TokenResponse(Secret("haas_at_new"), 600, None, ("tasks:read",), "usr_a")
+    new = after_refresh(_grant(consecutive_failures=2), answer, 2700.0, POLICY, random.Random(1))
+    assert new.access_token == Secret("haas_at_new")
+    assert new.refresh_token == Secret("haas_rt_old")
+    assert new.access_expires_at == 3300.0
+    assert new.refresh_expires_at == 30 * DAY, "a refresh does not extend the limit"
+    assert (new.consecutive_failures, new.intent, new.last_error) == (0, None, None)
+    assert 2700 + 0.70 * 600 <= (new.next_refresh_at or 0) <= 2700 + 0.80 * 600
+
+
+def test_after_refresh_takes_the_servers_word_on_the_limit_and_flags_near_it() -> None:
+    answer = TokenResponse(Secret("a"), 3600, Secret("r"), ("tasks:read",), "usr_a", 3 * 86400)
+    new = after_refresh(_grant(), answer, 1000.0, POLICY, random.Random(1))
+    assert new.refresh_expires_at == 1000.0 + 3 * DAY
+    assert new.state is State.RECONSENT_DUE
+
+
+def test_after_failure_per_answer() -> None:
+    rng = random.Random(2)
+    refused, g, lost = after_failure(
+        _grant(), InvalidGrantError("invalid_grant", "x"), 100.0, POLICY, rng, interrupted=False
+    )
+    assert (refused, g.state, g.access_expires_at, g.intent, lost) == (
+        Answer.REFUSED,
+        State.NEEDS_RECONSENT,
+        100.0,
+        None,
+        False,
+    )
+    _, g, _ = after_failure(
+        _grant(), InvalidGrantError("invalid_grant", "x"), 100.0, POLICY, rng, interrupted=True
+    )
+    assert g.last_error is not None and "rotation was interrupted" in g.last_error
+    fault, g, _ = after_failure(
+        _grant(), ClientAuthError("invalid_client", "x"), 100.0, POLICY, rng, interrupted=False
+    )
+    assert (fault, g.state, g.consecutive_failures) == (Answer.CLIENT_FAULT, State.ACTIVE, 0)
+    timeout = TransientAuthError("timeout", "no answer", sent=True)
+    transient, g, lost = after_failure(_grant(), timeout, 100.0, POLICY, rng, interrupted=False)
+    assert (transient, g.consecutive_failures, lost) == (Answer.TRANSIENT, 1, True)
+    assert g.intent is not None, "the answer may be lost: the intent stays open"
+    refused_503 = TransientAuthError("temporarily_unavailable", "busy", sent=False)
+    _, g, lost = after_failure(_grant(), refused_503, 100.0, POLICY, rng, interrupted=False)
+    assert (g.intent, lost) == (None, False)
+
+
+def test_after_clock_moves_only_on_change() -> None:
+    assert after_clock(_grant(), 0.0, POLICY) is None
+    flagged = after_clock(_grant(), 24 * DAY, POLICY)
+    assert flagged is not None and flagged.state is State.RECONSENT_DUE
+    dead = after_clock(_grant(), 30 * DAY, POLICY)
+    assert dead is not None and dead.state is State.NEEDS_RECONSENT and dead.last_error
