@@ -50,7 +50,8 @@ from haasd.errors import (
     WrongKeyError,
 )
 from haasd.parts import sealer_of
-from haasd.store import _APPLICATION_ID, _KEY_CHECK_COLUMN, Store
+from haasd.store import Store
+from haasd.store.schema import APPLICATION_ID, KEY_CHECK_COLUMN, SEALED
 
 __all__ = [
     "Contents",
@@ -63,13 +64,6 @@ __all__ = [
     "restore_store",
 ]
 
-#: Every sealed column but the key check (which :meth:`Store.resealing` does): table, the
-#: column whose value stands for the human id in the associated data, the sealed columns
-#: (each its own column name in the associated data).
-SEALED: Final = (
-    ("grants", "human_id", ("access_token", "refresh_token")),
-    ("pending_consents", "state_id", ("code_verifier",)),
-)
 _BUSY_TIMEOUT: Final = 5.0  # seconds, as the store's own connection waits
 
 
@@ -343,7 +337,7 @@ def _inspect(path: Path) -> Contents:
     undamaged; how many grants and pending consents, and the key it needs."""
     try:
         with closing(sqlite3.connect(_uri(path, "mode=ro&immutable=1"), uri=True)) as conn:
-            if conn.execute("PRAGMA application_id").fetchone()[0] != _APPLICATION_ID:
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                 raise StoreCorruptError(f"{path} is not a haasd store")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
@@ -355,7 +349,7 @@ def _inspect(path: Path) -> Contents:
             sql = "SELECT count(*) FROM pending_consents"
             pending = conn.execute(sql).fetchone()[0] if has_pending else 0
             sql = "SELECT value FROM meta WHERE name = ?"
-            check = conn.execute(sql, (_KEY_CHECK_COLUMN,)).fetchone()
+            check = conn.execute(sql, (KEY_CHECK_COLUMN,)).fetchone()
     except sqlite3.Error as exc:
         raise _store_error(path, "check", exc) from exc
     key_id = sealed_key_id(check[0]) if check and isinstance(check[0], bytes) else None

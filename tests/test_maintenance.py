@@ -32,7 +32,6 @@ from haasd.errors import (
 )
 from haasd.grants import Grant
 from haasd.maintenance import (
-    SEALED,
     backup_store,
     load_key_file,
     rekey_store,
@@ -40,6 +39,7 @@ from haasd.maintenance import (
 )
 from haasd.secret import Secret
 from haasd.store import PendingRecord, Store
+from haasd.store.schema import SEALED
 
 T0 = 1_800_000_000.0
 
@@ -555,7 +555,7 @@ async def test_restore_refuses_the_store_itself_and_a_missing_backup(tmp_path: P
 
 
 async def test_every_sealed_column_is_resealed(tmp_path: Path) -> None:
-    """Each BLOB column of the schema (meta's key check apart) is in maintenance.SEALED."""
+    """Each BLOB column of the schema (meta's key check apart) is in haasd.store.schema.SEALED."""
     db = tmp_path / "grants.db"
     await seed(db, Sealer(Key.generate()), 0)
     with closing(sqlite3.connect(db)) as conn:

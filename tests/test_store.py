@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 import haasd.store
+import haasd.store._open
 from haasd.crypto import Key, Sealer, fingerprint
 from haasd.errors import (
     DecryptError,
@@ -28,9 +29,10 @@ from haasd.errors import (
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
 from haasd.store import Store
+from haasd.store.schema import APPLICATION_ID, MIGRATIONS
 
 T0 = 1_800_000_000.0
-SCHEMA_VERSION = len(haasd.store._MIGRATIONS)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @pytest.fixture
@@ -102,7 +104,7 @@ async def test_new_store_is_private_versioned_wal_and_empty(db: Path, store: Sto
     with raw(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA application_id").fetchone()[0] == haasd.store._APPLICATION_ID
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         names = [row[0] for row in conn.execute("SELECT name FROM meta")]
         assert names == ["key_check"]
 
@@ -318,7 +320,7 @@ async def test_a_cancelled_write_is_still_committed_whole(store: Store) -> None:
 async def test_a_store_locked_by_another_writer_says_so(
     db: Path, sealer: Sealer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(haasd.store, "_BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(haasd.store._open, "_BUSY_TIMEOUT", 0.05)
     async with await Store.open(db, sealer) as store:
         with raw(db) as other:
             other.execute("BEGIN IMMEDIATE")
@@ -518,7 +520,7 @@ async def test_forward_migrations_run_in_order_once(
     async with await Store.open(db, sealer) as store:
         await store.put_grant(make_grant())
     v2 = ("ALTER TABLE grants ADD COLUMN note TEXT", "UPDATE grants SET note = 'migrated'")
-    monkeypatch.setattr(haasd.store, "_MIGRATIONS", (*haasd.store._MIGRATIONS, v2))
+    monkeypatch.setattr(haasd.store._open, "MIGRATIONS", (*MIGRATIONS, v2))
     for _ in range(2):
         async with await Store.open(db, sealer) as store:
             assert await store.count_grants() == 1
@@ -532,7 +534,7 @@ async def test_a_failing_migration_changes_nothing(
 ) -> None:
     await (await Store.open(db, sealer)).close()
     broken = ("ALTER TABLE grants ADD COLUMN note TEXT", "CREATE TABLE meta (x)")
-    monkeypatch.setattr(haasd.store, "_MIGRATIONS", (*haasd.store._MIGRATIONS, broken))
+    monkeypatch.setattr(haasd.store._open, "MIGRATIONS", (*MIGRATIONS, broken))
     with pytest.raises(StoreError, match=f"migration to schema version {SCHEMA_VERSION + 1}"):
         await Store.open(db, sealer)
     with raw(db) as conn:

@@ -1,0 +1,316 @@
+"""The :class:`Store`: one connection, one lock, and a transaction for each change."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Self
+
+import aiosqlite
+import anyio
+
+from haasd.crypto import Sealer
+from haasd.errors import StoreError, UnknownHumanError
+from haasd.grants import Grant, RefreshIntent, State
+from haasd.secret import Secret
+from haasd.store._grants import (
+    BEGIN_REFRESH,
+    FINISH_REFRESH,
+    PUT_GRANT,
+    SELECT_GRANTS,
+    SET_SERVED,
+    SET_STATUS,
+    SET_STATUS_CLEAR,
+    grant_row,
+    refresh_row,
+    to_grant,
+)
+from haasd.store._open import open_connection
+from haasd.store._pending import (
+    ADD_PENDING,
+    RESTORE_PENDING,
+    SELECT_PENDING,
+    TAKE_EXPIRED,
+    TAKE_PENDING,
+    PendingRecord,
+    pending_row,
+    to_pending,
+    to_taken,
+)
+from haasd.store._sqlite import scalar, transaction, translate
+from haasd.store.schema import KEY_CHECK_COLUMN
+
+
+class Store:
+    """The grant table of one SQLite file. Build with ``await Store.open(path, sealer)``.
+
+    Usable as ``async with await Store.open(...) as store:``; methods are safe to call
+    from concurrent tasks (one lock orders the transactions on the one connection).
+    """
+
+    __slots__ = ("_closed", "_conn", "_lock", "_path", "_scopes", "_sealer", "_served")
+
+    def __init__(self, conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None:
+        self._conn = conn
+        self._sealer = sealer
+        self._path = path
+        self._lock = anyio.Lock()
+        self._served: dict[str, float] = {}
+        self._scopes: dict[str, tuple[str, ...]] = {}
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, sealer: Sealer) -> Store:
+        """Open (creating if absent or empty) the store at ``path``.
+
+        Raises :class:`WrongKeyError`, :class:`StoreCorruptError` or
+        :class:`StoreNewerError` without changing a byte of an existing file.
+        """
+        return cls(await open_connection(path, sealer), sealer, path)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def close(self) -> None:
+        """Write pending ``last_served_at`` values and close. Idempotent."""
+        if self._closed:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.flush_served()
+            finally:
+                self._closed = True
+                with translate(self._path, "close"):
+                    await self._conn.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get_grant(self, human_id: str) -> Grant:
+        """The grant of ``human_id``, or :class:`UnknownHumanError`."""
+        rows = await self._fetch(f"{SELECT_GRANTS} WHERE human_id = ?", (human_id,))
+        if not rows:
+            raise UnknownHumanError(human_id)
+        return self._to_grant(rows[0])
+
+    async def list_grants(self) -> list[Grant]:
+        """Every grant, decrypted, ordered by human_id (one query: for loading at start)."""
+        rows = await self._fetch(f"{SELECT_GRANTS} ORDER BY human_id")
+        # ~15 µs a row (mostly AES and the frozen dataclass): off the event loop
+        return await anyio.to_thread.run_sync(self._to_grants, rows)
+
+    async def count_grants(self) -> int:
+        rows = await self._fetch("SELECT count(*) FROM grants")
+        return int(rows[0][0])
+
+    # -- writes: one transaction each, committed (synchronous=FULL) before returning ------
+
+    async def put_grant(self, grant: Grant) -> None:
+        """Insert or replace the grant of ``grant.human_id``."""
+        await self._write(PUT_GRANT, [grant_row(grant, self._sealer)], "put grant")
+
+    async def put_grants(self, grants: Iterable[Grant]) -> None:
+        """Insert or replace many grants in a single transaction."""
+        rows = [grant_row(g, self._sealer) for g in grants]
+        await self._write(PUT_GRANT, rows, "put grants")
+
+    async def delete_grant(self, human_id: str) -> bool:
+        """Forget the grant of ``human_id``; False if there was none."""
+        self._served.pop(human_id, None)
+        sql = "DELETE FROM grants WHERE human_id = ?"
+        return await self._write(sql, [(human_id,)], "delete grant") > 0
+
+    async def begin_refresh(self, human_id: str, intent: RefreshIntent) -> None:
+        """Record that a refresh of ``human_id`` is about to spend its refresh token.
+
+        Overwrites a left-over intent (from a crash): the caller has judged it by then.
+        """
+        params = (intent.attempt_id, intent.fingerprint, intent.started_at, human_id)
+        await self._update(human_id, BEGIN_REFRESH, params, "begin refresh")
+
+    async def finish_refresh(self, grant: Grant, *, attempt_id: str | None = None) -> bool:
+        """Store a refresh's outcome and clear the intent, in one transaction.
+
+        Writes the tokens, their expiries, scope and status fields of ``grant``;
+        environment, consented_at and last_served_at stay as stored. With
+        ``attempt_id``, only if the row still carries that intent: False (nothing
+        written) when the grant was replaced or deleted while the refresh was in flight.
+        """
+        params = refresh_row(grant, self._sealer)
+        if attempt_id is None:
+            await self._update(grant.human_id, FINISH_REFRESH, params, "finish refresh")
+            return True
+        sql = f"{FINISH_REFRESH} AND intent_attempt_id = ?"
+        return await self._write(sql, [(*params, attempt_id)], "finish refresh") == 1
+
+    async def update_status(
+        self,
+        human_id: str,
+        *,
+        state: State,
+        last_error: str | None,
+        consecutive_failures: int,
+        next_refresh_at: float | None,
+        clear_intent: bool = False,
+    ) -> None:
+        """Change a grant's status; ``clear_intent`` also ends a refresh that came to nothing."""
+        sql = SET_STATUS_CLEAR if clear_intent else SET_STATUS
+        params = (State(state).value, last_error, consecutive_failures, next_refresh_at)
+        await self._update(human_id, sql, (*params, human_id), "update status")
+
+    def mark_served(self, human_id: str, at: float) -> None:
+        """Note that ``human_id``'s token was served at ``at``; no I/O.
+
+        Serving is far too frequent for a synced transaction each, so the times wait in
+        memory for :meth:`flush_served` (call it periodically; :meth:`close` does). A crash
+        loses at most the times since the last flush, which only makes a human look a
+        little more dormant than they were. Reads include the pending times.
+        """
+        self._check_open()
+        self._note_served(human_id, at)
+
+    async def flush_served(self) -> int:
+        """Write the pending ``last_served_at`` times in one transaction; how many."""
+        if not self._served:
+            return 0
+        pending, self._served = self._served, {}
+        rows = [(at, hid) for hid, at in pending.items()]
+        try:
+            await self._write(SET_SERVED, rows, "write last_served_at")
+        except BaseException:
+            for hid, at in pending.items():
+                self._note_served(hid, at)
+            raise
+        return len(rows)
+
+    # -- pending consents (haasd.consent) ------------------------------------------------
+
+    async def add_pending(self, record: PendingRecord, verifier: Secret, *, limit: int) -> bool:
+        """Insert a pending consent unless ``limit`` are pending already; whether it was."""
+        params = (*pending_row(record, verifier, self._sealer), limit)
+        return await self._write(ADD_PENDING, [params], "add pending consent") > 0
+
+    async def restore_pending(self, record: PendingRecord, verifier: Secret) -> None:
+        """Put back what :meth:`take_pending` took (not counted against the limit)."""
+        params = pending_row(record, verifier, self._sealer)
+        await self._write(RESTORE_PENDING, [params], "restore pending consent")
+
+    async def get_pending(self, state_id: str) -> PendingRecord | None:
+        rows = await self._fetch(SELECT_PENDING + " WHERE state_id = ?", (state_id,))
+        return to_pending(rows[0]) if rows else None
+
+    async def list_pending(self) -> list[PendingRecord]:
+        """Every pending consent, the first to expire first."""
+        rows = await self._fetch(SELECT_PENDING + " ORDER BY expires_at, state_id")
+        return [to_pending(row) for row in rows]
+
+    async def next_pending_expiry(self) -> float | None:
+        rows = await self._fetch("SELECT min(expires_at) FROM pending_consents")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    async def take_pending(self, state_id: str) -> tuple[PendingRecord, Secret] | None:
+        """Delete and return a pending consent and its verifier, in one statement: of two
+        tasks (or processes) taking the same one, exactly one gets it."""
+        rows = await self._write_returning(TAKE_PENDING, (state_id,), "take pending consent")
+        return to_taken(rows[0], self._sealer) if rows else None
+
+    async def take_expired_pending(self, now: float) -> list[PendingRecord]:
+        """Delete and return every pending consent expired at ``now``, in one statement."""
+        rows = await self._write_returning(TAKE_EXPIRED, (now,), "prune pending consents")
+        return sorted((to_pending(row) for row in rows), key=lambda r: r.expires_at)
+
+    # -- maintenance (haasd.maintenance) -------------------------------------------------
+
+    @asynccontextmanager
+    async def resealing(self, sealer: Sealer) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction in which the body re-seals every token and verifier under
+        ``sealer``; the key check is re-sealed last, then ``COMMIT`` and a checkpoint. From
+        then on this store seals with ``sealer``. ``secure_delete`` zeroes the old blobs'
+        space. Rolled back if anything raises; under the lock and shielded, as every write.
+        The columns to re-seal are :data:`haasd.store.schema.SEALED`.
+        """
+        self._check_open()
+        conn, old = self._conn, self._sealer
+        with anyio.CancelScope(shield=True), translate(self._path, "re-seal"):
+            async with self._lock:
+                await conn.execute("PRAGMA secure_delete = ON")
+                async with transaction(conn):
+                    yield conn
+                    sql = "SELECT value FROM meta WHERE name = ?"
+                    check = await scalar(conn, sql, (KEY_CHECK_COLUMN,))
+                    text = old.open(check, human_id="", column=KEY_CHECK_COLUMN)
+                    blob = sealer.seal(text, human_id="", column=KEY_CHECK_COLUMN)
+                    sql = "UPDATE meta SET value = ? WHERE name = ?"
+                    await conn.execute(sql, (blob, KEY_CHECK_COLUMN))
+                self._sealer = sealer
+                await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {self._path} is closed")
+
+    def _note_served(self, human_id: str, at: float) -> None:
+        if at > self._served.get(human_id, -math.inf):
+            self._served[human_id] = at
+
+    def _to_grants(self, rows: list[sqlite3.Row]) -> list[Grant]:
+        return [self._to_grant(row) for row in rows]
+
+    def _to_grant(self, row: sqlite3.Row) -> Grant:
+        return to_grant(row, self._sealer, self._scopes, self._served, self._path)
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        self._check_open()
+        # shielded too: aiosqlite resolves the future from its thread, and a cancelled
+        # future makes the event loop log InvalidStateError at shutdown
+        with anyio.CancelScope(shield=True), translate(self._path, "read"):
+            async with self._lock:
+                rows = list(await self._conn.execute_fetchall(sql, params))
+        return rows
+
+    async def _update(self, human_id: str, sql: str, params: Sequence[Any], what: str) -> None:
+        if await self._write(sql, [params], what) == 0:
+            raise UnknownHumanError(human_id)
+
+    async def _write(self, sql: str, rows: Sequence[Sequence[Any]], what: str) -> int:
+        """Run ``sql`` once per parameter row, all in one transaction; rows changed.
+
+        Shielded from cancellation: once begun, a write is committed or rolled back.
+        """
+        self._check_open()
+        if not rows:
+            return 0
+        conn = self._conn
+        changed = 0
+        with anyio.CancelScope(shield=True), translate(self._path, what):
+            async with self._lock:
+                if len(rows) == 1:
+                    # autocommit: a lone statement is its own transaction, synced on return
+                    changed = (await conn.execute(sql, rows[0])).rowcount
+                else:
+                    async with transaction(conn):
+                        changed = (await conn.executemany(sql, rows)).rowcount
+        return changed
+
+    async def _write_returning(
+        self, sql: str, params: Sequence[Any], what: str
+    ) -> list[sqlite3.Row]:
+        """One changing statement with ``RETURNING``: its own transaction (autocommit ends
+        it once every row is read), shielded from cancellation like :meth:`_write`."""
+        self._check_open()
+        rows: list[sqlite3.Row] = []
+        with anyio.CancelScope(shield=True), translate(self._path, what):
+            async with self._lock:
+                rows = list(await self._conn.execute_fetchall(sql, params))
+        return rows
