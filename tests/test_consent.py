@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ import haasd.consent._oauth
 import haasd.errors
 from haasd.clock import Activity, ManualClock
 from haasd.config import STAR_SCOPE_ADVICE, HaasConfig, SecretSource
-from haasd.consent import ConsentFlow, ConsentResult, PendingConsent, listen_once
+from haasd.consent import ConsentFlow, ConsentResult, PendingConsent
+from haasd.consent._listen import Page, listen_on_loopback
 from haasd.consent._oauth import (
     code_challenge,
     parse_callback,
@@ -38,6 +39,7 @@ from haasd.errors import (
     ConsentRequestError,
     ExchangeFailedError,
     ExchangeUnavailableError,
+    HaasdError,
     InvalidStateError,
     ListenTimeoutError,
     ScopeError,
@@ -550,6 +552,34 @@ async def test_the_pending_table_is_bounded(tmp_path: Path) -> None:
 # --- the loopback listener ---------------------------------------------------------------
 
 
+async def listen_in_process(
+    flow: ConsentFlow,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    seconds: float,
+    ready: Callable[[str], Awaitable[object]] | None = None,
+) -> ConsentResult:
+    """The shared loopback listener, with the flow finishing in this process.
+
+    ``haasd consent listen`` has the daemon finish instead (haasd.client.listen_for_consent,
+    tests/test_consent_api.py); the listening, the pages and the port are the same.
+    """
+    async with listen_on_loopback(flow.redirect_uri, port, host=host) as listener:
+        if ready is not None:
+            await ready(listener.redirect_uri)
+        return await listener.catch(flow.finish_url, page_for, seconds=seconds)
+
+
+def page_for(exc: HaasdError) -> Page:
+    """The in-process flow's errors as pages (400 and 503 leave the listener waiting)."""
+    if isinstance(exc, InvalidStateError | ConsentRequestError):
+        return 400, "Not this consent", str(exc)
+    if isinstance(exc, ExchangeUnavailableError):
+        return 503, "Try again", str(exc)
+    return 403 if isinstance(exc, ConsentDeniedError) else 502, "Consent not given", str(exc)
+
+
 async def test_the_loopback_listener_finishes_the_consent_and_closes(tmp_path: Path) -> None:
     async with consenting(tmp_path, redirect_uri=LOOPBACK) as (h, flow):
         started: list[PendingConsent] = []
@@ -561,7 +591,7 @@ async def test_the_loopback_listener_finishes_the_consent_and_closes(tmp_path: P
             ready.set()
 
         async def listen() -> None:
-            results.append(await listen_once(flow, port=0, timeout=10, ready=show_url))
+            results.append(await listen_in_process(flow, port=0, seconds=10, ready=show_url))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
@@ -602,7 +632,7 @@ async def test_the_listener_reports_a_refusal_after_showing_it(tmp_path: Path) -
 
         async def listen() -> None:
             with pytest.raises(ConsentDeniedError) as denied:
-                await listen_once(flow, port=0, timeout=10, ready=show_url)
+                await listen_in_process(flow, port=0, seconds=10, ready=show_url)
             errors.append(denied.value)
 
         async with anyio.create_task_group() as tg:
@@ -625,7 +655,7 @@ async def test_the_listener_gives_up_after_its_timeout(tmp_path: Path) -> None:
             seen.append(redirect_uri)
 
         with pytest.raises(ListenTimeoutError):
-            await listen_once(flow, port=0, timeout=0.05, ready=ready)
+            await listen_in_process(flow, port=0, seconds=0.05, ready=ready)
         with pytest.raises(httpx.ConnectError):
             async with httpx.AsyncClient(trust_env=False) as browser:
                 await browser.get(seen[0])
@@ -634,11 +664,11 @@ async def test_the_listener_gives_up_after_its_timeout(tmp_path: Path) -> None:
 async def test_the_listener_needs_a_loopback_redirect_and_address(tmp_path: Path) -> None:
     async with consenting(tmp_path) as (_, flow):
         with pytest.raises(ConsentRequestError, match="loopback"):
-            await listen_once(flow, port=0, timeout=1)
+            await listen_in_process(flow, port=0, seconds=1)
     (tmp_path / "2").mkdir()
     async with consenting(tmp_path / "2", redirect_uri=LOOPBACK) as (_, flow):
         with pytest.raises(ValueError, match="loopback"):
-            await listen_once(flow, host="0.0.0.0", port=0, timeout=1)  # noqa: S104
+            await listen_in_process(flow, host="0.0.0.0", port=0, seconds=1)  # noqa: S104
 
 
 async def test_only_a_loopback_redirect_uri_may_change_and_only_its_port(tmp_path: Path) -> None:

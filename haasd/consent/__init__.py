@@ -36,7 +36,8 @@ Decisions a caller must know:
 * **Bounded:** at most ``max_pending`` (1000) consents wait at once. When full, expired
   ones are pruned first; if none has expired, ConsentLimitError (``retry_after`` until
   the first expires). Live consents are never evicted.
-* :func:`listen_once` serves the loopback redirect of ``haasd consent listen``.
+* :func:`~haasd.consent._listen.listen_on_loopback` catches the loopback redirect of
+  ``haasd consent listen``; :func:`haasd.client.listen_for_consent` has the daemon finish it.
 """
 
 from haasd.consent._flow import (
@@ -46,7 +47,6 @@ from haasd.consent._flow import (
     ConsentResult,
     PendingConsent,
 )
-from haasd.consent._listen import listen_once
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -54,5 +54,4 @@ __all__ = [
     "ConsentFlow",
     "ConsentResult",
     "PendingConsent",
-    "listen_once",
 ]

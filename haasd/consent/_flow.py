@@ -161,7 +161,7 @@ class ConsentFlow:
         ``scopes`` default to the named human's grant's (a re-consent), else to the
         configured ones; they may narrow the configured scopes, never widen them.
         ``redirect_uri`` may differ from the configured one only in the port, and only for
-        a loopback URI (RFC 8252 §7.3: :func:`~haasd.consent.listen_once` passes its port).
+        a loopback URI (RFC 8252 §7.3: ``haasd consent listen`` passes its listener's port).
         """
         previous = None
         if human_id is not None:

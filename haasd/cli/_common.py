@@ -1,0 +1,86 @@
+"""What the ``haasd`` commands share: exit codes, error lines, the config, the grants table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from haasd.client import HumanStatus
+from haasd.config import Config, load_config
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "Handler",
+    "config_of",
+    "config_path",
+    "left",
+    "say_error",
+    "table",
+    "words",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+#: a subcommand: parsed arguments and standard output to an exit code
+Handler = Callable[[argparse.Namespace, TextIO], int]
+
+
+def say_error(message: object) -> None:
+    """One line on stderr, ``haasd: message``: how haasd reports an error, never a traceback."""
+    print(f"haasd: {message}", file=sys.stderr)
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    """``--config``, else ``$HAASD_CONFIG``, else None (load_config's own default)."""
+    path = args.config or os.environ.get("HAASD_CONFIG")
+    return Path(path) if path else None
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args))
+
+
+def words(texts: Sequence[str] | None) -> list[str] | None:
+    """Repeated options that may each hold several words separated by spaces, as one list."""
+    return [word for text in texts for word in text.split()] if texts else None
+
+
+def table(humans: Sequence[HumanStatus], now: float) -> str:
+    """The grants as ``haasd status`` prints them, one aligned row each."""
+    header = ("HUMAN", "STATE", "ACCESS LEFT", "REFRESH LIMIT", "SCOPE", "LAST ERROR")
+    lines = [header]
+    lines += [
+        (
+            h.human_id,
+            h.state,
+            left(h.access_expires_at - now),
+            left(h.refresh_expires_at - now),
+            " ".join(h.scope),
+            h.last_error or "-",
+        )
+        for h in humans
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def left(seconds: float) -> str:
+    """A time left, short: ``expired``, ``2.5d``, ``3.0h`` or ``4m05s``."""
+    if seconds <= 0:
+        return "expired"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f}d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"

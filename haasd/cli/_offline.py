@@ -1,0 +1,139 @@
+"""The commands that work on the files themselves, without a running haasd.
+
+``check-config``, ``keygen``, ``import``, and ``status --config`` (which reads the store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from haasd.cli._common import EXIT_OK, config_of, table
+from haasd.cli._online import status_online
+from haasd.client import HumanStatus
+from haasd.clock import SystemClock
+from haasd.crypto import Key
+from haasd.errors import HaasdError, StoreError, TokenResponseError, UnknownHumanError
+from haasd.grants import Grant, new_grant, status_of
+from haasd.parts import policy_of, sealer_of
+from haasd.store import Store
+from haasd.tokens import parse_token_response
+
+__all__ = ["cmd_check_config", "cmd_import", "cmd_keygen", "cmd_status"]
+
+
+def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
+    config = config_of(args)
+    config.haas.client_secret.load()
+    sealer_of(config)
+    h = config.haas
+    print(f"{config.source}: OK", file=out)
+    print(f"  environment      {h.environment} (client {h.client_id})", file=out)
+    print(f"  token endpoint   {h.token_url} ({h.token_request_format} bodies)", file=out)
+    print(f"  scopes           {' '.join(h.scopes)}", file=out)
+    print(f"  plan             {h.plan}: {h.requests_per_minute} requests/min", file=out)
+    print(f"  store            {config.store.path}", file=out)
+    print(f"  store key        from {config.store.key.describe()}", file=out)
+    print(f"  client secret    from {h.client_secret.describe()}", file=out)
+    print(f"  socket           {config.socket.path} (mode {config.socket.mode:04o})", file=out)
+    rules = len(config.access)
+    print(
+        f"  access rules     {rules or 'none: root and the daemon user only, as admins'}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
+    path = Path(args.out)
+    key = Key.generate()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise HaasdError(
+            f"{path} exists; haasd keygen never overwrites a key (a store sealed with it "
+            "would become unreadable). Choose another path, or remove it yourself."
+        ) from None
+    except OSError as exc:
+        raise HaasdError(f"cannot create {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key.to_text() + "\n")
+    print(f"wrote a new 256-bit store key to {path} (mode 0600, key id {key.key_id})", file=out)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
+    config = config_of(args)
+    source = "standard input" if args.json == "-" else args.json
+    try:
+        text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HaasdError(f"cannot read {source}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TokenResponseError(
+            f"{source} is not JSON ({exc.msg} at line {exc.lineno}); pass the token "
+            "endpoint's answer as the HaaS docs show it"
+        ) from None
+    answer = parse_token_response(data)
+    policy = policy_of(config)
+    grant = new_grant(
+        answer, config.haas.environment, SystemClock().time(), policy, random.Random()
+    )
+
+    async def store_it() -> bool:
+        from haasd.app import instance_lock  # not while a daemon, rekey or restore runs
+
+        async with (
+            instance_lock(config.store.path),
+            await Store.open(config.store.path, sealer_of(config)) as store,
+        ):
+            try:
+                await store.get_grant(grant.human_id)
+            except UnknownHumanError:
+                replaced = False
+            else:
+                replaced = True
+            await store.put_grant(grant)
+            return replaced
+
+    replaced = anyio.run(store_it)
+    verb = "replaced the grant of" if replaced else "imported a grant for"
+    print(f"{verb} {grant.human_id} (scope: {' '.join(grant.scope)})", file=out)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    if args.config is None:
+        return status_online(args, out)
+    config = config_of(args)
+    policy = policy_of(config)
+    now = SystemClock().time()
+
+    if not config.store.path.exists():
+        raise StoreError(
+            f"no store at {config.store.path}; `haasd import` or `haasd run` creates it"
+        )
+
+    async def read() -> list[Grant]:
+        async with await Store.open(config.store.path, sealer_of(config)) as store:
+            return await store.list_grants()
+
+    grants = sorted(anyio.run(read), key=lambda g: g.human_id)
+    rows = [status_of(g, now, policy) for g in grants]
+    if args.json:
+        print(json.dumps({"humans": rows}, indent=2), file=out)
+        return EXIT_OK
+    if not rows:
+        print("no grants stored", file=out)
+        return EXIT_OK
+    print(table([HumanStatus.from_json(row) for row in rows], now), file=out)
+    return EXIT_OK
