@@ -10,14 +10,15 @@ from pathlib import Path
 
 
 def test_the_demo_shows_every_moment_and_cleans_up() -> None:
-    before = set(Path(tempfile.gettempdir()).glob("haasd-demo-*"))
+    # a temp dir of its own (short: the demo's socket path must fit AF_UNIX's 108 bytes)
+    tmp = Path(tempfile.mkdtemp(prefix="hd", dir="/tmp"))
     result = subprocess.run(
         [sys.executable, "-m", "haasd", "demo", "--speed", "720", "--duration", "33"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, "NO_COLOR": "1"},
+        env={**os.environ, "NO_COLOR": "1", "TMPDIR": str(tmp)},
     )
     out = result.stdout
     assert result.returncode == 0, result.stderr
@@ -39,4 +40,5 @@ def test_the_demo_shows_every_moment_and_cleans_up() -> None:
         assert moment in out, f"{moment!r} missing from the demo's output:\n{out}"
     served = next(line for line in out.splitlines() if "tokens served to the app" in line)
     assert int(served.split()[-1]) > 10
-    assert set(Path(tempfile.gettempdir()).glob("haasd-demo-*")) == before, "temp dir removed"
+    assert list(tmp.iterdir()) == [], "the demo removed its store, key and socket"
+    tmp.rmdir()
