@@ -40,6 +40,7 @@ __all__ = [
     "SecretSource",
     "SocketConfig",
     "StoreConfig",
+    "is_loopback",
     "known_keys",
     "load_config",
     "parse_duration",
@@ -285,7 +286,7 @@ def _url(value: Any) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"{text!r} is not an absolute http(s) URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError(
             f"{text!r} uses plain http; use https (plain http is allowed only for a "
             "loopback host: 127.0.0.0/8, ::1 or localhost)"
@@ -293,7 +294,8 @@ def _url(value: Any) -> str:
     return text
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: where plain http is acceptable."""
     if host == "localhost":
         return True
     try:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from haasd.config import SCOPES, STAR_SCOPE_ADVICE
+from haasd.config import SCOPES, STAR_SCOPE_ADVICE, is_loopback
 from haasd.errors import ConsentRequestError, ScopeError
 from haasd.secret import Secret
 from haasd.tokens import HUMAN_ID_RE
@@ -194,7 +193,7 @@ def loopback_port(redirect_uri: str) -> int:
     """The port of a loopback ``http`` redirect URI (RFC 8252 §7.3), or ConsentRequestError."""
     parts = urlsplit(redirect_uri)
     host = parts.hostname or ""
-    if parts.scheme != "http" or not _is_loopback(host):
+    if parts.scheme != "http" or not is_loopback(host):
         raise ConsentRequestError(
             f"the redirect URI {redirect_uri} is not a loopback http URI (such as "
             "http://127.0.0.1:8765/callback): only a loopback redirect can be listened for"
@@ -212,12 +211,3 @@ def with_port(redirect_uri: str, port: int) -> str:
 
 def _default_port(scheme: str) -> int:
     return {"http": 80, "https": 443}.get(scheme.lower(), 0)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
