@@ -1,0 +1,101 @@
+"""The frozen dataclasses a configuration loads into, and the constants they rest on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from haasd.config._secrets import SecretSource
+
+#: The scopes the HaaS docs list.
+SCOPES: Final = (
+    "status:read",
+    "tasks:dispatch",
+    "tasks:read",
+    "communication:realtime",
+    "profile:read",
+)
+#: Requests per minute by plan, from the HaaS docs' rate-limit table.
+PLAN_REQUESTS_PER_MINUTE: Final = {"free": 60, "pro": 300, "enterprise": 1000}
+
+STAR_SCOPE_ADVICE: Final = (
+    "'*' is not a scope: request the minimum you need "
+    "(requesting * makes most humans close the authorization page)"
+)
+ENV_PREFIX: Final = "HAASD_"
+DEFAULT_AUTHORIZE_URL: Final = "https://auth.api4human.com/authorize"
+DEFAULT_TOKEN_URL: Final = "https://auth.api4human.com/token"  # noqa: S105 - a URL
+
+Environment = Literal["test", "live"]
+
+
+@dataclass(frozen=True, slots=True)
+class HaasConfig:
+    environment: Environment
+    client_id: str
+    client_secret: SecretSource
+    authorize_url: str
+    token_url: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    plan: str
+    requests_per_minute: int
+    token_request_format: Literal["json", "form"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: Path
+    key: SecretSource
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshConfig:
+    refresh_fraction: float = 0.75
+    refresh_token_lifetime: float = 30 * 86400.0
+    reconsent_warning: float = 7 * 86400.0
+    refresh_idle: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class SocketConfig:
+    path: Path
+    mode: int = 0o660
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentConfig:
+    #: how long a started consent waits for the human before it is abandoned
+    pending_ttl: float = 900.0
+    #: the most consents that may be pending at once
+    max_pending: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    """Which peers (by uid and/or gid) may have which humans' tokens."""
+
+    uid: int | None
+    gid: int | None
+    humans: tuple[str, ...]
+    scopes: tuple[str, ...] | None  # None: any scope the grant holds
+    admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    haas: HaasConfig
+    store: StoreConfig
+    refresh: RefreshConfig
+    socket: SocketConfig
+    access: tuple[AccessRule, ...]
+    log: LogConfig
+    consent: ConsentConfig = ConsentConfig()
