@@ -738,3 +738,12 @@ def test_public_names_are_sorted_and_exist() -> None:
         assert sorted(module.__all__, key=_isort_order) == list(module.__all__)
         for name in module.__all__:
             assert hasattr(module, name)
+
+
+def test_a_state_never_starts_with_a_dash() -> None:
+    from haasd.consent._oauth import new_state
+
+    states = [new_state() for _ in range(2000)]  # about 1 in 64 random ones would
+    assert not any(s.startswith("-") for s in states)
+    assert len(set(states)) == 2000
+    assert all(len(s) >= 43 for s in states), "256 random bits"

@@ -510,7 +510,8 @@ async def test_consent_start_and_finish_from_a_terminal(api: Running) -> None:
 
     code, out, err = await haasd_cli("consent", "start", "--human", MARIA, *socket)
     back = query(await api.approve(out.splitlines()[0]))
-    state_code = ("--state", back["state"], "--code", back["code"])
+    # --code=C: a code may start with "-", which argparse would take for an option
+    state_code = ("--state", back["state"], f"--code={back['code']}")
     code, out, err = await haasd_cli("consent", "finish", *state_code, *socket)
     assert code == 0, err
     first, second = out.splitlines()

@@ -161,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("--callback-url", metavar="URL", help="the whole redirect URL, pasted")
     given.add_argument("--state", metavar="S", help="the redirect's state (with --code)")
-    p.add_argument("--code", metavar="C", help="the redirect's code (with --state)")
+    p.add_argument(
+        "--code",
+        metavar="C",
+        help="the redirect's code (with --state); write --code=C if it starts with '-'",
+    )
     socket_arg(p)
     p = command(
         "listen",

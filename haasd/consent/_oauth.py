@@ -42,8 +42,11 @@ _MAX_PARAMS: Final = 32
 
 
 def new_state() -> str:
-    """A fresh OAuth ``state``: 256 random bits, base64url."""
-    return secrets.token_urlsafe(RANDOM_OCTETS)
+    """A fresh OAuth ``state``: 256 random bits, base64url — never starting with ``-``, so
+    it can be pasted after ``haasd consent finish --state`` as it is."""
+    while (state := secrets.token_urlsafe(RANDOM_OCTETS)).startswith("-"):
+        pass
+    return state
 
 
 def new_verifier() -> Secret:
