@@ -12,8 +12,8 @@ from haasd.secret import Secret
 
 AT = "haas_at_Kj7mNq2xPvL8abcdef"
 RT = "haas_rt_Xm9pQw4zRtY2abcdef"
-LIVE = "haas_live_sk_7Kq8mP2xNvL3abcd"
-TEST = "haas_test_sk_9Zz8mP2xNvL3abcd"
+LIVE = "haas_live_sk_EXAMPLEnotAkey0001"
+TEST = "haas_test_sk_EXAMPLEnotAkey0002"
 
 
 def test_redact_text_keeps_prefix_drops_secret() -> None:
