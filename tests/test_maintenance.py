@@ -16,6 +16,7 @@ from pathlib import Path
 import aiosqlite
 import anyio
 import pytest
+from factories import T0, make_grant
 
 import haasd.maintenance
 from haasd.app import instance_lock
@@ -40,8 +41,6 @@ from haasd.maintenance import (
 from haasd.secret import Secret
 from haasd.store import PendingRecord, Store
 from haasd.store.schema import SEALED
-
-T0 = 1_800_000_000.0
 
 # A child that runs `haasd rekey` and dies (os._exit: no cleanup, as a SIGKILL) at POINT:
 # "transaction" once the grants are re-sealed, uncommitted (a tiny page cache first, so
@@ -109,19 +108,6 @@ def config_of(path: Path) -> Config:
 
 def sealer_of(config_path: Path) -> Sealer:
     return Sealer(Key.from_text((config_path.parent / "store.key").read_text()))
-
-
-def make_grant(human_id: str) -> Grant:
-    return Grant(
-        human_id=human_id,
-        environment="test",
-        scope=("tasks:dispatch", "status:read"),
-        access_token=Secret("haas_at_" + secrets.token_hex(16)),
-        access_expires_at=T0 + 3600,
-        refresh_token=Secret("haas_rt_" + secrets.token_hex(16)),
-        refresh_expires_at=T0 + 30 * 86400,
-        consented_at=T0,
-    )
 
 
 def pending(n: int) -> tuple[PendingRecord, Secret]:

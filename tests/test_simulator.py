@@ -9,7 +9,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import anyio
@@ -782,19 +782,7 @@ async def test_drop_after_processing_loses_the_answer_of_a_rotation(
     assert sim.stats.refreshes["usr_ann"] - (retry_status == 200) == 1
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "html",
-        "empty",
-        "truncated_json",
-        "missing_access_token",
-        "bad_expires_in",
-        "wrong_token_type",
-        "oversized",
-        "redirect",
-    ],
-)
+@pytest.mark.parametrize("kind", get_args(MalformedKind))  # every kind the type names
 async def test_malformed_answers_have_the_promised_shape(kind: MalformedKind) -> None:
     async with serving(rotate_refresh_tokens=True) as (sim, client):
         tokens = await sim.consent("usr_ann")

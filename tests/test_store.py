@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import sqlite3
 import stat
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from factories import T0, make_grant
 
 import haasd.store
 import haasd.store._open
@@ -27,11 +27,9 @@ from haasd.errors import (
     WrongKeyError,
 )
 from haasd.grants import Grant, RefreshIntent, State
-from haasd.secret import Secret
 from haasd.store import Store
 from haasd.store.schema import APPLICATION_ID, MIGRATIONS
 
-T0 = 1_800_000_000.0
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -59,20 +57,6 @@ def db(tmp_path: Path) -> Path:
 async def store(db: Path, sealer: Sealer) -> AsyncIterator[Store]:
     async with await Store.open(db, sealer) as store:
         yield store
-
-
-def make_grant(human_id: str = "usr_1", **changes: object) -> Grant:
-    grant = Grant(
-        human_id=human_id,
-        environment="test",
-        scope=("tasks:dispatch", "status:read"),
-        access_token=Secret("haas_at_" + secrets.token_hex(16)),
-        access_expires_at=T0 + 3600,
-        refresh_token=Secret("haas_rt_" + secrets.token_hex(16)),
-        refresh_expires_at=T0 + 30 * 86400,
-        consented_at=T0,
-    )
-    return replace(grant, **changes)  # type: ignore[arg-type]
 
 
 def files_of(db: Path) -> dict[str, bytes]:
