@@ -66,6 +66,24 @@ def test_keygen_writes_a_private_key_and_never_overwrites(
     assert out.read_bytes() == before
 
 
+@pytest.mark.parametrize("dangling", [False, True])
+def test_keygen_refuses_a_symlink_at_its_output_and_leaves_the_target_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dangling: bool
+) -> None:
+    target = tmp_path / "elsewhere"
+    if not dangling:
+        target.write_text("not a key\n")
+    out = tmp_path / "store.key"
+    out.symlink_to(target)
+    assert main(["keygen", "--out", str(out)]) == 1
+    assert "never overwrites" in capsys.readouterr().err
+    assert out.is_symlink()
+    if dangling:
+        assert not target.exists()
+    else:
+        assert target.read_text() == "not a key\n"
+
+
 def test_check_config_accepts_the_example(tmp_path: Path) -> None:
     key = tmp_path / "store.key"
     assert main(["keygen", "--out", str(key)]) == 0
