@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from fnmatch import fnmatchcase
 
 import pytest
 
@@ -10,14 +11,17 @@ from haasd.config import AccessRule
 from haasd.server.access import (
     Decision,
     Peer,
+    covers_everyone,
     decide,
     decide_for,
     default_rules,
     effective_rules,
+    glob_covers_every_human,
     is_admin,
     may_see,
     rules_for,
 )
+from haasd.tokens import HUMAN_ID_RE
 
 DAEMON = 990
 APP = Peer(uid=1001, gid=2001, pid=4242)
@@ -144,3 +148,69 @@ def test_peer_is_a_frozen_value() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         APP.uid = 0  # type: ignore[misc]
     assert Peer(1001, 2001, 4242) == APP
+
+
+@pytest.mark.parametrize(
+    "glob",
+    [
+        "*",
+        "**",
+        "usr_*",
+        "usr*",
+        "u*",
+        "?*",
+        "*?",
+        "usr_?*",
+        "*_*",
+        "*[a-z0-9_]",
+        "[!x]*",
+        "usr_[a-z0-9_]*",
+        "[u]sr_*",
+    ],
+)
+def test_globs_that_match_every_human_id_cover_everyone(glob: str) -> None:
+    assert glob_covers_every_human(glob)
+
+
+@pytest.mark.parametrize(
+    "glob",
+    # a letter, a second character, a suffix, a class or a length too many; a literal "["
+    [
+        "usr_a*",
+        "usr_??*",
+        "usr_*a",
+        "usr_*_*",
+        "usr_[a-m]*",
+        "*?" * 6,
+        "usr_[!]*",
+        "x*",
+        "usr_",
+        "",
+        "usr_maria_42",
+        "USR_*",
+    ],
+)
+def test_globs_that_leave_someone_out_do_not(glob: str) -> None:
+    assert not glob_covers_every_human(glob)
+
+
+def test_a_glob_that_leaves_someone_out_has_a_human_it_refuses() -> None:
+    # what fnmatch itself says, for the ids the decision turns on
+    assert not fnmatchcase("usr_b", "usr_a*")
+    assert not fnmatchcase("usr_a", "usr_??*")
+    assert not fnmatchcase("usr_" + "a" * 7, "*?" * 12)
+    assert all(fnmatchcase(f"usr_{c}", "*[a-z0-9_]") for c in "az09_")
+
+
+def test_one_rule_covering_everyone_is_enough_and_several_narrow_ones_are_not() -> None:
+    narrow = [rule(uid=1001, humans=("usr_a*", "usr_b*"), admin=True), rule(gid=2001)]
+    assert covers_everyone(rules_for(narrow, APP)) is True  # the gid rule's usr_*
+    assert covers_everyone([r for r in rules_for(narrow, APP) if r.admin]) is False
+    assert covers_everyone([rule(uid=1001, humans=("usr_zz_*", "*"), admin=True)])
+    assert not covers_everyone([])
+    assert covers_everyone(default_rules(DAEMON))
+
+
+def test_the_ids_walked_are_the_human_ids_of_the_docs() -> None:
+    # glob_covers_every_human walks usr_[a-z0-9_]{1,64}: it must change with the form
+    assert HUMAN_ID_RE.pattern == r"usr_[a-z0-9_]{1,64}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Final
 
 from haasd.config import AccessRule
@@ -30,10 +31,12 @@ from haasd.config import AccessRule
 __all__ = [
     "Decision",
     "Peer",
+    "covers_everyone",
     "decide",
     "decide_for",
     "default_rules",
     "effective_rules",
+    "glob_covers_every_human",
     "human_matches",
     "is_admin",
     "may_see",
@@ -146,6 +149,89 @@ def decide(
     need_admin: bool = False,
     scopes: frozenset[str] = frozenset(),
 ) -> Decision:
-    """May ``peer`` have ``human_id``'s token (or manage the human, with ``need_admin``)?"""
+    """May ``peer`` have ``human_id``'s piece (or manage the human, with ``need_admin``)?"""
     matched = rules_for(effective_rules(rules, daemon_uid), peer)
     return decide_for(matched, human_id, need_admin=need_admin, scopes=scopes)
+
+
+#: what a human id is made of (``haasd.tokens.HUMAN_ID_RE``: ``usr_`` and 1 to 64 of these)
+_HUMAN_PREFIX: Final = "usr_"
+_HUMAN_CHARS: Final = "abcdefghijklmnopqrstuvwxyz0123456789_"
+_HUMAN_MAX: Final = len(_HUMAN_PREFIX) + 64
+#: a glob piece: "*", or the characters (of a human id's) that one position matches
+_Piece = str | frozenset[str]
+
+
+def _glob_pieces(glob: str) -> tuple[_Piece, ...]:
+    """``glob`` as fnmatch reads it: ``*`` or, per position, the human-id characters it
+    matches (a ``[...]`` class is asked of fnmatch itself, so ranges and ``!`` agree)."""
+    pieces: list[_Piece] = []
+    i, n = 0, len(glob)
+    while i < n:
+        c, i = glob[i], i + 1
+        if c == "*":
+            if not pieces or pieces[-1] != "*":
+                pieces.append("*")
+            continue
+        text = c
+        if c == "[":  # the class's end, found exactly as fnmatch.translate finds it
+            j = i + (i < n and glob[i] == "!")
+            j += j < n and glob[j] == "]"
+            while j < n and glob[j] != "]":
+                j += 1
+            if j < n:
+                text, i = glob[i - 1 : j + 1], j + 1
+        pieces.append(frozenset(ch for ch in _HUMAN_CHARS if fnmatchcase(ch, text)))
+    return tuple(pieces)
+
+
+def _stars(pieces: tuple[_Piece, ...], at: set[int]) -> frozenset[int]:
+    """Positions ``at`` and those behind any star there (a star also matches nothing)."""
+    todo = list(at)
+    while todo:
+        p = todo.pop()
+        if p < len(pieces) and pieces[p] == "*" and p + 1 not in at:
+            at.add(p + 1)
+            todo.append(p + 1)
+    return frozenset(at)
+
+
+def _step(pieces: tuple[_Piece, ...], at: frozenset[int], ch: str) -> frozenset[int]:
+    """The glob positions after reading ``ch`` from positions ``at``."""
+    moved = set()
+    for p in at:
+        if p < len(pieces):
+            piece = pieces[p]
+            if piece == "*":
+                moved.add(p)
+            elif ch in piece:
+                moved.add(p + 1)
+    return _stars(pieces, moved)
+
+
+@lru_cache(maxsize=256)
+def glob_covers_every_human(glob: str) -> bool:
+    """Does ``glob`` match every possible human id (``*``, ``usr_*``, ``usr_?*``, …)?
+
+    Exact: every word of ``usr_[a-z0-9_]{1,64}`` is walked at once, as a set of glob
+    positions per length, so ``usr_a*`` or ``usr_*_*`` are told apart from ``usr_*``.
+    """
+    pieces = _glob_pieces(glob)
+    level = {_stars(pieces, {0})}
+    for length in range(_HUMAN_MAX):
+        alphabet = _HUMAN_PREFIX[length] if length < len(_HUMAN_PREFIX) else _HUMAN_CHARS
+        level = {_step(pieces, at, ch) for at in level for ch in alphabet}
+        if any(not at for at in level):
+            return False  # some id is refused from here on, whatever follows
+        if length >= len(_HUMAN_PREFIX) and any(len(pieces) not in at for at in level):
+            return False  # an id of this length is not matched
+    return True
+
+
+def covers_everyone(matched: Iterable[AccessRule]) -> bool:
+    """Does one of these rules cover every possible human id, those not known yet too?
+
+    A consent started without a human id may end with anyone, so starting one needs an
+    admin rule for which this holds: pass only the admin rules to ask that.
+    """
+    return any(glob_covers_every_human(glob) for rule in matched for glob in rule.humans)
