@@ -9,6 +9,7 @@ import socket
 import stat
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,78 @@ async def test_the_umask_is_restored_after_binding(where: Path) -> None:
         assert os.umask(0o022) == 0o022
     finally:
         os.umask(before)
+
+
+def _umask_now() -> int:
+    """The process umask as the kernel reports it, read without changing it."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("Umask:"))
+    return int(line.split()[1], 8)
+
+
+def test_binding_never_touches_the_process_umask_another_thread_relies_on(where: Path) -> None:
+    """The umask is process-wide: a thread creating a file meanwhile would get it too."""
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.add(_umask_now())
+
+    before = os.umask(0o022)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(100):  # the old umask-around-bind was seen in a few dozen
+            bind_socket(where / "s.sock", 0o600).close()
+            os.unlink(where / "s.sock")
+    finally:
+        done.set()
+        watcher.join()
+        os.umask(before)
+    assert {0o022} == seen
+
+
+def test_the_socket_path_never_shows_another_mode(where: Path) -> None:
+    """Watched from another thread while sockets are made again and again, the path holds
+    either nothing or a socket with the configured mode, even under a narrow umask."""
+    path = where / "s.sock"
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                seen.add(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                pass
+
+    before = os.umask(0o077)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(30):
+            bind_socket(path, 0o660).close()
+            os.unlink(path)
+    finally:
+        done.set()
+        watcher.join()
+        os.umask(before)
+    assert {stat.S_IFSOCK | 0o660} == seen
+    assert os.listdir(where) == []  # nothing left behind by the making
+
+
+async def test_a_socket_at_the_longest_path_has_its_mode_and_answers(where: Path) -> None:
+    path = where / ("x" * (107 - len(os.fsencode(where)) - 1))
+    assert len(os.fsencode(path)) == 107
+    listener = await open_listener(SocketConfig(path, 0o600), environ={})
+    try:
+        assert mode_of(path) == 0o600
+        async with await anyio.connect_unix(path):
+            pass
+    finally:
+        await listener.aclose()
+    assert os.listdir(where) == []
 
 
 async def test_a_missing_directory_is_created_0750(where: Path) -> None:

@@ -3,7 +3,9 @@
 :func:`bind_socket` creates the Unix socket at the configured path:
 
 * the parent directory is created ``0750`` when missing (an existing one is left as is);
-* the socket gets the configured mode from birth: the umask is set before ``bind``;
+* the socket never exists at the path with any mode but the configured one (see
+  :func:`bind_socket`), and the process umask is never touched (it is process-wide, so
+  changing it around ``bind`` would race with any other thread creating files);
 * a socket file left by a crashed run (nobody answers on it) is replaced;
 * a socket a live process answers on is refused — another haasd is running;
 * a symlink, or anything that is not a socket, at the path is refused and never unlinked;
@@ -19,6 +21,7 @@ import errno
 import os
 import socket
 import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -45,6 +48,8 @@ _log = structlog.get_logger("haasd.server")
 _MAX_PATH: Final = 107
 _SD_LISTEN_FDS_START: Final = 3
 _PROBE_TIMEOUT: Final = 1.0
+#: the socket's name in its private directory while it is made
+_TEMP_NAME: Final = "s"
 
 
 class SocketPathError(HaasdError):
@@ -56,7 +61,22 @@ class SocketInUseError(SocketPathError):
 
 
 def bind_socket(path: Path, mode: int = 0o660, *, backlog: int = 128) -> socket.socket:
-    """A listening, non-blocking Unix socket at ``path`` with exactly ``mode``."""
+    """A listening, non-blocking Unix socket at ``path`` with exactly ``mode``.
+
+    Linux gives a new socket file the mode of the socket's own inode less the umask, and
+    ``fchmod`` on a bound socket changes only that inode, never the file. So the file is
+    made where nobody else can reach it and moved into place finished:
+
+    1. ``fchmod`` on the unbound socket: the file is born with at most ``mode``;
+    2. ``bind`` inside a fresh ``0700`` directory next to ``path``, held by a descriptor
+       (the bind goes through ``/proc/self/fd/N/``, so a rename of that directory cannot
+       send it elsewhere, and the temporary name never meets the 108-byte limit);
+    3. ``chmod`` there to exactly ``mode`` (relative to the held descriptor: no other user
+       can put anything in that directory);
+    4. ``link`` the file to ``path``, which fails if anything appeared there meanwhile.
+
+    At ``path`` there is either nothing or the finished socket.
+    """
     text = os.fspath(path)
     if not text or text.startswith(("\0", "@")):
         raise SocketPathError(f"{text!r}: abstract-namespace sockets are not supported")
@@ -66,22 +86,42 @@ def bind_socket(path: Path, mode: int = 0o660, *, backlog: int = 128) -> socket.
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        old_umask = os.umask(0o777 & ~mode)
-        try:
-            sock.bind(text)
-        finally:
-            os.umask(old_umask)
-        os.chmod(text, mode)  # exact bits even for a mode the umask could not express
+        os.fchmod(sock.fileno(), mode)
+        _bind_privately(sock, path, mode)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
+        if exc.errno in (errno.EADDRINUSE, errno.EEXIST):
             raise SocketInUseError(
                 f"{text}: another process created the socket meanwhile; is another haasd starting?"
             ) from exc
         raise SocketPathError(f"{text}: cannot create the socket: {exc.strerror}") from exc
     return sock
+
+
+def _bind_privately(sock: socket.socket, path: Path, mode: int) -> None:
+    """Bind ``sock`` in a private directory, set ``mode``, link it to ``path`` (above)."""
+    private = tempfile.mkdtemp(prefix=".haasd-", dir=path.parent)
+    fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    bound = False
+    try:
+        os.fchmod(fd, 0o700)  # mkdtemp's 0700 less the umask could be narrower: be exact
+        try:
+            sock.bind(f"/proc/self/fd/{fd}/{_TEMP_NAME}")
+        except FileNotFoundError:  # no /proc: the directory's own path, if it fits
+            fallback = os.path.join(private, _TEMP_NAME)
+            if len(os.fsencode(fallback)) > _MAX_PATH:
+                raise
+            sock.bind(fallback)
+        bound = True
+        os.chmod(_TEMP_NAME, mode, dir_fd=fd)
+        os.link(_TEMP_NAME, path, src_dir_fd=fd)
+    finally:
+        if bound:
+            os.unlink(_TEMP_NAME, dir_fd=fd)
+        os.close(fd)
+        os.rmdir(private)
 
 
 def _ensure_parent(parent: Path) -> None:
