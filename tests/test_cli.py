@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -9,10 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
+from factories import make_grant
 
 from haasd.cli import main
+from haasd.cli._common import printable, say_error
+from haasd.cli._consent import _print_granted
+from haasd.client import FinishedConsent, HumanStatus
+from haasd.config import load_config
 from haasd.crypto import Key
+from haasd.parts import sealer_of
+from haasd.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSWER: dict[str, str | int] = {
@@ -114,6 +123,31 @@ def test_check_config_refuses_a_bad_key_file(config_file: Path) -> None:
     assert "not a key" not in result.stderr.split("not a haasd key")[1]
 
 
+def test_status_offline_shows_stored_text_escaped_never_raw(config_file: Path) -> None:
+    """A grant whose scope and last error hold an ANSI escape (as a hostile HaaS answer
+    may leave them), read from the store by ``haasd status --config``."""
+    config = load_config(config_file, {})
+    grant = make_grant(
+        "usr_maria_42", scope=("status:read", "x\x1b[2J"), last_error="boom \x1b[2J\u202e"
+    )
+
+    async def store_it() -> None:
+        async with await Store.open(config.store.path, sealer_of(config)) as store:
+            await store.put_grant(grant)
+
+    anyio.run(store_it)
+    done = subprocess.run(
+        [sys.executable, "-m", "haasd", "status", "--config", str(config_file)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert b"\x1b" not in done.stdout and "\u202e".encode() not in done.stdout
+    row = done.stdout.decode("ascii").splitlines()[1]
+    assert "status:read x\\x1b[2J" in row and row.endswith("boom \\x1b[2J\\u202e")
+
+
 def test_import_then_status(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     answer = config_file.parent / "answer.json"
     answer.write_text(json.dumps(ANSWER))
@@ -183,3 +217,36 @@ def test_wrong_key_refuses_and_leaves_the_store_untouched(config_file: Path) -> 
     assert result.returncode == 1
     assert "does not match this store" in result.stderr
     assert {f.name: f.read_bytes() for f in state.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("usr_maria_42 tasks:dispatch", "usr_maria_42 tasks:dispatch"),
+        ("\x1b[2J\x07\x7f\x9b", "\\x1b[2J\\x07\\x7f\\x9b"),
+        ("a\nb\r\tc", "a\\nb\\r\\tc"),
+        ("\ud800 lone", "\\ud800 lone"),
+        ("\u202eevil\u200b", "\\u202eevil\\u200b"),
+        ("Zoë 日本 \\x1b", "Zoë 日本 \\x1b"),  # letters, and a backslash the server typed
+    ],
+)
+def test_printable_escapes_controls_and_invisibles_only(text: str, shown: str) -> None:
+    assert printable(text) == shown
+    assert printable(text).isprintable()
+
+
+def test_consent_messages_and_errors_show_server_sent_text_escaped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = HumanStatus(
+        "usr_\x1b]0;pwned\x07", "active", ("status:read", "\x1b[2J"), 0.0, 0.0, None, None
+    )
+    done = FinishedConsent(status, "c1", (), True, True, "usr_maria_\ud800")
+    out = io.StringIO()
+    _print_granted(done, out)
+    say_error("exchange_failed: \x1b[31mred\x1b[0m")
+    printed, err = out.getvalue(), capsys.readouterr().err
+    assert "\x1b" not in printed + err and "\ud800" not in printed
+    assert printed.startswith("granted: usr_\\x1b]0;pwned\\x07 (status:read \\x1b[2J)")
+    assert "the consent was for usr_maria_\\ud800" in printed
+    assert err == "haasd: exchange_failed: \\x1b[31mred\\x1b[0m\n"

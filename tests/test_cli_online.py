@@ -181,3 +181,40 @@ def test_status_takes_a_socket_or_a_config_not_both(capsys: pytest.CaptureFixtur
         main(["status", "--socket", "a.sock", "--config", "haasd.toml"])
     assert exited.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+# --- server-sent text is shown escaped ------------------------------------------------------
+
+#: what a hostile or broken HaaS answer may leave in a grant: clear the screen, a lone
+#: surrogate, a forged line and a right-to-left override
+HOSTILE = "\x1b[2J\ud800\n\u202e"
+SHOWN = "\\x1b[2J\\ud800\\n\\u202e"
+
+
+async def test_status_and_health_show_server_sent_text_escaped_never_raw(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    grant = make_grant(scope=("status:read", "x\x1b[2J\ud800"), last_error=f"boom {HOSTILE}")
+    service = FakeService([grant])
+    service.reasons.append(f"refresh failed: {HOSTILE}")
+    async with serving(service) as s:
+        status = await haasd_bytes("status", "--socket", s.path)
+        health = await haasd_bytes("health", "--socket", s.path)
+        as_json = await in_process(capsys, "status", "--json", "--socket", s.path)
+    for _, out, err in (status, health):
+        assert err == b""
+        assert b"\x1b" not in out and "\u202e".encode() not in out
+    assert (status[0], health[0]) == (0, 1)
+    rows = status[1].decode("ascii").splitlines()
+    assert len(rows) == 2  # the forged newline stays inside its cell
+    assert rows[1].endswith(f"boom {SHOWN}")
+    assert "status:read x\\x1b[2J\\ud800" in rows[1]
+    assert f"  - refresh failed: {SHOWN}\n" in health[1].decode("ascii")
+    assert "x\x1b[2J\ud800" in json.loads(as_json[1])["humans"][0]["scope"]  # JSON keeps it
+    assert "\x1b" not in as_json[1]  # as an escape in the JSON text
+
+
+async def haasd_bytes(*args: str) -> tuple[int, bytes, bytes]:
+    """(exit code, stdout, stderr) of ``python -m haasd ARGS``, as the terminal gets them."""
+    done = await anyio.run_process([sys.executable, "-m", "haasd", *args], check=False)
+    return done.returncode, done.stdout, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -20,6 +21,7 @@ __all__ = [
     "config_of",
     "config_path",
     "left",
+    "printable",
     "say_error",
     "table",
     "words",
@@ -33,9 +35,29 @@ EXIT_CONFIG = 2
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
 
+#: the Unicode categories shown escaped: controls (ANSI escapes among them), surrogates,
+#: invisible format characters (bidi overrides), private use and unassigned code points
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Cf", "Co", "Cn"})
+
+
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: every control or invisible character as an escape.
+
+    What haasd prints may come from the HaaS server (a scope, a last error) or a store
+    it wrote: an ANSI escape there must show up as ``\\x1b``, never clear the screen or
+    forge a line, and a lone surrogate as ``\\ud800``, never an encoding error.
+    Everything else, spaces and non-ASCII letters included, is left as it is.
+    """
+    return "".join(
+        ascii(ch)[1:-1] if unicodedata.category(ch) in _HIDDEN_CATEGORIES else ch
+        for ch in str(text)
+    )
+
+
 def say_error(message: object) -> None:
-    """One line on stderr, ``haasd: message``: how haasd reports an error, never a traceback."""
-    print(f"haasd: {message}", file=sys.stderr)
+    """One line on stderr, ``haasd: message``: how haasd reports an error, never a traceback
+    (the message escaped with :func:`printable`: it may quote the server)."""
+    print(f"haasd: {printable(message)}", file=sys.stderr)
 
 
 def config_path(args: argparse.Namespace) -> Path | None:
@@ -54,17 +76,18 @@ def words(texts: Sequence[str] | None) -> list[str] | None:
 
 
 def table(humans: Sequence[HumanStatus], now: float) -> str:
-    """The grants as ``haasd status`` prints them, one aligned row each."""
+    """The grants as ``haasd status`` prints them, one aligned row each (every cell
+    escaped with :func:`printable`)."""
     header = ("HUMAN", "STATE", "ACCESS LEFT", "REFRESH LIMIT", "SCOPE", "LAST ERROR")
     lines = [header]
     lines += [
         (
-            h.human_id,
-            h.state,
+            printable(h.human_id),
+            printable(h.state),
             left(h.access_expires_at - now),
             left(h.refresh_expires_at - now),
-            " ".join(h.scope),
-            h.last_error or "-",
+            printable(" ".join(h.scope)),
+            printable(h.last_error or "-"),
         )
         for h in humans
     ]

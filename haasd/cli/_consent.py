@@ -8,7 +8,7 @@ from typing import TextIO
 
 import anyio
 
-from haasd.cli._common import EXIT_CONFIG, EXIT_OK, left, say_error, words
+from haasd.cli._common import EXIT_CONFIG, EXIT_OK, left, printable, say_error, words
 from haasd.client import (
     AsyncHaasdClient,
     FinishedConsent,
@@ -102,7 +102,11 @@ def cmd_consent_listen(args: argparse.Namespace, out: TextIO) -> int:
 
             async def ready(started: StartedConsent) -> None:
                 _print_started(started, out)
-                print(f"waiting for the redirect to {started.redirect_uri}", file=out, flush=True)
+                print(
+                    f"waiting for the redirect to {printable(started.redirect_uri)}",
+                    file=out,
+                    flush=True,
+                )
 
             return await listen_for_consent(
                 client,
@@ -129,19 +133,22 @@ def _consent_failed(exc: HaasdError) -> int:
 
 
 def _print_started(started: StartedConsent, out: TextIO) -> None:
-    print(started.authorization_url, file=out)
+    print(printable(started.authorization_url), file=out)
     time_left = left(started.expires_at - SystemClock().time())
     print(f"expires at {rfc3339(started.expires_at)} (in {time_left})", file=out, flush=True)
 
 
 def _print_granted(done: FinishedConsent, out: TextIO) -> None:
+    """What a finished consent gave, every server-sent word escaped (:func:`printable`)."""
     limit = rfc3339(done.status.refresh_expires_at)
-    print(f"granted: {done.human_id} ({' '.join(done.scope)}); consent until {limit}", file=out)
+    human, scope = printable(done.human_id), printable(" ".join(done.scope))
+    print(f"granted: {human} ({scope}); consent until {limit}", file=out)
     if done.replaced:
-        print(f"  replaced the earlier grant of {done.human_id}", file=out)
+        print(f"  replaced the earlier grant of {human}", file=out)
     if done.different_human:
+        expected = printable(done.expected_human_id)
         print(
-            f"  note: the consent was for {done.expected_human_id}, but {done.human_id} "
-            f"approved; the grant of {done.expected_human_id} is unchanged",
+            f"  note: the consent was for {expected}, but {human} "
+            f"approved; the grant of {expected} is unchanged",
             file=out,
         )

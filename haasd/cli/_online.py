@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import TextIO
 
-from haasd.cli._common import EXIT_FAILURE, EXIT_OK, say_error, table, words
+from haasd.cli._common import EXIT_FAILURE, EXIT_OK, printable, say_error, table, words
 from haasd.client import (
     DaemonUnreachable,
     Forbidden,
@@ -59,9 +59,9 @@ def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_health(args: argparse.Namespace, out: TextIO) -> int:
     with HaasdClient(args.socket) as client:
         health = client.health()
-    print(f"haasd is {health.status}", file=out)
+    print(f"haasd is {printable(health.status)}", file=out)
     for reason in health.reasons:
-        print(f"  - {reason}", file=out)
+        print(f"  - {printable(reason)}", file=out)
     return EXIT_OK if health.ok else EXIT_FAILURE
 
 
