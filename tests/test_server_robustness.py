@@ -205,3 +205,52 @@ async def test_a_reader_that_stops_reading_is_dropped_without_stalling_others() 
                 pass
         assert await still_serving(s.path)
         await eventually(lambda: s.server.connections == 0)
+
+
+# --- HEAD ---------------------------------------------------------------------------------------
+
+
+async def read_to_end(client: RawClient) -> bytes:
+    data = b""
+    with anyio.fail_after(5):
+        try:
+            while True:
+                data += await client.stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return data
+
+
+def split_head(data: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """A response's status line, its headers, and every byte after its head."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return status.encode(), {k.lower(): v for k, v in headers.items()}, rest
+
+
+@pytest.mark.parametrize("target", ["/v1/health", f"/v1/humans/{MARIA}", "/v1/humans/usr_nobody"])
+async def test_head_has_the_get_headers_and_no_body_and_the_next_request_is_answered(
+    target: str,
+) -> None:
+    request = f"{{}} {target} HTTP/1.1\r\nHost: h\r\n\r\n"
+    last = f"GET {target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
+        await client.send((request.format("HEAD") + request.format("GET") + last).encode())
+        data = await read_to_end(client)
+    head_status, head_headers, rest = split_head(data)
+    get_status, get_headers, rest = split_head(rest)  # right after the HEAD's head
+    length = int(get_headers["content-length"])
+    body, rest = rest[:length], rest[length:]
+    assert head_status == get_status
+    assert head_headers == get_headers
+    assert str(len(body)) == head_headers["content-length"] != "0"
+    assert split_head(rest)[0] == get_status  # the pipelined GET after it, whole
+
+
+async def test_head_of_the_event_stream_is_its_head_alone() -> None:
+    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
+        await client.send(b"HEAD /v1/events HTTP/1.1\r\nHost: h\r\n\r\n")
+        data = await read_to_end(client)
+    status, headers, rest = split_head(data)
+    assert (status, headers["content-type"], rest) == (b"HTTP/1.1 200 OK", "text/event-stream", b"")
+    assert s.service.events.subscriber_count == 0

@@ -41,6 +41,7 @@ __all__ = [
     "Limits",
     "Takeover",
     "error_body",
+    "head_only",
     "json_response",
     "response",
 ]
@@ -92,12 +93,16 @@ class Limits:
 
 
 class Takeover:
-    """A handler's answer that takes the stream over (and closes it when done)."""
+    """A handler's answer that takes the stream over (and closes it when done).
 
-    __slots__ = ("run",)
+    ``head`` is the response head the takeover starts with, all a ``HEAD`` request gets.
+    """
 
-    def __init__(self, run: Callable[[anyio.abc.ByteStream], Awaitable[None]]) -> None:
+    __slots__ = ("head", "run")
+
+    def __init__(self, run: Callable[[anyio.abc.ByteStream], Awaitable[None]], head: bytes) -> None:
         self.run = run
+        self.head = head
 
 
 #: ``handler(method, target, body)``; the body is ``b""`` when the request has none
@@ -151,6 +156,12 @@ def _with_close(answer: bytes) -> bytes:
     return answer[:cut] + _CLOSE + answer[cut:]
 
 
+def head_only(answer: bytes) -> bytes:
+    """The answer to a ``HEAD``: the ``GET`` answer's status and headers (its
+    ``Content-Length`` too, RFC 9110 §9.3.2), without the body."""
+    return answer[: answer.index(b"\r\n\r\n") + 4]
+
+
 _REJECT_TYPES: Final = {
     400: ("invalid_request", "malformed HTTP request"),
     413: ("payload_too_large", "request body too large"),
@@ -173,6 +184,7 @@ class _Reject(Exception):
 _INTERNAL_ERROR: Final = _with_close(
     json_response(500, error_body(500, "internal_error", "haasd failed to answer; see its log"))
 )
+_INTERNAL_ERROR_HEAD: Final = head_only(_INTERNAL_ERROR)
 
 
 def rejection(status: int, message: str | None = None) -> bytes:
@@ -346,10 +358,14 @@ class HttpConnection:
         self.busy = True
         try:
             for method, target, body, keep_alive in self._done:
+                head = method == b"HEAD"  # answered as a GET, without the body
                 try:
-                    answer = handler(method, target, body)
+                    answer = handler(b"GET" if head else method, target, body)
                     if not isinstance(answer, bytes):
                         if isinstance(answer, Takeover):
+                            if head:
+                                await stream.send(answer.head)
+                                return False
                             self.busy = False
                             self.deadline = math.inf  # it keeps its own deadlines
                             await answer.run(stream)
@@ -360,8 +376,10 @@ class HttpConnection:
                     return False
                 except Exception:
                     _log.exception("server.handler_failed", method=method, target=target)
-                    await linger_close(stream, _INTERNAL_ERROR)
+                    await linger_close(stream, _INTERNAL_ERROR_HEAD if head else _INTERNAL_ERROR)
                     return False
+                if head:
+                    answer = head_only(answer)
                 self.deadline = time.monotonic() + self._limits.write_timeout
                 if not keep_alive or self.closing:
                     await stream.send(_with_close(answer))

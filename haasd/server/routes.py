@@ -46,6 +46,7 @@ from haasd.grants import Grant, Serve, serve_decision, state_at, status_of
 from haasd.server.access import (
     Decision,
     Peer,
+    covers_everyone,
     decide_for,
     effective_rules,
     is_admin,
@@ -68,6 +69,7 @@ from haasd.server.answers import (
 from haasd.server.consents import CONSENTS, ConsentRoutes
 from haasd.server.http import Limits, Takeover, json_response, response
 from haasd.server.service import TokenService
+from haasd.server.stream import HEAD as STREAM_HEAD
 from haasd.server.stream import event_stream
 
 if TYPE_CHECKING:
@@ -377,11 +379,15 @@ class PeerContext:
             raise self._deny(None, "no [[access]] rule matches this peer's uid/gid", "events")
 
         def accepts(event: Event) -> bool:
+            matched = self.matched
             if event.type.startswith("consent."):
-                return is_admin(self.matched, event.human_id)
-            return event.human_id is None or may_see(self.matched, event.human_id)
+                if event.human_id is None:  # may end with anyone: admins of everyone only
+                    return covers_everyone(rule for rule in matched if rule.admin)
+                return is_admin(matched, event.human_id)
+            return event.human_id is None or may_see(matched, event.human_id)
 
         router = self.router
         return Takeover(
-            lambda stream: event_stream(stream, router.service.events, accepts, router.limits)
+            lambda stream: event_stream(stream, router.service.events, accepts, router.limits),
+            STREAM_HEAD,
         )

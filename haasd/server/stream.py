@@ -20,12 +20,14 @@ import anyio.abc
 from haasd.events import Event, EventBus
 from haasd.server.http import Limits
 
-__all__ = ["encode_event", "event_stream"]
+__all__ = ["HEAD", "encode_event", "event_stream"]
 
-_HEAD: Final = (
+#: the stream's response head (all a ``HEAD /v1/events`` gets)
+HEAD: Final = (
     b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Type: text/event-stream\r\n"
-    b"Connection: close\r\n\r\n: haasd events\n\n"
+    b"Connection: close\r\n\r\n"
 )
+_HELLO: Final = b": haasd events\n\n"
 _HEARTBEAT: Final = b": heartbeat\n\n"
 _GONE: Final = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
@@ -51,7 +53,7 @@ async def event_stream(
             return False
 
     with bus.subscribe(maxsize=limits.events_queue, accepts=accepts) as subscription:
-        chunk = _HEAD
+        chunk = HEAD + _HELLO
         try:
             while True:
                 with anyio.fail_after(limits.write_timeout):
