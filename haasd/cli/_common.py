@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -14,12 +15,15 @@ from haasd.client import HumanStatus
 from haasd.config import Config, load_config
 
 __all__ = [
+    "EXIT_CLOSED_OUTPUT",
     "EXIT_CONFIG",
     "EXIT_FAILURE",
     "EXIT_OK",
     "Handler",
+    "closed_output",
     "config_of",
     "config_path",
+    "is_closed_output",
     "left",
     "printable",
     "say_error",
@@ -30,6 +34,9 @@ __all__ = [
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+#: the reader of standard output went away (``haasd consent start | head -1``): 128 +
+#: SIGPIPE, what a shell reports for any command a closed pipe ended
+EXIT_CLOSED_OUTPUT = 128 + signal.SIGPIPE
 
 #: a subcommand: parsed arguments and standard output to an exit code
 Handler = Callable[[argparse.Namespace, TextIO], int]
@@ -58,6 +65,26 @@ def say_error(message: object) -> None:
     """One line on stderr, ``haasd: message``: how haasd reports an error, never a traceback
     (the message escaped with :func:`printable`: it may quote the server)."""
     print(f"haasd: {printable(message)}", file=sys.stderr)
+
+
+def is_closed_output(exc: BaseException) -> bool:
+    """Whether ``exc`` only says that a pipe we wrote to was closed by its reader: a
+    BrokenPipeError, or a group of nothing else (from inside a task group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(BrokenPipeError)
+        return matched is not None and rest is None
+    return isinstance(exc, BrokenPipeError)
+
+
+def closed_output() -> int:
+    """After a closed pipe: point standard output at /dev/null, so that the flush at
+    exit has nowhere to fail and no traceback appears, and exit as SIGPIPE would have."""
+    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return EXIT_CLOSED_OUTPUT
 
 
 def config_path(args: argparse.Namespace) -> Path | None:
