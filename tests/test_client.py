@@ -511,6 +511,9 @@ def test_sync_events_yield_what_the_bus_publishes() -> None:
 # --- HaasdAuth against a fake HaaS API ------------------------------------------------------
 
 
+HAAS_INVALID = "https://haas.invalid"
+
+
 class FakeApi:
     """The HaaS API: 401 for the tokens in ``rejected``, 200 otherwise; records headers."""
 
@@ -544,7 +547,7 @@ async def test_auth_adds_the_token_and_retries_once_after_a_401(
 ) -> None:
     api = FakeApi(*rejected)
     async with client_of(_short_lived()) as (s, haasd_client):
-        auth = HaasdAuth(MARIA, async_client=haasd_client)
+        auth = HaasdAuth(MARIA, async_client=haasd_client, origins=HAAS_INVALID)
         async with httpx.AsyncClient(transport=httpx.MockTransport(api), auth=auth) as http:
             first = await http.post("https://haas.invalid/v1/tasks", json={"task": "walk"})
             api.rejected.discard(f"Bearer {NEW_TOKEN}")
@@ -561,12 +564,117 @@ def test_sync_auth_adds_the_token_and_retries_once_after_a_401(
 ) -> None:
     api = FakeApi(*rejected)
     with served_in_thread(_short_lived) as (s, _), HaasdClient(s.path) as haasd_client:
-        auth = HaasdAuth(MARIA, client=haasd_client)
+        auth = HaasdAuth(MARIA, client=haasd_client, origins=[HAAS_INVALID])
         with httpx.Client(transport=httpx.MockTransport(api), auth=auth) as http:
             response = http.post("https://haas.invalid/v1/tasks", json={"task": "walk"})
     expected = [TOKEN] if not rejected else [TOKEN, NEW_TOKEN]
     assert [f"Bearer {t}" for t in expected] == api.seen
     assert (401 if len(rejected) == 2 else 200) == response.status_code
+
+
+class Origins:
+    """Every origin a request reached: the HaaS API redirects ``/moved`` to another
+    host; each answers 401 to ``/deny`` and 200 otherwise; records what each got."""
+
+    def __init__(self, redirect_to: str = "https://elsewhere.example/landing") -> None:
+        self.redirect_to = redirect_to
+        self.seen: list[tuple[str, str | None]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((str(request.url), request.headers.get("authorization")))
+        if request.url.path == "/moved":
+            return httpx.Response(302, headers={"Location": self.redirect_to})
+        return httpx.Response(401 if request.url.path == "/deny" else 200)
+
+
+#: (URL, whether HaasdAuth's default origins send it the token)
+DEFAULT_ORIGINS = [
+    ("https://api.api4human.com/v1/humans/usr_maria_42/status", True),
+    ("https://API.api4human.com:443/v1/tasks", True),
+    ("http://api.api4human.com/v1/tasks", False),  # another scheme: another origin
+    ("https://api.api4human.com:8443/v1/tasks", False),  # another port
+    ("https://api.api4human.com.evil.example/v1/tasks", False),
+    ("https://auth.api4human.com/token", False),  # HaaS's, but not the API
+    ("https://elsewhere.example/v1/tasks", False),
+]
+
+
+async def test_auth_sends_the_token_only_to_the_haas_api_origin() -> None:
+    api = Origins()
+    others = [url for url, sent in DEFAULT_ORIGINS if not sent]
+    haas = [url for url, sent in DEFAULT_ORIGINS if sent]
+    async with client_of() as (s, haasd_client):
+        auth = HaasdAuth(MARIA, async_client=haasd_client)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(api), auth=auth) as http:
+            for url in others:
+                await http.get(url)
+            assert s.service.served == []  # haasd was not even asked
+            for url in haas:
+                await http.get(url)
+    expected = [(url, None) for url in others] + [(url, f"Bearer {TOKEN}") for url in haas]
+    assert [(str(httpx.URL(u)), h) for u, h in expected] == api.seen
+
+
+def test_sync_auth_sends_the_token_only_to_the_haas_api_origin() -> None:
+    api = Origins()
+    with served_in_thread() as (s, _), HaasdClient(s.path) as haasd_client:
+        auth = HaasdAuth(MARIA, client=haasd_client)
+        with httpx.Client(transport=httpx.MockTransport(api), auth=auth) as http:
+            http.get("https://elsewhere.example/v1/tasks")
+            assert s.service.served == []  # haasd was not even asked
+            for url, _ in DEFAULT_ORIGINS:
+                http.get(url)
+    expected = [(url, f"Bearer {TOKEN}" if sent else None) for url, sent in DEFAULT_ORIGINS]
+    expected.insert(0, ("https://elsewhere.example/v1/tasks", None))
+    assert [(str(httpx.URL(u)), h) for u, h in expected] == api.seen
+
+
+async def test_a_redirect_to_another_origin_does_not_carry_the_token() -> None:
+    api = Origins("https://elsewhere.example/deny")
+    async with client_of(_short_lived()) as (s, haasd_client):
+        auth = HaasdAuth(MARIA, async_client=haasd_client, origins=HAAS_INVALID)
+        async with httpx.AsyncClient(
+            transport=httpx.MockTransport(api), auth=auth, follow_redirects=True
+        ) as http:
+            response = await http.get("https://haas.invalid/moved")
+    assert response.status_code == 401
+    assert [
+        ("https://haas.invalid/moved", f"Bearer {TOKEN}"),
+        ("https://elsewhere.example/deny", None),
+    ] == api.seen
+    assert s.service.ensured == []  # another origin's 401 asks haasd for nothing newer
+
+
+def test_sync_redirect_within_the_origin_keeps_the_token_and_leaving_it_drops_it() -> None:
+    with served_in_thread() as (s, _), HaasdClient(s.path) as haasd_client:
+        auth = HaasdAuth(MARIA, client=haasd_client, origins=[HAAS_INVALID])
+        for target, carried in [
+            ("https://haas.invalid:443/landing", f"Bearer {TOKEN}"),
+            ("https://elsewhere.example/landing", None),
+            ("http://haas.invalid/landing", None),
+        ]:
+            api = Origins(target)
+            with httpx.Client(
+                transport=httpx.MockTransport(api), auth=auth, follow_redirects=True
+            ) as http:
+                assert http.get("https://haas.invalid/moved").status_code == 200
+            first = ("https://haas.invalid/moved", f"Bearer {TOKEN}")
+            assert [first, (str(httpx.URL(target)), carried)] == api.seen
+
+
+@pytest.mark.parametrize(
+    "origins",
+    [
+        "https://api.api4human.com/v1",
+        "ftp://api.api4human.com",
+        "api.api4human.com",
+        (),
+        "https://",
+    ],
+)
+def test_auth_refuses_what_is_not_an_origin(origins: str | tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="origin"):
+        HaasdAuth(MARIA, origins=origins)
 
 
 def test_auth_makes_the_missing_client_on_the_given_ones_socket() -> None:
