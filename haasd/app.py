@@ -214,7 +214,6 @@ async def run(
             clock,
             events,
             config.haas,
-            policy_of(config),
             pending_ttl=config.consent.pending_ttl,
             max_pending=config.consent.max_pending,
             activity=activity,

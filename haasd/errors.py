@@ -30,6 +30,7 @@ callers decide with ``except``/``match`` on a class, never on a message string::
         ├── ExchangeFailedError    the server refused the code (permanent): error_type (502)
         ├── ExchangeUnavailableError  the exchange failed transiently: the same callback
         │                             may be finished again until the consent expires (503)
+        ├── ConsentForbiddenError  the consent's human is outside the finisher's rules (403)
         └── ListenTimeoutError     no redirect reached the loopback listener in time
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "ConsentDeniedError",
     "ConsentError",
+    "ConsentForbiddenError",
     "ConsentLimitError",
     "ConsentRequestError",
     "DecryptError",
@@ -274,6 +276,20 @@ class ExchangeUnavailableError(ConsentError):
         self.error_type = error_type
         self.expires_at = expires_at
         self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ConsentForbiddenError(ConsentError):
+    """The consent is for a human outside the rules of whoever finishes it; nothing of it
+    was stored.
+
+    ``exchanged`` False: the consent named that human, so it was left pending, unused (a
+    peer whose rules cover the human may finish it). True: the human who approved was
+    known only from the exchange; the consent is used up and the tokens it gave dropped.
+    """
+
+    def __init__(self, message: str, *, exchanged: bool) -> None:
+        self.exchanged = exchanged
         super().__init__(message)
 
 

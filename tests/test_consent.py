@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 from harness import DAY, HOUR, Harness, running, simulator
+from structlog.testing import capture_logs
 
 import haasd.consent
 import haasd.consent._flow
@@ -26,15 +27,18 @@ from haasd.config import STAR_SCOPE_ADVICE, HaasConfig, SecretSource
 from haasd.consent import ConsentFlow, ConsentResult, PendingConsent
 from haasd.consent._listen import Page, listen_on_loopback
 from haasd.consent._oauth import (
+    check_callback,
     code_challenge,
     parse_callback,
     redirect_matches,
     resolve_scopes,
+    state_id,
     with_port,
 )
 from haasd.crypto import Key
 from haasd.errors import (
     ConsentDeniedError,
+    ConsentForbiddenError,
     ConsentLimitError,
     ConsentRequestError,
     ExchangeFailedError,
@@ -80,7 +84,6 @@ def make_flow(h: Harness, redirect_uri: str = REDIRECT, **options: Any) -> Conse
         h.clock,
         h.events,
         haas_config(h.sim, redirect_uri),
-        h.policy,
         rng=random.Random(7),
         activity=activity,
         **options,
@@ -747,3 +750,149 @@ def test_a_state_never_starts_with_a_dash() -> None:
     assert not any(s.startswith("-") for s in states)
     assert len(set(states)) == 2000
     assert all(len(s) >= 43 for s in states), "256 random bits"
+
+
+# --- the policy in force, and who may finish --------------------------------------------------
+
+
+def zz_only(human_id: str) -> bool:
+    """The rules of an admin for ``usr_zz_*`` only."""
+    return human_id.startswith("usr_zz_")
+
+
+async def test_a_consent_finished_after_the_policy_changed_builds_its_grant_with_the_new(
+    tmp_path: Path,
+) -> None:
+    async with consenting(tmp_path) as (h, flow):
+        before = await flow.finish_url(await approve(h, await flow.start()))
+        assert before.grant.refresh_expires_at == h.clock.time() + 30 * DAY
+        pending = await flow.start()  # started under the old policy
+
+        h.refresher.policy = Policy(refresh_token_lifetime=3 * DAY, reconsent_warning=DAY)
+        result = await flow.finish_url(await approve(h, pending))
+
+        assert result.grant.refresh_expires_at == h.clock.time() + 3 * DAY
+        stored = await h.store.get_grant(result.human_id)
+        assert stored.refresh_expires_at == h.clock.time() + 3 * DAY
+
+
+async def test_an_approval_by_a_human_outside_the_finishers_rules_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    async with consenting(tmp_path) as (h, flow):
+        await h.consent("usr_maria_42")
+        old = h.refresher.grant("usr_maria_42")
+        pending = await flow.start()
+        h.sim.queue_human("usr_maria_42")  # the browser signs in as someone else's human
+        location = await approve(h, pending)
+        consent_events(h)
+        exchanges = len(h.sim.requests_log)
+
+        with capture_logs() as logs, pytest.raises(ConsentForbiddenError) as refused:
+            await flow.finish_url(location, may_hold=zz_only)
+
+        assert refused.value.exchanged
+        assert "outside your rules; nothing was stored" in str(refused.value)
+        assert "usr_maria_42" not in str(refused.value)
+        assert len(h.sim.requests_log) == exchanges + 1, "the code was exchanged"
+        assert h.refresher.grant("usr_maria_42") == old
+        assert await h.store.get_grant("usr_maria_42") == old
+        assert await h.store.list_pending() == []
+        events = consent_events(h)
+        assert [(e.type, e.human_id, e.details["error"]) for e in events] == [
+            ("consent.failed", None, "human_not_allowed")
+        ]
+        (warning,) = [e for e in logs if e["log_level"] == "warning"]
+        assert warning["human_id"] == "usr_maria_42"
+        assert "cannot be revoked" in warning["event"]
+        assert set(warning) == {"event", "log_level", "human_id", "consent_id", "expected_human_id"}
+
+
+async def test_an_approval_by_a_human_inside_the_finishers_rules_is_granted(
+    tmp_path: Path,
+) -> None:
+    async with consenting(tmp_path) as (h, flow):
+        h.sim.queue_human("usr_zz_1")
+        result = await flow.finish_url(await approve(h, await flow.start()), may_hold=zz_only)
+        assert result.human_id == "usr_zz_1"
+        assert h.refresher.grant("usr_zz_1") == result.grant
+
+
+async def test_a_consent_naming_a_human_outside_the_rules_is_left_unused(tmp_path: Path) -> None:
+    async with consenting(tmp_path) as (h, flow):
+        h.sim.add_human("usr_no_1", "deny")
+        approved = await approve(h, await flow.start(human_id="usr_maria_42"))
+        denied = await approve(h, await flow.start(human_id="usr_no_1"))
+        consent_events(h)
+
+        for location in (approved, denied):
+            with pytest.raises(ConsentForbiddenError) as refused:
+                await flow.finish_url(location, may_hold=zz_only)
+            assert not refused.value.exchanged
+        back = query(denied)
+        with pytest.raises(ConsentForbiddenError):
+            await flow.finish(back["state"], error=back["error"], may_hold=zz_only)
+
+        assert h.sim.requests_log == []
+        assert consent_events(h) == []
+        assert len(await h.store.list_pending()) == 2
+        assert (await flow.finish_url(approved)).human_id == "usr_maria_42"  # for its admin
+
+
+# --- what a callback may carry --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"state": "\ud800", "code": "x"}, "state holds a character that is not printable"),
+        ({"state": "s\x1b[31m", "code": "x"}, "state holds a character that is not printable"),
+        ({"state": "s" * 513, "code": "x"}, "state is too long"),
+        ({"state": "s", "code": "cödé"}, "code must be ASCII"),
+        ({"state": "s", "code": "c\n"}, "code holds"),
+        ({"state": "s", "code": "c" * 4097}, "code is too long"),
+        ({"state": "s", "error": "access_denied\x00"}, "error holds"),
+        ({"state": "s", "error": "e", "error_description": "\u202e"}, "error_description holds"),
+        ({"state": "s", "error": "e", "error_description": "d" * 1025}, "too long"),
+        ({"state": "s", "code": ""}, "code must be a non-empty string"),
+        ({"state": "", "code": "c"}, "state must be a non-empty string"),
+        ({"state": "s", "code": "c", "error_description": "d"}, "goes with error"),
+    ],
+)
+def test_callback_fields_must_be_printable_bounded_text(fields: dict[str, str], match: str) -> None:
+    state, code, error = fields["state"], fields.get("code"), fields.get("error")
+    with pytest.raises(ConsentRequestError, match=match):
+        check_callback(state, code, error, fields.get("error_description"))
+
+
+def test_a_described_refusal_may_be_any_printable_text() -> None:
+    callback = check_callback("s", None, "access_denied", "Ablehnung: nö")
+    assert callback.error_description == "Ablehnung: nö"
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("https://app.example/callback?state=s%00&code=c", "the callback URL's state holds"),
+        ("https://app.example/callback?state=s&code=%C3%A9", "the callback URL's code must be"),
+        ("https://app.example/callback?state=\ud800&code=c", "the callback URL's state holds"),
+        ("https://app.example/callback?state=s&error=e&error_description=%1B", "description"),
+    ],
+)
+def test_a_callback_urls_fields_are_checked_once_decoded(url: str, match: str) -> None:
+    with pytest.raises(ConsentRequestError, match=match):
+        parse_callback(url)
+
+
+async def test_an_unencodable_state_is_refused_before_anything_is_looked_up(
+    tmp_path: Path,
+) -> None:
+    async with consenting(tmp_path) as (h, flow):
+        pending = await flow.start()
+        for finish in (
+            flow.finish("\ud800", code="x"),
+            flow.finish_url(f"{REDIRECT}?state=%ED%A0%80\ud800&code=x"),
+        ):
+            with pytest.raises(ConsentRequestError, match="state"):
+                await finish
+        assert [r.state_id for r in await h.store.list_pending()] == [state_id(pending.state)]

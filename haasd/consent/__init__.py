@@ -2,7 +2,7 @@
 
 The authorization-code flow with PKCE (RFC 7636, S256), as the HaaS docs describe it::
 
-    flow = ConsentFlow(store, auth, refresher, clock, events, config.haas, policy)
+    flow = ConsentFlow(store, auth, refresher, clock, events, config.haas)
     await tg.start(flow.run)                      # expires abandoned consents
     pending = await flow.start(["status:read"])   # or start(human_id="usr_…") to re-consent
     # send the human to pending.authorization_url; the browser comes back to redirect_uri
@@ -33,6 +33,15 @@ Decisions a caller must know:
   (:meth:`~haasd.refresher.Refresher.add`): state active, the refresh-token limit counted
   from the new consent. If another human approves, their grant is stored and the named
   human's is untouched (``ConsentResult.different_human``).
+* **The refresh policy** of a new grant is the engine's at that moment
+  (``refresher.policy``, a :class:`GrantKeeper`): the flow keeps no copy, so a reload
+  that replaces the policy reaches consents too.
+* **Who finishes** may be limited to some humans: ``finish(..., may_hold=...)``. A
+  consent naming a human outside them is refused unused; one approved by a human outside
+  them is refused after the exchange with nothing stored (ConsentForbiddenError; the
+  event is ``consent.failed`` with ``error`` ``human_not_allowed``).
+* **Callback fields** are checked before anything is looked up: printable, bounded,
+  ASCII where RFC 6749 says so (ConsentRequestError names the field).
 * **Bounded:** at most ``max_pending`` (1000) consents wait at once. When full, expired
   ones are pruned first; if none has expired, ConsentLimitError (``retry_after`` until
   the first expires). Live consents are never evicted.
@@ -45,6 +54,8 @@ from haasd.consent._flow import (
     DEFAULT_PENDING_TTL,
     ConsentFlow,
     ConsentResult,
+    GrantKeeper,
+    MayHold,
     PendingConsent,
 )
 
@@ -53,5 +64,7 @@ __all__ = [
     "DEFAULT_PENDING_TTL",
     "ConsentFlow",
     "ConsentResult",
+    "GrantKeeper",
+    "MayHold",
     "PendingConsent",
 ]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import anyio
@@ -16,7 +16,9 @@ from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, rfc3339
 from haasd.config import HaasConfig
 from haasd.consent._oauth import (
+    Callback,
     authorization_url,
+    check_callback,
     check_human_id,
     code_challenge,
     consent_id,
@@ -32,6 +34,7 @@ from haasd.consent._oauth import (
 from haasd.errors import (
     AuthError,
     ConsentDeniedError,
+    ConsentForbiddenError,
     ConsentLimitError,
     ConsentRequestError,
     ExchangeFailedError,
@@ -42,7 +45,6 @@ from haasd.errors import (
 )
 from haasd.events import Event, EventBus
 from haasd.grants import Grant, Policy, new_grant
-from haasd.refresher import Refresher
 from haasd.secret import Secret
 from haasd.store import PendingRecord, Store
 from haasd.tokens import TokenResponse
@@ -52,6 +54,8 @@ __all__ = [
     "DEFAULT_PENDING_TTL",
     "ConsentFlow",
     "ConsentResult",
+    "GrantKeeper",
+    "MayHold",
     "PendingConsent",
 ]
 
@@ -61,6 +65,27 @@ DEFAULT_MAX_PENDING: Final = 1000
 MAX_SLEEP: Final = 600.0
 
 _log = structlog.get_logger("haasd.consent")
+
+#: may whoever finishes a consent hold this human's grant? (the server asks its rules)
+MayHold = Callable[[str], bool]
+
+
+class GrantKeeper(Protocol):
+    """What the flow needs of the refresh engine (:class:`~haasd.refresher.Refresher`)."""
+
+    @property
+    def policy(self) -> Policy:
+        """The refresh policy in force now: a reload may replace it, so it is read for
+        every new grant, never kept."""
+        ...
+
+    def grant(self, human_id: str) -> Grant | None:
+        """The human's grant, if one is kept."""
+        ...
+
+    async def add(self, grant: Grant) -> None:
+        """Store a grant (replacing the human's earlier one at once) and schedule it."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +138,10 @@ class ConsentFlow:
         self,
         store: Store,
         auth: AuthClient,
-        refresher: Refresher,
+        refresher: GrantKeeper,
         clock: Clock,
         events: EventBus,
         haas: HaasConfig,
-        policy: Policy,
         *,
         pending_ttl: float = DEFAULT_PENDING_TTL,
         max_pending: int = DEFAULT_MAX_PENDING,
@@ -134,7 +158,6 @@ class ConsentFlow:
         self._clock = clock
         self._events = events
         self._haas = haas
-        self._policy = policy
         self.pending_ttl = pending_ttl
         self.max_pending = max_pending
         self._rng = rng or random.Random()
@@ -234,26 +257,22 @@ class ConsentFlow:
 
     # --- finish -------------------------------------------------------------------------
 
-    async def finish_url(self, callback_url: str) -> ConsentResult:
+    async def finish_url(
+        self, callback_url: str, *, may_hold: MayHold | None = None
+    ) -> ConsentResult:
         """Finish from the full URL the browser was redirected to.
 
         A URL that is not a redirect to the consent's ``redirect_uri`` raises
         ConsentRequestError and consumes nothing. Otherwise as :meth:`finish`.
         """
         callback = parse_callback(callback_url)
-        with self._activity.busy():
-            record = await self._store.get_pending(state_id(callback.state))
+        record = await self._peek(callback.state)
         if record is not None and not redirect_matches(callback_url, record.redirect_uri):
             raise ConsentRequestError(
                 f"the callback URL is not a redirect to this consent's redirect URI "
                 f"{record.redirect_uri}"
             )
-        return await self.finish(
-            callback.state,
-            code=callback.code,
-            error=callback.error,
-            error_description=callback.error_description,
-        )
+        return await self._finish(callback, record, may_hold)
 
     async def finish(
         self,
@@ -262,27 +281,65 @@ class ConsentFlow:
         code: str | None = None,
         error: str | None = None,
         error_description: str | None = None,
+        may_hold: MayHold | None = None,
     ) -> ConsentResult:
         """Finish the consent ``state`` with the callback's ``code`` or ``error``.
 
+        ``may_hold`` says which humans whoever finishes may hold (``None``: anyone). A
+        consent naming another human is refused unused; one approved by another human is
+        refused after the exchange, before anything is stored (ConsentForbiddenError).
+
         The pending consent is taken from the store in one statement before anything
         else, so of two concurrent callbacks one exchanges and the other gets
-        InvalidStateError. Raises InvalidStateError (nothing exchanged),
+        InvalidStateError. Raises ConsentRequestError (a malformed field: nothing
+        consumed), InvalidStateError (nothing exchanged), ConsentForbiddenError,
         ConsentDeniedError, ExchangeFailedError (used up), ExchangeUnavailableError (put
         back: finish again), or a StoreError.
         """
-        if error or not code:
-            if code or not error:
-                raise ConsentRequestError("a callback carries either a code or an error")
-            record, _ = await self._take(state)
-            details = {"consent_id": consent_id(record.state_id), "error": error}
+        callback = check_callback(state, code, error, error_description)
+        return await self._finish(callback, await self._peek(state), may_hold)
+
+    async def _peek(self, state: str) -> PendingRecord | None:
+        with self._activity.busy():
+            return await self._store.get_pending(state_id(state))
+
+    async def _finish(
+        self, callback: Callback, seen: PendingRecord | None, may_hold: MayHold | None
+    ) -> ConsentResult:
+        if seen is not None and may_hold is not None:
+            self._check_named(seen, may_hold)
+        if callback.error is not None:
+            record, _ = await self._take(callback.state)
+            details = {"consent_id": consent_id(record.state_id), "error": callback.error}
             now = self._clock.time()
             self._events.publish(Event("consent.denied", record.human_id, now, details))
             _log.info("consent denied", human_id=record.human_id, **details)
-            raise ConsentDeniedError(error, error_description)
-        record, verifier = await self._take(state)
+            raise ConsentDeniedError(callback.error, callback.error_description)
+        code = callback.code
+        if code is None:  # check_callback lets no such callback through
+            raise ConsentRequestError("a callback carries either a code or an error")
+        record, verifier = await self._take(callback.state)
         answer = await self._exchange(record, verifier, code)
+        if may_hold is not None and not may_hold(answer.human_id):
+            self._refuse(record, answer.human_id)
         return await self._granted(record, answer)
+
+    @staticmethod
+    def _check_named(record: PendingRecord, may_hold: MayHold) -> None:
+        """A consent that names a human outside the finisher's rules is not theirs to use
+        (not even to deny): ConsentForbiddenError, the consent left pending."""
+        if record.human_id is None or may_hold(record.human_id):
+            return
+        _log.warning(
+            "consent refused unused: it names a human outside the finisher's rules",
+            human_id=record.human_id,
+            consent_id=consent_id(record.state_id),
+        )
+        raise ConsentForbiddenError(
+            "the consent is for a human outside your rules; it was left unused for an admin "
+            "of that human",
+            exchanged=False,
+        )
 
     async def _take(self, state: str) -> tuple[PendingRecord, Secret]:
         """The pending consent of ``state``, taken out of the store; InvalidStateError if
@@ -323,6 +380,27 @@ class ConsentFlow:
             await self._put_back(record, verifier)
             raise
 
+    def _refuse(self, record: PendingRecord, human_id: str) -> NoReturn:
+        """The human who approved is outside the finisher's rules: drop what the exchange
+        gave, store nothing, and say so (raises ConsentForbiddenError)."""
+        self._failed(record, "human_not_allowed", record.human_id)
+        # haasd knows no revocation endpoint for HaaS: the dropped refresh token stays
+        # valid at the server until it expires, which the operator must hear about
+        _log.warning(
+            "consent refused: the human who approved is outside the finishing peer's "
+            "rules; nothing was stored, and the refresh token the server issued cannot be "
+            "revoked (no revocation endpoint): it lives on at HaaS until it expires",
+            human_id=human_id,
+            consent_id=consent_id(record.state_id),
+            expected_human_id=record.human_id,
+        )
+        raise ConsentForbiddenError(
+            "the consent was for a human outside your rules; nothing was stored (the "
+            "server's new tokens for that human were dropped, and haasd has no revocation "
+            "endpoint to revoke them; an admin of that human may run a new consent)",
+            exchanged=True,
+        )
+
     def _failed(self, record: PendingRecord, error: str, human_id: str | None) -> None:
         details = {"consent_id": consent_id(record.state_id), "error": error}
         self._events.publish(Event("consent.failed", human_id, self._clock.time(), details))
@@ -336,7 +414,8 @@ class ConsentFlow:
         now = self._clock.time()
         human_id = answer.human_id
         replaced = self._refresher.grant(human_id) is not None
-        grant = new_grant(answer, self._haas.environment, now, self._policy, self._rng)
+        policy = self._refresher.policy  # the one in force now, after any reload
+        grant = new_grant(answer, self._haas.environment, now, policy, self._rng)
         try:
             await self._refresher.add(grant)  # one INSERT OR REPLACE: the old grant goes at once
         except HaasdError as exc:  # the disk said no: the code is spent, the tokens lost

@@ -20,8 +20,10 @@ from haasd.secret import Secret
 from haasd.tokens import HUMAN_ID_RE
 
 __all__ = [
+    "CALLBACK_FIELDS",
     "Callback",
     "authorization_url",
+    "check_callback",
     "check_human_id",
     "code_challenge",
     "consent_id",
@@ -32,6 +34,7 @@ __all__ = [
     "redirect_matches",
     "resolve_scopes",
     "state_id",
+    "text_field",
     "with_port",
 ]
 
@@ -39,6 +42,15 @@ __all__ = [
 RANDOM_OCTETS: Final = 32
 _MAX_CALLBACK: Final = 8192
 _MAX_PARAMS: Final = 32
+#: per field of a callback: the longest value taken, and whether it must be ASCII
+#: (RFC 6749 Appendix A: state and code are VSCHAR, error NQSCHAR; the description is
+#: only ever shown, so any printable text)
+CALLBACK_FIELDS: Final = {
+    "state": (512, True),
+    "code": (4096, True),
+    "error": (128, True),
+    "error_description": (1024, False),
+}
 
 
 def new_state() -> str:
@@ -95,6 +107,45 @@ def authorization_url(
     parts = urlsplit(authorize_url)
     query = urlencode(params, quote_via=quote)
     return urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query))
+
+
+def text_field(name: str, value: object, limit: int, *, ascii: bool = False) -> str:
+    """``value`` if it is a non-empty string of at most ``limit`` printable characters
+    (ASCII only, with ``ascii``); else ConsentRequestError naming the field ``name``.
+
+    Printable rules out control characters (an ANSI escape reaching a terminal), and lone
+    surrogates, the one kind of string that cannot be encoded to UTF-8.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConsentRequestError(f"{name} must be a non-empty string")
+    if len(value) > limit:
+        raise ConsentRequestError(f"{name} is too long (at most {limit} characters)")
+    if not value.isprintable():
+        raise ConsentRequestError(
+            f"{name} holds a character that is not printable (a control character, or a "
+            "lone surrogate that no UTF-8 can carry)"
+        )
+    if ascii and not value.isascii():
+        raise ConsentRequestError(f"{name} must be ASCII (RFC 6749 Appendix A)")
+    return value
+
+
+def check_callback(
+    state: str, code: str | None, error: str | None, error_description: str | None
+) -> Callback:
+    """What a callback carries, each field checked (:data:`CALLBACK_FIELDS`); exactly one
+    of ``code`` and ``error``, and a description only with an error. ConsentRequestError
+    names what is wrong."""
+    given = {"state": state, "code": code, "error": error, "error_description": error_description}
+    for name, value in given.items():
+        if value is not None or name == "state":
+            limit, ascii = CALLBACK_FIELDS[name]
+            text_field(name, value, limit, ascii=ascii)
+    if (code is None) == (error is None):
+        raise ConsentRequestError("a callback carries either a code or an error")
+    if error_description is not None and error is None:
+        raise ConsentRequestError("error_description goes with error")
+    return Callback(state, code, error, error_description)
 
 
 def check_human_id(human_id: str) -> str:
@@ -171,7 +222,13 @@ def parse_callback(url: str) -> Callback:
     code, error = seen.get("code") or None, seen.get("error") or None
     if (code is None) == (error is None):
         raise ConsentRequestError("the callback URL must carry either a code or an error")
-    return Callback(state, code, error, seen.get("error_description") or None)
+    description = seen.get("error_description") or None
+    if description is not None and error is None:
+        description = None  # a stray description beside a code is no one's business
+    try:
+        return check_callback(state, code, error, description)
+    except ConsentRequestError as exc:
+        raise ConsentRequestError(f"the callback URL's {exc}") from None
 
 
 def redirect_matches(url: str, redirect_uri: str) -> bool:
