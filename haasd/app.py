@@ -30,7 +30,7 @@ from anyio.abc import TaskStatus
 
 from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, SystemClock
-from haasd.config import Config, load_config
+from haasd.config import Config, access_override_note, load_config
 from haasd.consent import ConsentFlow
 from haasd.errors import ConfigError, HaasdError, StoreError, StoreLockedError
 from haasd.events import EventBus
@@ -184,6 +184,8 @@ async def run(
 ) -> None:
     """Run haasd until cancelled or signalled; ``task_status`` gets the :class:`Daemon`."""
     env = os.environ if environ is None else environ
+    if note := access_override_note(config):
+        _log.warning(note)  # HAASD_ACCESS replaced the file's rules: never silently
     clock = clock or SystemClock()
     notifier = Notifier(env)
     client_secret = config.haas.client_secret.load()

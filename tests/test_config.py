@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from haasd.config import load_config, parse_duration
+from haasd.config import access_override_note, load_config, parse_duration
 from haasd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +200,40 @@ def test_environment_alone_is_enough() -> None:
     assert str(config.socket.path) == "/tmp/x/haasd.sock"
     assert config.access[0].uid == 1000 and config.access[0].admin
     assert config.haas.client_secret.load().reveal() == "from-env"
+
+
+RULES = """
+[[access]]
+uid = 1000
+humans = ["usr_*"]
+[[access]]
+uid = 1001
+humans = ["usr_maria_42"]
+"""
+
+
+def test_haasd_access_replacing_the_files_rules_is_said_not_silent(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + RULES)
+    env = {"HAASD_ACCESS": '[{"uid": 2000, "humans": ["usr_*"], "admin": true}]'}
+    config = load_config(path, env)
+    assert [rule.uid for rule in config.access] == [2000]  # replaced, not added to
+    assert config.access_replaced == 2
+    note = f"HAASD_ACCESS replaces the 2 [[access]] rule(s) of {path}"
+    assert access_override_note(config) == note
+    emptied = load_config(path, {"HAASD_ACCESS": "[]"})  # root only, as admin: say so too
+    assert (emptied.access, emptied.access_replaced) == ((), 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        (MINIMAL + RULES, {}),  # the file's own rules
+        (MINIMAL, {"HAASD_ACCESS": '[{"uid": 2000, "humans": ["usr_*"]}]'}),  # nothing replaced
+    ],
+)
+def test_no_note_when_nothing_was_replaced(tmp_path: Path, text: str, env: dict[str, str]) -> None:
+    config = load_config(write(tmp_path, text), env)
+    assert (config.access_replaced, access_override_note(config)) == (0, None)
 
 
 def test_environment_overrides_file_and_names_the_variable(tmp_path: Path) -> None:

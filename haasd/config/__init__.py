@@ -14,7 +14,7 @@ parsers, the schema of every key), ``_access`` (``[[access]]`` rules) and ``_loa
 (:func:`load_config`: the file, then the ``HAASD_*`` environment over it).
 """
 
-from haasd.config._load import load_config
+from haasd.config._load import access_override_note, load_config
 from haasd.config._model import (
     PLAN_REQUESTS_PER_MINUTE,
     SCOPES,
@@ -43,6 +43,7 @@ __all__ = [
     "SecretSource",
     "SocketConfig",
     "StoreConfig",
+    "access_override_note",
     "is_loopback",
     "known_keys",
     "load_config",

@@ -198,4 +198,23 @@ def _build(
         pending_ttl=values.get("consent.pending_ttl", consent_defaults.pending_ttl),
         max_pending=values.get("consent.max_pending", consent_defaults.max_pending),
     )
-    return Config(where.file, haas, store, refresh, socket, access, log, consent)
+    replaced = _file_rules(access_raw) if "HAASD_ACCESS" in env else 0
+    return Config(where.file, haas, store, refresh, socket, access, log, consent, replaced)
+
+
+def _file_rules(access_raw: Any) -> int:
+    """How many ``[[access]]`` rules the file holds (a malformed value counts as one)."""
+    if access_raw is None:
+        return 0
+    return len(access_raw) if isinstance(access_raw, list) else 1
+
+
+def access_override_note(config: Config) -> str | None:
+    """What to tell the operator about where the access rules came from: a line when
+    ``HAASD_ACCESS`` replaced rules of the config file (it replaces them all, never
+    adds to them), else None. ``check-config`` prints it; ``haasd run`` logs it."""
+    if not config.access_replaced:
+        return None
+    return (
+        f"HAASD_ACCESS replaces the {config.access_replaced} [[access]] rule(s) of {config.source}"
+    )

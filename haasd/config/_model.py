@@ -99,3 +99,5 @@ class Config:
     access: tuple[AccessRule, ...]
     log: LogConfig
     consent: ConsentConfig = ConsentConfig()
+    #: how many ``[[access]]`` rules of the file ``HAASD_ACCESS`` replaced (0: none)
+    access_replaced: int = 0
