@@ -4,10 +4,14 @@ A sealed value ("blob") is laid out as::
 
     version (1 byte, 0x01) | key id (8 bytes) | nonce (12 bytes) | ciphertext + tag (16)
 
-The associated data binds the blob to its place: version, key id, human id and column
-name, each length-prefixed, so a ciphertext copied to another row or column does not
-open. The key id travels in the clear so that a store can hold blobs sealed by older keys
-while keys rotate.
+The associated data binds the blob to its place: version, key id, human id, column name
+and any ``bound`` values the caller names (the store binds a grant row's scope, state and
+expiries: :mod:`haasd.store.schema`), each length-prefixed, so a ciphertext copied to
+another row or column, or left under an edited row, does not open. A sequence of
+length-prefixed items splits one way only, so no two places share associated data; with
+no ``bound`` values it is exactly the associated data of haasd's first stores. The key id
+travels in the clear so that a store can hold blobs sealed by older keys while keys
+rotate.
 
 Pure apart from :func:`os.urandom`; nothing here touches a file.
 """
@@ -21,7 +25,7 @@ import hmac
 import os
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final, NoReturn, final
 
 from cryptography.exceptions import InvalidTag
@@ -142,15 +146,21 @@ class Sealer:
         """Every key id this sealer can open, the current one first."""
         return self._key_ids
 
-    def seal(self, plaintext: str, *, human_id: str, column: str) -> bytes:
-        """Encrypt ``plaintext`` for this human's column, under a fresh random nonce."""
+    def seal(
+        self, plaintext: str, *, human_id: str, column: str, bound: Sequence[str] = ()
+    ) -> bytes:
+        """Encrypt ``plaintext`` for this human's column, under a fresh random nonce.
+
+        ``bound``: further values the blob opens only beside (see :meth:`open`).
+        """
         nonce = os.urandom(_NONCE_BYTES)
-        aad = _associated_data(self._current_id, human_id, column)
+        aad = _associated_data(self._current_id, human_id, column, bound)
         sealed = self._aeads[self._current_id].encrypt(nonce, plaintext.encode("utf-8"), aad)
         return _HEADER.pack(BLOB_VERSION, self._current_id, nonce) + sealed
 
-    def open(self, blob: bytes, *, human_id: str, column: str) -> str:
-        """Decrypt a blob sealed for this human's column, or raise :class:`DecryptError`."""
+    def open(self, blob: bytes, *, human_id: str, column: str, bound: Sequence[str] = ()) -> str:
+        """Decrypt a blob sealed for this human's column with these ``bound`` values, or
+        raise :class:`DecryptError`."""
         if len(blob) < _HEADER.size + _TAG_BYTES:
             _fail(human_id, column, "the value is truncated")
         version, raw_id, nonce = _HEADER.unpack_from(blob)
@@ -159,7 +169,7 @@ class Sealer:
         aead = self._aeads.get(raw_id)
         if aead is None:
             _fail(human_id, column, f"it was sealed with key {raw_id.hex()}, which is not loaded")
-        aad = _associated_data(raw_id, human_id, column)
+        aad = _associated_data(raw_id, human_id, column, bound)
         try:
             plaintext = aead.decrypt(nonce, blob[_HEADER.size :], aad)
             return plaintext.decode("utf-8")
@@ -186,19 +196,12 @@ def fingerprint(token: str | Secret) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
 
 
-def _associated_data(raw_id: bytes, human_id: str, column: str) -> bytes:
-    human = human_id.encode("utf-8")
-    col = column.encode("utf-8")
-    return b"".join(
-        (
-            bytes((BLOB_VERSION,)),
-            raw_id,
-            _LENGTH.pack(len(human)),
-            human,
-            _LENGTH.pack(len(col)),
-            col,
-        )
-    )
+def _associated_data(raw_id: bytes, human_id: str, column: str, bound: Sequence[str]) -> bytes:
+    parts = [bytes((BLOB_VERSION,)), raw_id]
+    for item in (human_id, column, *bound):
+        data = item.encode("utf-8")
+        parts += (_LENGTH.pack(len(data)), data)
+    return b"".join(parts)
 
 
 def _fail(human_id: str, column: str, reason: str, cause: Exception | None = None) -> NoReturn:

@@ -16,7 +16,10 @@ None of them leaves a store half-done:
   copy is checked (``quick_check``) without the key, then linked to OUT, never over it.
 - **restore** takes the instance lock, copies BACKUP beside the store and opens the copy
   with the configured key (key check, ``quick_check``, every token decrypted) before
-  anything of the store is touched; only then does it replace the store.
+  anything of the store is touched; only then does it replace the store. Rows of the
+  backup that do not open are restored as they are and named: haasd quarantines them.
+- a row that does not open stops **rekey** (nothing is re-sealed), naming the human:
+  re-sealing cannot carry it over, and the old key is the only way to examine it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +54,7 @@ from haasd.errors import (
 )
 from haasd.parts import sealer_of
 from haasd.store import Store
-from haasd.store.schema import APPLICATION_ID, KEY_CHECK_COLUMN, SEALED
+from haasd.store.schema import APPLICATION_ID, BOUND, KEY_CHECK_COLUMN, SEALED, bound_values
 
 __all__ = [
     "Contents",
@@ -77,10 +80,22 @@ class Contents:
     size: int
     #: the key its key check is sealed with (None if it has none)
     key_id: str | None
+    #: the humans whose rows do not open (quarantined when haasd loads them), if known
+    unreadable: tuple[str, ...] = ()
 
     def describe(self) -> str:
         pending = f"{self.pending} pending consent{'' if self.pending == 1 else 's'}"
         return f"{self.grants} grant{'' if self.grants == 1 else 's'} and {pending}"
+
+    def warning(self) -> str | None:
+        """What to tell of unreadable rows, if any."""
+        if not self.unreadable:
+            return None
+        n = len(self.unreadable)
+        return (
+            f"{n} grant{'' if n == 1 else 's'} unreadable (store row unreadable, quarantined"
+            f" until re-consent): {', '.join(self.unreadable)}"
+        )
 
     def details(self) -> str:
         return f"{_size(self.size)}, sealed with key {self.key_id}"
@@ -119,9 +134,12 @@ async def rekey_store(path: Path, old: Sealer, new: Sealer) -> Contents:
                     await _reseal_table(conn, old, new, table, id_column, columns)
             contents = await _verify(copy, new)
             await anyio.to_thread.run_sync(_install, copy, path, False)
-        except DecryptError as exc:  # a value the current key does not open
+        except (DecryptError, ValueError) as exc:  # a row the current key does not open
             _remove_database(copy)
-            raise DecryptError(f"{exc}; nothing was re-sealed, the store is unchanged") from exc
+            raise DecryptError(
+                f"{exc}; nothing was re-sealed, the store is unchanged (re-consent or delete"
+                " that human first: `haasd status --config` shows the unreadable rows)"
+            ) from exc
         except BaseException:
             _remove_database(copy)
             raise
@@ -136,18 +154,30 @@ async def _reseal_table(
     id_column: str,
     columns: tuple[str, ...],
 ) -> int:
-    """Re-seal ``columns`` of every row of ``table``, inside the caller's transaction."""
-    names = ", ".join(columns)
+    """Re-seal ``columns`` of every row of ``table``, inside the caller's transaction,
+    bound to the same values (:data:`~haasd.store.schema.BOUND`) as before. Raises
+    :class:`DecryptError` (or :class:`ValueError`, for a bound value the schema never
+    holds) at the first row that does not open."""
+    bound_columns = BOUND.get(table, ())
+    names = ", ".join((*columns, *bound_columns))
     rows = await conn.execute_fetchall(f"SELECT {id_column}, {names} FROM {table}")  # noqa: S608 - constants
 
-    def reseal(row_id: str, column: str, blob: bytes) -> bytes:
-        plaintext = old.open(blob, human_id=row_id, column=column)
-        return new.seal(plaintext, human_id=row_id, column=column)
+    def reseal(row_id: object, blobs: Sequence[object], values: Sequence[object]) -> list[bytes]:
+        sealed = [blob for blob in blobs if isinstance(blob, bytes)]
+        try:
+            if not isinstance(row_id, str) or len(sealed) != len(blobs):
+                raise ValueError("it holds values the schema never writes")
+            bound = bound_values(table, values)
+        except ValueError as exc:
+            raise ValueError(f"cannot open a row of {table} ({row_id!r}): {exc}") from None
+        return [
+            new.seal(old.open(blob, human_id=row_id, column=c, bound=bound),
+                     human_id=row_id, column=c, bound=bound)
+            for c, blob in zip(columns, sealed, strict=True)
+        ]  # fmt: skip
 
-    updates = [
-        (*(reseal(row[0], c, blob) for c, blob in zip(columns, row[1:], strict=True)), row[0])
-        for row in rows
-    ]
+    n = len(columns)
+    updates = [(*reseal(row[0], row[1 : 1 + n], row[1 + n :]), row[0]) for row in rows]
     assignments = ", ".join(f"{column} = ?" for column in columns)
     sql = f"UPDATE {table} SET {assignments} WHERE {id_column} = ?"  # noqa: S608 - constants
     await conn.executemany(sql, updates)
@@ -237,6 +267,9 @@ def main_restore(config: Config, backup: Path, out: TextIO) -> int:
         f" into {config.store.path}",
         file=out,
     )
+    warning = contents.warning()
+    if warning is not None:
+        print(f"  {warning}", file=out)
     return 0
 
 
@@ -265,11 +298,13 @@ async def _stopped_daemon(path: Path, command: str) -> AsyncIterator[None]:
 
 
 async def _verify(path: Path, sealer: Sealer) -> Contents:
-    """Open ``path`` with ``sealer`` (key check, quick_check) and decrypt every token."""
+    """Open ``path`` with ``sealer`` (key check, quick_check) and decrypt every token; the
+    rows that do not open are named in the answer (as haasd will quarantine them)."""
     async with await Store.open(path, sealer) as store:
-        grants = len(await store.list_grants())
+        grants = len(await store.list_grants(warn=False))
         pending = len(await store.list_pending())
-    return Contents(grants, pending, os.stat(path).st_size, sealer.current_key_id)
+        unreadable = tuple(sorted(store.unreadable))
+    return Contents(grants, pending, os.stat(path).st_size, sealer.current_key_id, unreadable)
 
 
 def _check_backup(path: Path, backup: Path) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import pickle
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import haasd.crypto
 from haasd.crypto import BLOB_VERSION, KEY_TEXT_PREFIX, Key, Sealer, fingerprint, sealed_key_id
@@ -222,3 +223,33 @@ def test_fingerprint_is_short_stable_and_one_way() -> None:
     assert fp == fingerprint(Secret(TOKEN))
     assert fp != fingerprint(TOKEN + "x")
     assert fp not in TOKEN
+
+
+# -- bound values ------------------------------------------------------------------------
+
+
+def test_a_blob_opens_only_beside_the_values_it_was_bound_to() -> None:
+    sealer = Sealer(Key.generate())
+    bound = ("grant-row", "status:read", "active", "0x1.ad27480000000p+30")
+    blob = sealer.seal(TOKEN, human_id="usr_1", column="access_token", bound=bound)
+    assert sealer.open(blob, human_id="usr_1", column="access_token", bound=bound) == TOKEN
+    for other in (
+        (),  # unbound
+        bound[:-1],
+        (*bound[:1], "status:read tasks:dispatch", *bound[2:]),  # a scope widened
+        (bound[0], bound[1] + bound[2], "", bound[3]),  # the same bytes, split differently
+    ):
+        with pytest.raises(DecryptError, match="tampered with or belongs to another row"):
+            sealer.open(blob, human_id="usr_1", column="access_token", bound=other)
+
+
+def test_without_bound_values_the_associated_data_is_the_first_stores_own() -> None:
+    """Blobs sealed before values could be bound (version, key id, human id and column,
+    each length-prefixed) still open: stores of that time migrate by opening them."""
+    key = Key(MATERIAL)
+    raw_id = bytes.fromhex(key.key_id)
+    nonce = b"\x07" * 12
+    aad = b"\x01" + raw_id + b"\x00\x00\x00\x05usr_1" + b"\x00\x00\x00\x0caccess_token"
+    sealed = AESGCM(MATERIAL).encrypt(nonce, TOKEN.encode(), aad)
+    blob = bytes((BLOB_VERSION,)) + raw_id + nonce + sealed
+    assert Sealer(key).open(blob, human_id="usr_1", column="access_token") == TOKEN

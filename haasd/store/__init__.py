@@ -1,9 +1,12 @@
 """The encrypted grant store: SQLite through aiosqlite.
 
 One row per human in ``grants``; the access and refresh tokens are sealed blobs
-(:mod:`haasd.crypto`), everything else is plain. Each state change is one transaction,
-committed with ``synchronous=FULL`` before the method returns (``last_served_at`` is the
-exception: see :meth:`Store.mark_served`).
+(:mod:`haasd.crypto`) bound to the row's human id, scope, state and expiries, everything
+else is plain. A row that does not open (edited, or a value copied from another row) does
+not stop the store: that human is quarantined (``needs_reconsent``, ``last_error``
+starting with "store row unreadable", :attr:`Store.unreadable`) and the others load as
+ever. Each state change is one transaction, committed with ``synchronous=FULL`` before the
+method returns (``last_served_at`` is the exception: see :meth:`Store.mark_served`).
 
 ``pending_consents`` holds the consents a human has not answered yet
 (:mod:`haasd.consent`): the OAuth ``state`` only as its SHA-256 (``state_id``), the PKCE

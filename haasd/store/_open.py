@@ -1,6 +1,12 @@
 """Opening a store file: examined read-only and immutably first, so that a file that is
 not ours is refused byte-identical; then opened read-write, checked again,
-``quick_check``-ed, configured and migrated (see :mod:`haasd.store`)."""
+``quick_check``-ed, configured and migrated (see :mod:`haasd.store`).
+
+Migration :data:`~haasd.store.schema.RESEAL_GRANTS_AT` re-seals every grant's tokens with
+their row's bound values (:mod:`haasd.store._grants`), in its one transaction: the key is
+at hand here, and checked first. A row that did not open before is left as it was; it
+loads quarantined, as it would have failed to load before.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,14 @@ from haasd.errors import (
     WrongKeyError,
 )
 from haasd.store._sqlite import scalar, transaction, translate
-from haasd.store.schema import APPLICATION_ID, KEY_CHECK, KEY_CHECK_COLUMN, MIGRATIONS
+from haasd.store.schema import (
+    APPLICATION_ID,
+    KEY_CHECK,
+    KEY_CHECK_COLUMN,
+    MIGRATIONS,
+    RESEAL_GRANTS_AT,
+    grant_bound,
+)
 
 _BUSY_TIMEOUT: Final = 5.0  # seconds
 
@@ -73,7 +86,15 @@ def _prepare_file(path: Path) -> tuple[str, bool]:
 async def _connect(path: Path, uri: str) -> aiosqlite.Connection:
     with translate(path, "open"):
         # sqlite3's timeout is SQLite's busy_timeout: wait this long for another writer
-        return await aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT)
+        conn = await aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT)
+    # haasd writes only valid UTF-8; text that is not (an edited row) must not make every
+    # read of the table fail: it reads with U+FFFD instead, and such a row does not open
+    conn.text_factory = _lenient_text
+    return conn
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
 
 
 async def _examine(conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> int | None:
@@ -130,8 +151,34 @@ async def _setup(conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None
                     await conn.execute(
                         "INSERT INTO meta (name, value) VALUES (?, ?)", (KEY_CHECK_COLUMN, check)
                     )
+                if step == RESEAL_GRANTS_AT:
+                    await _bind_grant_rows(conn, sealer)
                 await conn.execute(f"PRAGMA user_version = {step + 1}")
     if (version or 0) < len(MIGRATIONS):
         # Put the schema and key check into the main file, where the immutable probe reads.
         with translate(path, "checkpoint"):
             await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+async def _bind_grant_rows(conn: aiosqlite.Connection, sealer: Sealer) -> int:
+    """Re-seal each grant's tokens, bound until now to the human id and column only, with
+    the row's bound values too; how many rows. Inside the migration's transaction."""
+    sql = (
+        "SELECT human_id, scope, state, access_token, access_expires_at, refresh_token,"
+        " refresh_expires_at FROM grants"
+    )
+    updates = []
+    for hid, scope, state, at, at_exp, rt, rt_exp in await conn.execute_fetchall(sql):
+        try:
+            bound = grant_bound(scope, state, at_exp, rt_exp)
+            tokens = [
+                sealer.seal(sealer.open(blob, human_id=hid, column=column), human_id=hid,
+                            column=column, bound=bound)
+                for blob, column in ((at, "access_token"), (rt, "refresh_token"))
+            ]  # fmt: skip
+        except (DecryptError, ValueError, TypeError):
+            continue  # unreadable already: left as evidence, quarantined when loaded
+        updates.append((*tokens, hid))
+    sql = "UPDATE grants SET access_token = ?, refresh_token = ? WHERE human_id = ?"
+    await conn.executemany(sql, updates)
+    return len(updates)

@@ -7,13 +7,14 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import aiosqlite
 import anyio
+import structlog
 
 from haasd.crypto import Sealer
-from haasd.errors import StoreError, UnknownHumanError
+from haasd.errors import DecryptError, NeedsReconsentError, StoreError, UnknownHumanError
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
 from haasd.store._grants import (
@@ -21,12 +22,21 @@ from haasd.store._grants import (
     FINISH_REFRESH,
     PUT_GRANT,
     SELECT_GRANTS,
+    SELECT_SEALED,
     SET_SERVED,
+    SET_STATE,
+    SET_STATE_CLEAR,
     SET_STATUS,
     SET_STATUS_CLEAR,
+    UnreadableRowError,
     grant_row,
+    is_placeholder,
+    quarantined,
     refresh_row,
+    resealed,
     to_grant,
+    unreadable_error,
+    why_unreadable,
 )
 from haasd.store._open import open_connection
 from haasd.store._pending import (
@@ -43,15 +53,32 @@ from haasd.store._pending import (
 from haasd.store._sqlite import scalar, transaction, translate
 from haasd.store.schema import KEY_CHECK_COLUMN
 
+_log: Final = structlog.get_logger("haasd.store")
+
 
 class Store:
     """The grant table of one SQLite file. Build with ``await Store.open(path, sealer)``.
 
     Usable as ``async with await Store.open(...) as store:``; methods are safe to call
     from concurrent tasks (one lock orders the transactions on the one connection).
+
+    A grant row that cannot be read (see :mod:`haasd.store._grants`) is *quarantined*:
+    reads give a stand-in grant in ``needs_reconsent`` whose ``last_error`` starts with
+    "store row unreadable" and says why, :attr:`unreadable` names the human, and no
+    write but a new consent (:meth:`put_grant` with tokens) or :meth:`delete_grant`
+    touches the row, which stays as it is for whoever looks into it.
     """
 
-    __slots__ = ("_closed", "_conn", "_lock", "_path", "_scopes", "_sealer", "_served")
+    __slots__ = (
+        "_closed",
+        "_conn",
+        "_lock",
+        "_path",
+        "_scopes",
+        "_sealer",
+        "_served",
+        "_unreadable",
+    )
 
     def __init__(self, conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None:
         self._conn = conn
@@ -60,6 +87,8 @@ class Store:
         self._lock = anyio.Lock()
         self._served: dict[str, float] = {}
         self._scopes: dict[str, tuple[str, ...]] = {}
+        # human id -> why its row is unreadable (as last read), see _grants.why_unreadable
+        self._unreadable: dict[str, str] = {}
         self._closed = False
 
     @classmethod
@@ -74,6 +103,11 @@ class Store:
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def unreadable(self) -> frozenset[str]:
+        """The humans whose rows were unreadable when last read: quarantined."""
+        return frozenset(self._unreadable)
 
     async def close(self) -> None:
         """Write pending ``last_served_at`` values and close. Idempotent."""
@@ -95,18 +129,31 @@ class Store:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def get_grant(self, human_id: str) -> Grant:
-        """The grant of ``human_id``, or :class:`UnknownHumanError`."""
+    async def get_grant(self, human_id: str, *, warn: bool = True) -> Grant:
+        """The grant of ``human_id`` (quarantined if its row is unreadable), or
+        :class:`UnknownHumanError`. ``warn``: log a row newly found unreadable."""
         rows = await self._fetch(f"{SELECT_GRANTS} WHERE human_id = ?", (human_id,))
         if not rows:
             raise UnknownHumanError(human_id)
-        return self._to_grant(rows[0])
+        # no await from here on: nothing changes the quarantine in between
+        (grant,), unreadable = self._to_grants(rows)
+        known = dict(self._unreadable)
+        self._unreadable.pop(grant.human_id, None)
+        self._quarantine(unreadable, warn=warn, known=known)
+        return grant
 
-    async def list_grants(self) -> list[Grant]:
-        """Every grant, decrypted, ordered by human_id (one query: for loading at start)."""
-        rows = await self._fetch(f"{SELECT_GRANTS} ORDER BY human_id")
-        # ~15 µs a row (mostly AES and the frozen dataclass): off the event loop
-        return await anyio.to_thread.run_sync(self._to_grants, rows)
+    async def list_grants(self, *, warn: bool = True) -> list[Grant]:
+        """Every grant, decrypted, ordered by human_id (one query: for loading at start);
+        an unreadable row as its quarantined stand-in. ``warn``: log each row newly found
+        unreadable, once (the commands that print the reason themselves need not)."""
+        self._check_open()
+        async with self._lock:  # a consent cannot land between reading and quarantining
+            rows = await self._fetch_locked(f"{SELECT_GRANTS} ORDER BY human_id")
+            # ~15 µs a row (mostly AES and the frozen dataclass): off the event loop
+            grants, unreadable = await anyio.to_thread.run_sync(self._to_grants, rows)
+            before, self._unreadable = self._unreadable, {}
+            self._quarantine(unreadable, warn=warn, known=before)
+        return grants
 
     async def count_grants(self) -> int:
         rows = await self._fetch("SELECT count(*) FROM grants")
@@ -115,25 +162,35 @@ class Store:
     # -- writes: one transaction each, committed (synchronous=FULL) before returning ------
 
     async def put_grant(self, grant: Grant) -> None:
-        """Insert or replace the grant of ``grant.human_id``."""
-        await self._write(PUT_GRANT, [grant_row(grant, self._sealer)], "put grant")
+        """Insert or replace the grant of ``grant.human_id``; a consent ends a quarantine.
 
-    async def put_grants(self, grants: Iterable[Grant]) -> None:
-        """Insert or replace many grants in a single transaction."""
-        rows = [grant_row(g, self._sealer) for g in grants]
-        await self._write(PUT_GRANT, rows, "put grants")
+        A quarantined grant's stand-in (or a copy of it) is not written: its row stays.
+        """
+        await self.put_grants([grant], what="put grant")
+
+    async def put_grants(self, grants: Iterable[Grant], *, what: str = "put grants") -> None:
+        """Insert or replace many grants in a single transaction (as :meth:`put_grant`)."""
+        kept = [g for g in grants if not (g.human_id in self._unreadable and is_placeholder(g))]
+        rows = [grant_row(g, self._sealer) for g in kept]
+        await self._write(PUT_GRANT, rows, what)
+        for grant in kept:
+            self._unreadable.pop(grant.human_id, None)
 
     async def delete_grant(self, human_id: str) -> bool:
-        """Forget the grant of ``human_id``; False if there was none."""
+        """Forget the grant of ``human_id`` (quarantined or not); False if there was none."""
         self._served.pop(human_id, None)
         sql = "DELETE FROM grants WHERE human_id = ?"
-        return await self._write(sql, [(human_id,)], "delete grant") > 0
+        existed = await self._write(sql, [(human_id,)], "delete grant") > 0
+        self._unreadable.pop(human_id, None)
+        return existed
 
     async def begin_refresh(self, human_id: str, intent: RefreshIntent) -> None:
         """Record that a refresh of ``human_id`` is about to spend its refresh token.
 
         Overwrites a left-over intent (from a crash): the caller has judged it by then.
+        A quarantined grant has no refresh token to spend: :class:`NeedsReconsentError`.
         """
+        self._refuse_quarantined(human_id)
         params = (intent.attempt_id, intent.fingerprint, intent.started_at, human_id)
         await self._update(human_id, BEGIN_REFRESH, params, "begin refresh")
 
@@ -144,7 +201,10 @@ class Store:
         environment, consented_at and last_served_at stay as stored. With
         ``attempt_id``, only if the row still carries that intent: False (nothing
         written) when the grant was replaced or deleted while the refresh was in flight.
+        False too for a quarantined grant: its row is left as it is.
         """
+        if grant.human_id in self._unreadable:
+            return False
         params = refresh_row(grant, self._sealer)
         if attempt_id is None:
             await self._update(grant.human_id, FINISH_REFRESH, params, "finish refresh")
@@ -162,10 +222,33 @@ class Store:
         next_refresh_at: float | None,
         clear_intent: bool = False,
     ) -> None:
-        """Change a grant's status; ``clear_intent`` also ends a refresh that came to nothing."""
-        sql = SET_STATUS_CLEAR if clear_intent else SET_STATUS
-        params = (State(state).value, last_error, consecutive_failures, next_refresh_at)
-        await self._update(human_id, sql, (*params, human_id), "update status")
+        """Change a grant's status; ``clear_intent`` also ends a refresh that came to nothing.
+
+        A new state re-seals the tokens in the same transaction (the state is bound to
+        them); a row that does not open then is quarantined (logged) and left as it is,
+        as is an already quarantined row: nothing is written, and no error is raised,
+        since the grant in memory is still what it was.
+        """
+        if human_id in self._unreadable:
+            return
+        status = (last_error, consecutive_failures, next_refresh_at, human_id)
+        self._check_open()
+        with anyio.CancelScope(shield=True), translate(self._path, "update status"):
+            async with self._lock, transaction(self._conn):
+                rows = list(await self._conn.execute_fetchall(SELECT_SEALED, (human_id,)))
+                if not rows:
+                    raise UnknownHumanError(human_id)
+                try:
+                    tokens = resealed(human_id, rows[0], State(state), self._sealer)
+                except (DecryptError, ValueError) as exc:
+                    self._quarantine({human_id: why_unreadable(exc)}, warn=True)
+                    return
+                if tokens is None:
+                    sql = SET_STATUS_CLEAR if clear_intent else SET_STATUS
+                    await self._conn.execute(sql, (State(state).value, *status))
+                else:
+                    sql = SET_STATE_CLEAR if clear_intent else SET_STATE
+                    await self._conn.execute(sql, (State(state).value, *tokens, *status))
 
     def mark_served(self, human_id: str, at: float) -> None:
         """Note that ``human_id``'s token was served at ``at``; no I/O.
@@ -183,6 +266,8 @@ class Store:
         if not self._served:
             return 0
         pending, self._served = self._served, {}
+        for human_id in self._unreadable.keys() & pending.keys():
+            del pending[human_id]  # never served; and the row is evidence
         rows = [(at, hid) for hid, at in pending.items()]
         try:
             await self._write(SET_SERVED, rows, "write last_served_at")
@@ -264,19 +349,52 @@ class Store:
         if at > self._served.get(human_id, -math.inf):
             self._served[human_id] = at
 
-    def _to_grants(self, rows: list[sqlite3.Row]) -> list[Grant]:
-        return [self._to_grant(row) for row in rows]
+    def _refuse_quarantined(self, human_id: str) -> None:
+        reason = self._unreadable.get(human_id)
+        if reason is not None:
+            raise NeedsReconsentError(human_id, unreadable_error(reason))
 
-    def _to_grant(self, row: sqlite3.Row) -> Grant:
-        return to_grant(row, self._sealer, self._scopes, self._served, self._path)
+    def _to_grants(self, rows: list[sqlite3.Row]) -> tuple[list[Grant], dict[str, str]]:
+        """The grants of ``rows``, stand-ins for the unreadable ones, and those's reasons."""
+        grants: list[Grant] = []
+        unreadable: dict[str, str] = {}
+        sealer, scopes, served = self._sealer, self._scopes, self._served
+        for row in rows:
+            try:
+                grants.append(to_grant(row, sealer, scopes, served))
+            except UnreadableRowError as exc:
+                unreadable[exc.human_id] = exc.reason
+                grants.append(quarantined(exc.human_id, exc.reason))
+        return grants, unreadable
+
+    def _quarantine(
+        self, unreadable: dict[str, str], *, warn: bool, known: dict[str, str] | None = None
+    ) -> None:
+        """Record unreadable rows (human id -> reason); warn of each not ``known`` (default:
+        recorded already) with that reason, which names a column and a cause, never a
+        value."""
+        known = self._unreadable if known is None else known
+        for human_id, reason in unreadable.items():
+            if warn and known.get(human_id) != reason:
+                _log.warning(
+                    "store row unreadable: quarantined until the human re-consents",
+                    human_id=human_id,
+                    reason=reason,
+                    store=str(self._path),
+                )
+        self._unreadable.update(unreadable)
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         self._check_open()
+        async with self._lock:
+            return await self._fetch_locked(sql, params)
+
+    async def _fetch_locked(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         # shielded too: aiosqlite resolves the future from its thread, and a cancelled
         # future makes the event loop log InvalidStateError at shutdown
+        rows: list[sqlite3.Row] = []
         with anyio.CancelScope(shield=True), translate(self._path, "read"):
-            async with self._lock:
-                rows = list(await self._conn.execute_fetchall(sql, params))
+            rows = list(await self._conn.execute_fetchall(sql, params))
         return rows
 
     async def _update(self, human_id: str, sql: str, params: Sequence[Any], what: str) -> None:

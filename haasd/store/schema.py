@@ -1,12 +1,24 @@
-"""What a haasd store is on disk: its migrations, application id, key check and sealed
-columns. Public for :mod:`haasd.maintenance`, which reads and re-seals files by these."""
+"""What a haasd store is on disk: its migrations, application id, key check, sealed
+columns and the values bound to them. Public for :mod:`haasd.maintenance`, which reads
+and re-seals files by these."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
-__all__ = ["APPLICATION_ID", "KEY_CHECK", "KEY_CHECK_COLUMN", "MIGRATIONS", "SEALED"]
+__all__ = [
+    "APPLICATION_ID",
+    "BOUND",
+    "GRANT_ROW",
+    "KEY_CHECK",
+    "KEY_CHECK_COLUMN",
+    "MIGRATIONS",
+    "RESEAL_GRANTS_AT",
+    "SEALED",
+    "bound_values",
+    "grant_bound",
+]
 
 # ``PRAGMA application_id`` of a haasd store ("HAAS")
 APPLICATION_ID: Final = 0x48414153
@@ -52,7 +64,13 @@ MIGRATIONS: Sequence[tuple[str, ...]] = (
         )""",
         "CREATE INDEX pending_consents_by_expiry ON pending_consents (expires_at)",
     ),
+    # No SQL: the grants' tokens are re-sealed with their row's BOUND values, which needs
+    # the key (haasd.store._open does it in this migration's transaction).
+    (),
 )
+#: The migration (0-based) in which the grants' tokens are re-sealed with :data:`BOUND`:
+#: until then they were bound to the human id and column only.
+RESEAL_GRANTS_AT: Final = 2
 
 #: Every sealed column but the key check (which :meth:`Store.resealing` does): table, the
 #: column whose value stands for the human id in the associated data, the sealed columns
@@ -62,3 +80,49 @@ SEALED: Final[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
     ("grants", "human_id", ("access_token", "refresh_token")),
     ("pending_consents", "state_id", ("code_verifier",)),
 )
+
+#: The columns of a table whose values the associated data of its sealed columns binds
+#: (after the row id and column name), in this order; encoded by :func:`bound_values`. A
+#: row whose bound values were edited does not open. Every write of one of these re-seals
+#: the row's tokens (see :mod:`haasd.store._grants`).
+BOUND: Final[Mapping[str, tuple[str, ...]]] = {
+    "grants": ("scope", "state", "access_expires_at", "refresh_expires_at"),
+}
+#: The first bound value of a grant row: names what follows, so that another set of bound
+#: values later cannot be read as this one.
+GRANT_ROW: Final = "grant-row-v1"
+
+
+def grant_bound(
+    scope: object, state: object, access_expires_at: object, refresh_expires_at: object
+) -> tuple[str, str, str, str, str]:
+    """A grant row's bound values as they enter the associated data: its scope and state
+    as stored, each expiry exactly (``float.hex``). Raises :class:`ValueError` for a value
+    that the schema never holds there (so an edited row is reported, not misread)."""
+    if not isinstance(scope, str):
+        raise ValueError("scope is not text")
+    if not isinstance(state, str):
+        raise ValueError("state is not text")
+    return (
+        GRANT_ROW,
+        scope,
+        state,
+        _exact(access_expires_at, "access_expires_at"),
+        _exact(refresh_expires_at, "refresh_expires_at"),
+    )
+
+
+def bound_values(table: str, values: Sequence[object]) -> tuple[str, ...]:
+    """The bound values of a row of ``table``, given its :data:`BOUND` columns' values."""
+    if table == "grants":
+        return grant_bound(*values)
+    if table in BOUND:  # pragma: no cover - a new bound table needs its encoding here
+        raise NotImplementedError(table)
+    return ()
+
+
+def _exact(value: object, name: str) -> str:
+    # SQLite gives a REAL column back as float; -0.0 + 0.0 is 0.0, so zero has one form
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} is not a number")
+    return float.hex(float(value) + 0.0)
