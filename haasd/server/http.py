@@ -35,6 +35,8 @@ import anyio.abc
 import httptools
 import structlog
 
+from haasd.server.tally import Tally
+
 __all__ = [
     "Handler",
     "HttpConnection",
@@ -47,6 +49,9 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("haasd.server")
+
+
+_MAY_BE_ZERO: Final = frozenset({"admin_connections", "audit_window", "refusal_window"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,9 @@ class Limits:
     #: waiting for the refresh engine on a client's behalf
     handler_timeout: float = 30.0
     max_connections: int = 512
+    #: of ``max_connections``, this many only peers with an admin rule may use (at most
+    #: half of them), so apps filling the server never lock an operator out
+    admin_connections: int = 16
     max_connections_per_uid: int = 64
     #: the largest ``min_ttl`` a client may ask for, in seconds
     max_min_ttl: int = 86400
@@ -77,13 +85,21 @@ class Limits:
     #: repeats of one token to one connection within this many seconds share an audit
     #: line (its ``count`` says how many); 0 logs every handout on its own line
     audit_window: float = 1.0
+    #: repeats of a refusal or error by one peer within this many seconds share a line
+    #: (its ``count`` says how many; see :mod:`haasd.server.tally`); 0 logs each
+    refusal_window: float = 10.0
 
     def __post_init__(self) -> None:
         for name in self.__slots__:
             value = getattr(self, name)
-            low_ok = value >= 0 if name == "audit_window" else value > 0
+            low_ok = value >= 0 if name in _MAY_BE_ZERO else value > 0
             if not low_ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ValueError(f"Limits.{name} must be a positive number, got {value!r}")
+
+    @property
+    def admin_reserve(self) -> int:
+        """Connections only admins may use: ``admin_connections``, at most half of all."""
+        return min(self.admin_connections, self.max_connections // 2)
 
     @property
     def watchdog_tick(self) -> float:
@@ -225,6 +241,8 @@ class HttpConnection:
         "_partial",
         "_progress",
         "_stream",
+        "_tally",
+        "_uid",
         "_upgrade",
         "_url",
         "busy",
@@ -233,10 +251,21 @@ class HttpConnection:
         "scope",
     )
 
-    def __init__(self, stream: anyio.abc.ByteStream, handler: Handler, limits: Limits) -> None:
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        handler: Handler,
+        limits: Limits,
+        *,
+        tally: Tally | None = None,
+        uid: int = -1,
+    ) -> None:
         self._stream = stream
         self._handler = handler
         self._limits = limits
+        #: where rejections and failures are counted, as the peer ``uid``'s (None: logged)
+        self._tally = tally
+        self._uid = uid
         self._parser = httptools.HttpRequestParser(self)
         self._done: list[tuple[bytes, bytes, bytes, bool]] = []
         self._chunks: list[bytes] = []
@@ -329,14 +358,14 @@ class HttpConnection:
                     self._upgrade = True  # answer what came, then close: no protocol switch
                 except httptools.HttpParserError:
                     if not done or self._error:
-                        await linger_close(stream, rejection(self._error or 400))
+                        await self._reject(self._error or 400)
                         return
                     self._upgrade = True  # complete requests first, then close
                 if was_in_head and self._in_head and not self._progress:
                     # the whole chunk went into one unfinished header line
                     self._partial += len(data)
                     if self._head + self._partial > limits.max_head:
-                        await linger_close(stream, rejection(431))
+                        await self._reject(431)
                         return
                 if done:
                     if not await self._answer_all():
@@ -344,7 +373,7 @@ class HttpConnection:
                     if self._upgrade:
                         return
                 elif self._upgrade:
-                    await linger_close(stream, rejection(400))
+                    await self._reject(400)
                     return
                 if self._begun:
                     self._begun = False
@@ -375,7 +404,13 @@ class HttpConnection:
                 except _GONE:
                     return False
                 except Exception:
-                    _log.exception("server.handler_failed", method=method, target=target)
+                    self._note(
+                        "error",
+                        "server.handler_failed",
+                        method=method,
+                        target=target[:256],
+                        exc_info=True,
+                    )
                     await linger_close(stream, _INTERNAL_ERROR_HEAD if head else _INTERNAL_ERROR)
                     return False
                 if head:
@@ -395,6 +430,17 @@ class HttpConnection:
         self._begun = self._in_message  # a pipelined request already begun: its own clock
         self.deadline = time.monotonic() + self._limits.idle_timeout
         return True
+
+    async def _reject(self, status: int) -> None:
+        """Answer a request that broke the protocol or a limit, then close."""
+        self._note("warning", "request.rejected", status=status, reason=_REJECT_TYPES[status][1])
+        await linger_close(self._stream, rejection(status))
+
+    def _note(self, level: str, event: str, **fields: object) -> None:
+        if self._tally is None:
+            getattr(_log, level)(event, peer_uid=self._uid, **fields)
+        else:
+            self._tally.note(_log, level, event, self._uid, **fields)
 
     def expire(self, now: float) -> None:
         """Close the connection if its deadline has passed (the watchdog calls this)."""

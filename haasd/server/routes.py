@@ -71,6 +71,7 @@ from haasd.server.http import Limits, Takeover, json_response, response
 from haasd.server.service import TokenService
 from haasd.server.stream import HEAD as STREAM_HEAD
 from haasd.server.stream import event_stream
+from haasd.server.tally import Tally
 
 if TYPE_CHECKING:
     from haasd.consent import ConsentFlow
@@ -102,6 +103,7 @@ class Router:
         "outcomes",
         "served",
         "service",
+        "tally",
     )
 
     def __init__(
@@ -130,6 +132,8 @@ class Router:
         #: renders the whole ``GET /metrics`` answer
         self.metrics = metrics
         self.consents = ConsentRoutes(consents, service, limits, human_id_pattern)
+        #: refusal and error lines, counted per peer (see :mod:`haasd.server.tally`)
+        self.tally = Tally(limits.refusal_window)
 
     def update_rules(self, rules: Sequence[AccessRule]) -> None:
         self._rules = effective_rules(rules, self._daemon_uid)
@@ -239,9 +243,11 @@ class PeerContext:
 
     def _deny(self, human_id: str | None, reason: str, route: str) -> Problem:
         peer = self.peer
-        _audit.warning(
+        self.router.tally.note(
+            _audit,
+            "warning",
             "access.denied",
-            peer_uid=peer.uid,
+            peer.uid,
             peer_gid=peer.gid,
             peer_pid=peer.pid,
             human_id=human_id,

@@ -1,8 +1,20 @@
-"""The token server: accept, identify the peer, admit within limits, serve, stop cleanly.
+"""The token server: accept, identify the peer, admit by rule and within limits, serve,
+stop cleanly.
 
 Each connection's peer is read once, at accept, with ``SO_PEERCRED`` (pid, uid, gid — the
-kernel's word, not the client's). Connections beyond ``Limits.max_connections``, or beyond
-``Limits.max_connections_per_uid`` for one uid, are answered 503 and closed.
+kernel's word, not the client's). Admission, in order:
+
+* a peer that matches no ``[[access]]`` rule is answered 403 ``forbidden`` and closed at
+  once: it never holds a connection slot, so peers without rights cannot fill the server;
+* of ``Limits.max_connections``, the last ``Limits.admin_reserve`` are for peers with an
+  admin rule only, so apps filling the server never lock an operator out;
+* beyond those, or beyond ``Limits.max_connections_per_uid`` for one uid, it is 503
+  ``too_many_connections``.
+
+Refusals are written by at most ``_MAX_REFUSING`` tasks at once (beyond that the
+connection is just closed), and their log lines are counted per peer
+(:mod:`haasd.server.tally`). A reload that leaves a peer without any rule closes its
+connections (an event stream included) once their answer in flight is out.
 
 Stopping (cancelling :meth:`TokenServer.serve`) stops accepting at once; idle
 connections are closed, and a request being answered gets ``Limits.shutdown_grace``
@@ -29,7 +41,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from haasd.config import AccessRule
-from haasd.server.access import Peer
+from haasd.server.access import Peer, is_admin
 from haasd.server.http import HttpConnection, Limits, error_body, json_response, linger_close
 from haasd.server.metrics import ServerCollector, exposition
 from haasd.server.routes import PeerContext, Router
@@ -42,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["TokenServer", "peer_of"]
 
 _log = structlog.get_logger("haasd.server")
+_audit = structlog.get_logger("haasd.audit")
 _UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)  # Linux's number; not in 3.11
 _MAX_GROUPS: Final = 256  # Python caps getsockopt buffers at 1024 bytes
@@ -71,6 +84,14 @@ def _busy(reason: str) -> bytes:
     body = error_body(503, "too_many_connections", reason, retry_after=1)
     answer = json_response(503, body, {"Retry-After": "1", "Connection": "close"})
     return answer
+
+
+def _forbidden(peer: Peer) -> bytes:
+    message = (
+        f"no [[access]] rule matches this peer (uid {peer.uid}, gid {peer.gid}); an operator "
+        "must add an [[access]] rule naming its user or group, then reload haasd"
+    )
+    return json_response(403, error_body(403, "forbidden", message), {"Connection": "close"})
 
 
 class TokenServer:
@@ -105,7 +126,8 @@ class TokenServer:
             metrics=exposition(self.registry),
             consents=consents,
         )
-        self._connections: set[HttpConnection] = set()
+        #: open connections, and the peer context each serves
+        self._connections: dict[HttpConnection, PeerContext] = {}
         self._per_uid: Counter[int] = Counter()
         self._refusing = 0
         self._serving = False
@@ -125,8 +147,14 @@ class TokenServer:
 
     def update_rules(self, rules: Sequence[AccessRule]) -> None:
         """New ``[[access]]`` rules (SIGHUP); open connections use them from their next
-        request on."""
+        request on, and those of peers no rule matches any more are closed (an event
+        stream at once, an answer in flight once it is out)."""
         self._router.update_rules(rules)
+        for conn, context in self._connections.items():
+            if not context.matched:
+                conn.closing = True
+                if not conn.busy:
+                    conn.scope.cancel()
 
     async def serve(
         self,
@@ -143,17 +171,20 @@ class TokenServer:
             raise RuntimeError("a TokenServer serves once")
         self._serving = True
         stopping = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            conns: TaskGroup = await tg.start(self._connection_group, stopping)
-            try:
-                task_status.started()
-                await self._accept_loop(listener, conns)
-            finally:
-                stopping.set()
-                for conn in self._connections:
-                    conn.closing = True
-                    if not conn.busy:
-                        conn.scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                conns: TaskGroup = await tg.start(self._connection_group, stopping)
+                try:
+                    task_status.started()
+                    await self._accept_loop(listener, conns)
+                finally:
+                    stopping.set()
+                    for conn in self._connections:
+                        conn.closing = True
+                        if not conn.busy:
+                            conn.scope.cancel()
+        finally:
+            self._router.tally.flush()  # the counts still pending
 
     async def _connection_group(
         self, stopping: anyio.Event, *, task_status: TaskStatus[TaskGroup]
@@ -173,11 +204,13 @@ class TokenServer:
     async def _watchdog(self) -> None:
         """Close connections past their deadline (idle, slow request, stalled reader)."""
         tick = self.limits.watchdog_tick
+        tally = self._router.tally
         while True:
             await anyio.sleep(tick)
             now = time.monotonic()
             for conn in list(self._connections):
                 conn.expire(now)
+            tally.flush(now)
 
     async def _accept_loop(self, listener: anyio.abc.SocketListener, conns: TaskGroup) -> None:
         limits = self.limits
@@ -196,30 +229,60 @@ class TokenServer:
                 _log.warning("cannot read peer credentials; closing", error=str(exc))
                 await _close(stream)
                 continue
-            if len(self._connections) >= limits.max_connections:
+            context = self._router.connect(peer)
+            matched = context.matched
+            if not matched:
+                self._deny(conns, stream, peer)
+                continue
+            # the last admin_reserve slots are for admins
+            room = limits.max_connections - (0 if is_admin(matched) else limits.admin_reserve)
+            if len(self._connections) >= room:
                 self._refuse(conns, stream, peer, "too many connections to haasd")
             elif self._per_uid[peer.uid] >= limits.max_connections_per_uid:
                 self._refuse(conns, stream, peer, "too many connections from this user")
             else:
-                context = self._router.connect(peer)
-                conn = HttpConnection(stream, context.handle, limits)
-                self._connections.add(conn)
+                tally = self._router.tally
+                conn = HttpConnection(stream, context.handle, limits, tally=tally, uid=peer.uid)
+                self._connections[conn] = context
                 self._per_uid[peer.uid] += 1
                 conns.start_soon(self._run, conn, stream, context)
+
+    def _deny(self, conns: TaskGroup, stream: anyio.abc.SocketStream, peer: Peer) -> None:
+        """403 for a peer no rule matches; it holds no slot."""
+        self._router.tally.note(
+            _audit,
+            "warning",
+            "access.denied",
+            peer.uid,
+            peer_gid=peer.gid,
+            peer_pid=peer.pid,
+            route="connect",
+            reason="no [[access]] rule matches this peer's uid/gid",
+        )
+        self._answer_and_close(conns, stream, _forbidden(peer))
 
     def _refuse(
         self, conns: TaskGroup, stream: anyio.abc.SocketStream, peer: Peer, reason: str
     ) -> None:
-        _log.warning("connection refused", reason=reason, peer_uid=peer.uid, peer_pid=peer.pid)
+        """503 for a peer beyond the connection limits."""
+        tally = self._router.tally
+        tally.note(
+            _log, "warning", "connection refused", peer.uid, reason=reason, peer_pid=peer.pid
+        )
+        self._answer_and_close(conns, stream, _busy(reason))
+
+    def _answer_and_close(
+        self, conns: TaskGroup, stream: anyio.abc.SocketStream, answer: bytes
+    ) -> None:
         if self._refusing >= _MAX_REFUSING:
             conns.start_soon(_close, stream)
             return
         self._refusing += 1
-        conns.start_soon(self._write_refusal, stream, reason)
+        conns.start_soon(self._write_refusal, stream, answer)
 
-    async def _write_refusal(self, stream: anyio.abc.SocketStream, reason: str) -> None:
+    async def _write_refusal(self, stream: anyio.abc.SocketStream, answer: bytes) -> None:
         try:
-            await linger_close(stream, _busy(reason))
+            await linger_close(stream, answer)
         finally:
             self._refusing -= 1
             await _close(stream)
@@ -234,7 +297,7 @@ class TokenServer:
             _log.exception("connection failed", peer_uid=peer.uid, peer_pid=peer.pid)
         finally:
             context.close()
-            self._connections.discard(conn)
+            del self._connections[conn]
             if not self._connections and self._emptied is not None:
                 self._emptied.set()
             self._per_uid[peer.uid] -= 1
