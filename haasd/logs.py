@@ -3,7 +3,8 @@
 :class:`Redact` runs last before rendering, so nothing shaped like a HaaS token or key —
 wherever it hides, in the message, a field, a nested structure or a traceback — reaches
 the output. :class:`~haasd.secret.Secret` values already render masked; this is the net
-under that.
+under that. In the console format, :class:`Printable` then shows control characters
+(an ANSI escape in a server's error text) escaped, as JSON lines always do.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any, Final, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["REDACTED", "Redact", "configure_logging", "redact_text"]
+from haasd.text import printable
+
+__all__ = ["REDACTED", "Printable", "Redact", "configure_logging", "redact_text"]
 
 REDACTED: Final = "[redacted]"
 
@@ -74,6 +77,40 @@ class Redact:
         return {k: _redact_field(k, v) for k, v in event_dict.items()}
 
 
+class Printable:
+    """structlog processor for the console: no control or invisible character reaches
+    the terminal raw, so that text a server sent can neither drive the terminal nor
+    stop logging with an encoding error. The message and a traceback (which keeps its
+    line breaks) are escaped in place; another string field that needs it is shown as
+    ``repr`` shows it, quoted and escaped, as the renderer already shows one with a
+    space in it."""
+
+    __slots__ = ()
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        return {k: _shown(k, v) for k, v in event_dict.items()}
+
+
+class _Quoted:
+    """A string the console renderer shows by its ``repr``."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
+def _shown(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # rendered by repr, which escapes what is not printable
+    if key in {"event", "exception"}:
+        return printable(value, keep="\n" if key == "exception" else "")
+    return value if printable(value) == value else _Quoted(value)
+
+
 def configure_logging(
     level: str = "info", fmt: str = "json", *, stream: TextIO | None = None
 ) -> None:
@@ -87,6 +124,7 @@ def configure_logging(
         Redact(),
     ]
     if fmt == "console":
+        processors.append(Printable())
         processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
     else:
         processors.append(structlog.processors.JSONRenderer())

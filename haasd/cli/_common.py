@@ -6,13 +6,13 @@ import argparse
 import os
 import signal
 import sys
-import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from haasd.client import HumanStatus
 from haasd.config import Config, load_config
+from haasd.text import printable
 
 __all__ = [
     "EXIT_CLOSED_OUTPUT",
@@ -40,25 +40,6 @@ EXIT_CLOSED_OUTPUT = 128 + signal.SIGPIPE
 
 #: a subcommand: parsed arguments and standard output to an exit code
 Handler = Callable[[argparse.Namespace, TextIO], int]
-
-
-#: the Unicode categories shown escaped: controls (ANSI escapes among them), surrogates,
-#: invisible format characters (bidi overrides), private use and unassigned code points
-_HIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Cf", "Co", "Cn"})
-
-
-def printable(text: object) -> str:
-    """``text`` safe for a terminal: every control or invisible character as an escape.
-
-    What haasd prints may come from the HaaS server (a scope, a last error) or a store
-    it wrote: an ANSI escape there must show up as ``\\x1b``, never clear the screen or
-    forge a line, and a lone surrogate as ``\\ud800``, never an encoding error.
-    Everything else, spaces and non-ASCII letters included, is left as it is.
-    """
-    return "".join(
-        ascii(ch)[1:-1] if unicodedata.category(ch) in _HIDDEN_CATEGORIES else ch
-        for ch in str(text)
-    )
 
 
 def say_error(message: object) -> None:
