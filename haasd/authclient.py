@@ -297,7 +297,9 @@ class AuthClient:
                     return parse(data)
                 except TokenResponseError as exc:
                     msg = f"the token endpoint answered {status}, but {exc}"
-                    raise TransientAuthError("malformed_response", msg, status=status) from exc
+                    error = TransientAuthError("malformed_response", msg, status=status)
+                    error.issued_refresh_token = exc.refresh_token
+                    raise error from exc
             msg = f"the token endpoint answered {status}, but {problem}"
             raise TransientAuthError("malformed_response", msg, status=status)
         raise self._error(status, answer.headers, data, hidden)

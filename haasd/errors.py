@@ -36,6 +36,11 @@ callers decide with ``except``/``match`` on a class, never on a message string::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from haasd.secret import Secret
+
 __all__ = [
     "AuthError",
     "ClientAuthError",
@@ -134,7 +139,15 @@ class TokenUnavailableError(HaasdError):
 
 
 class TokenResponseError(HaasdError):
-    """A token response does not have the shape the HaaS docs give."""
+    """A token response does not have the shape the HaaS docs give.
+
+    ``refresh_token``: a refresh token the broken answer did carry, well formed. The
+    server has rotated to it, so it must be kept although the rest cannot be used.
+    """
+
+    def __init__(self, message: str, *, refresh_token: Secret | None = None) -> None:
+        super().__init__(message)
+        self.refresh_token = refresh_token
 
 
 class AuthError(HaasdError):
@@ -169,6 +182,9 @@ class TransientAuthError(AuthError):
         #: (read timeout, reset, malformed 2xx, 502/504): retry promptly with the same
         #: refresh token. False when it did not act (connect failed, 429, 503, ...).
         self.sent = sent
+        #: a malformed 2xx that still carried a well-formed new refresh token: the server
+        #: rotated to it, so it replaces the one held (see :class:`TokenResponseError`)
+        self.issued_refresh_token: Secret | None = None
 
 
 class RateLimitedError(TransientAuthError):

@@ -156,6 +156,14 @@ class Policy:
     retry_after_cap: float = 3600.0
     #: the last try before an access token ends is this long before its expiry
     expiry_margin: float = 30.0
+    #: a token with less than this left is not served: it counts as expired
+    serve_margin: float = 2.0
+    #: at most one on-demand refresh per grant this often (:mod:`haasd.demand`)
+    on_demand_cooldown: float = 300.0
+    #: the part of the rate budget refreshes asked for on demand may use
+    on_demand_share: float = 0.25
+    #: an answer without ``expires_in`` (or with a broken one) is taken to live this long
+    default_lifetime: float = 3600.0
 
 
 def transition(state: State, answer: Answer) -> State:
@@ -185,10 +193,13 @@ class Serve(StrEnum):
     NEEDS_RECONSENT = "needs_reconsent"
 
 
-def serve_decision(state: State, access_expires_at: float, now: float, min_ttl: float) -> Serve:
-    """Every state serves a token that still has the time asked for (a refusal cut its
-    expiry to the moment of refusal); otherwise refresh, unless the grant is dead."""
-    if access_expires_at - now > min_ttl:
+def serve_decision(
+    state: State, access_expires_at: float, now: float, min_ttl: float, margin: float
+) -> Serve:
+    """Every state serves a token that still has the time asked for plus ``margin`` (a
+    refusal cut its expiry to the moment of refusal); otherwise refresh, unless the grant
+    is dead. A token with ``margin`` or less left counts as expired."""
+    if access_expires_at - now > min_ttl + margin:
         return Serve.SERVE
     if state is State.NEEDS_RECONSENT:
         return Serve.NEEDS_RECONSENT
@@ -368,12 +379,16 @@ def after_failure(
         return answer, replace(grant, intent=None), False
     failures = grant.consecutive_failures + 1
     retry_after = error.retry_after if isinstance(error, TransientAuthError) else None
+    # a broken 200 that still carried a new refresh token: the server rotated to it
+    issued = error.issued_refresh_token if isinstance(error, TransientAuthError) else None
     # a malformed 200 came from a server that may have rotated the token
-    lost = isinstance(error, TokenResponseError) or (
-        isinstance(error, TransientAuthError) and error.sent
+    lost = issued is None and (
+        isinstance(error, TokenResponseError)
+        or (isinstance(error, TransientAuthError) and error.sent)
     )
     failed = replace(
         grant,
+        refresh_token=issued or grant.refresh_token,
         consecutive_failures=failures,
         last_error=f"{getattr(error, 'error_type', 'error')}: {error}",
         next_refresh_at=failure_retry_at(

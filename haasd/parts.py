@@ -17,6 +17,9 @@ def policy_of(config: Config) -> Policy:
         refresh_token_lifetime=r.refresh_token_lifetime,
         reconsent_warning=r.reconsent_warning,
         refresh_idle=r.refresh_idle,
+        serve_margin=r.serve_margin,
+        on_demand_cooldown=r.on_demand_cooldown,
+        on_demand_share=r.on_demand_share,
     )
 
 

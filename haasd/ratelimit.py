@@ -136,6 +136,12 @@ class RateBudget:
 
     # --- spending ---------------------------------------------------------------------
 
+    def ready_in(self) -> float:
+        """Seconds until a request may go (0.0: now), spending nothing. Waiters already
+        queued in :meth:`acquire` go first, so this is a lower bound."""
+        now = self._clock.monotonic()
+        return max(0.0, self._ready_at(now) - now)
+
     def try_acquire(self) -> float:
         """0.0 and one request spent if a request may go now; else the seconds to wait."""
         now = self._clock.monotonic()

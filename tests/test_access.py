@@ -16,6 +16,7 @@ from haasd.server.access import (
     decide_for,
     default_rules,
     effective_rules,
+    excess_scopes,
     glob_covers_every_human,
     is_admin,
     may_see,
@@ -100,11 +101,28 @@ def test_an_unrestricted_rule_requires_only_what_is_asked() -> None:
     assert Decision(True, asked) == decide_for(matched, "usr_a", scopes=asked)
 
 
-def test_a_rule_with_scopes_requires_them_when_none_are_asked() -> None:
+def test_a_rule_with_scopes_serves_only_tokens_within_them() -> None:
+    """Least privilege: a status:read rule never hands out a token that can dispatch."""
     matched = rules_for([rule(uid=1001, scopes=("tasks:dispatch", "status:read"))], APP)
-    assert {"tasks:dispatch", "status:read"} == decide_for(matched, "usr_a").required
+    decision = decide_for(matched, "usr_a")
+    assert decision.allowed and decision.required == frozenset()
+    assert excess_scopes(decision, ("status:read",)) == frozenset()
+    assert excess_scopes(decision, ("tasks:dispatch", "status:read")) == frozenset()
+    assert excess_scopes(decision, ("status:read", "profile:read")) == {"profile:read"}
     asked = frozenset({"status:read"})
     assert asked == decide_for(matched, "usr_a", scopes=asked).required
+
+
+def test_the_widest_matching_rule_decides_what_a_token_may_carry() -> None:
+    rules = [
+        rule(uid=1001, humans=("usr_a",), scopes=("status:read",)),
+        rule(gid=2001, humans=("usr_a",), scopes=("status:read", "tasks:read")),
+    ]
+    decision = decide_for(rules_for(rules, APP), "usr_a")
+    assert excess_scopes(decision, ("status:read", "tasks:read")) == frozenset()
+    assert excess_scopes(decision, ("tasks:dispatch", "tasks:read")) == {"tasks:dispatch"}
+    unrestricted = decide_for(rules_for([*rules, rule(uid=1001)], APP), "usr_a")
+    assert excess_scopes(unrestricted, ("tasks:dispatch",)) == frozenset()
 
 
 def test_a_rule_with_scopes_refuses_others() -> None:

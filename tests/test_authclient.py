@@ -500,10 +500,9 @@ async def endless() -> AsyncIterator[bytes]:
         (httpx.Response(200, content=b"[" * 50_000 + b"]" * 50_000), "larger than"),
         (httpx.Response(200, content=b"[" * 30_000 + b"]" * 30_000), "not JSON"),
         (httpx.Response(200, json={**GRANT, "access_token": None}), "access_token is missing"),
-        (httpx.Response(200, json={**GRANT, "expires_in": "soon"}), "expires_in must be"),
         (
-            httpx.Response(200, json={**GRANT, "human_id": "usr_someone_else"}),
-            "but the refresh was for",
+            httpx.Response(200, json={**GRANT, "refresh_token": "new\nline"}),
+            "refresh_token is not a plausible token",
         ),
         (httpx.Response(200, json=[GRANT]), "not a JSON object"),
     ],
@@ -521,6 +520,28 @@ async def test_a_malformed_success_is_transient_and_counts_as_sent(
     assert Answer.TRANSIENT is classify(error)
     assert "<html" not in str(error) and "AAAA" not in str(error)
     assert error.__cause__ is None or isinstance(error.__cause__, TokenResponseError)
+
+
+async def test_a_broken_success_hands_over_the_refresh_token_it_carries() -> None:
+    """The server rotated: its new refresh token must be kept although the rest is bad."""
+    reply = httpx.Response(200, json={**GRANT, "access_token": ""})
+    async with client_for(Server(reply)) as client:
+        with pytest.raises(TransientAuthError) as caught:
+            await refresh(client)
+    issued = caught.value.issued_refresh_token
+    assert issued is not None and issued.reveal() == GRANT["refresh_token"]
+    assert GRANT["refresh_token"] not in str(caught.value)
+
+
+async def test_a_bad_field_beside_a_good_rotation_is_a_warning_not_a_failure() -> None:
+    reply = httpx.Response(200, json={**GRANT, "scope": "status:read \x1b[2J", "expires_in": "x"})
+    async with client_for(Server(reply)) as client:
+        answer = await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE)
+        assert client.stats.requests == {("refresh", "ok"): 1}
+    assert answer.refresh_token is not None
+    assert answer.refresh_token.reveal() == GRANT["refresh_token"]
+    assert len(answer.warnings) == 2
+    assert all("\x1b" not in w for w in answer.warnings)
 
 
 # --- nothing secret leaks -----------------------------------------------------------------

@@ -67,12 +67,12 @@ def test_a_month_of_clock() -> None:
 
 
 def test_serving_decisions() -> None:
-    assert serve_decision(State.ACTIVE, 3600, 0, 0) is Serve.SERVE
-    assert serve_decision(State.ACTIVE, 3600, 0, 3600) is Serve.REFRESH_FIRST
-    assert serve_decision(State.ACTIVE, 3600, 3600, 0) is Serve.REFRESH_FIRST
+    assert serve_decision(State.ACTIVE, 3600, 0, 0, 0) is Serve.SERVE
+    assert serve_decision(State.ACTIVE, 3600, 0, 3600, 0) is Serve.REFRESH_FIRST
+    assert serve_decision(State.ACTIVE, 3600, 3600, 0, 0) is Serve.REFRESH_FIRST
     # past the 30-day limit the access token is served until it ends
-    assert serve_decision(State.NEEDS_RECONSENT, 3600, 100, 0) is Serve.SERVE
-    assert serve_decision(State.NEEDS_RECONSENT, 3600, 3600, 0) is Serve.NEEDS_RECONSENT
+    assert serve_decision(State.NEEDS_RECONSENT, 3600, 100, 0, 0) is Serve.SERVE
+    assert serve_decision(State.NEEDS_RECONSENT, 3600, 3600, 0, 0) is Serve.NEEDS_RECONSENT
 
 
 def test_refresh_limit_is_absolute_unless_the_server_says() -> None:

@@ -192,8 +192,7 @@ def refresh_requests(h: Harness) -> list[TokenRequestRecord]:
     [
         # a malformed 200 may hide a rotation the server did: retried promptly, twice
         ("html", 3),
-        ("missing_access_token", 3),
-        ("bad_expires_in", 3),
+        ("truncated_json", 3),
         ("oversized", 3),
         # a redirect was never processed: plain backoff
         ("redirect", 1),
@@ -218,6 +217,53 @@ async def test_malformed_answers_leave_stored_tokens_untouched(
         grant = h.refresher.grant("usr_a")
         assert grant is not None and grant.access_token != before.access_token
         assert h.sim.validate_access_token(grant.access_token.reveal()) == "usr_a"
+
+
+async def test_a_broken_answer_that_carries_a_rotation_keeps_it(tmp_path: Path) -> None:
+    """No access token, but a new refresh token: the server rotated, so the new refresh
+    token is written at once (not retried with the spent one) and the next refresh uses it."""
+    options = {"rotate_refresh_tokens": True, "reuse_grace": 0.0}
+    async with running(tmp_path, sim_options=options) as h:
+        await h.consent("usr_a")
+        before = await h.store.get_grant("usr_a")
+        h.sim.malformed_next(1, kind="missing_access_token", after_processing=True)
+        await advance_until(h, lambda: len(refresh_requests(h)) == 1)
+        await h.clock.advance(0.2)
+        after = await h.store.get_grant("usr_a")
+        assert after.refresh_token != before.refresh_token  # the issued one, kept
+        assert after.access_token == before.access_token  # still the old, valid one
+        assert after.consecutive_failures == 1 and after.intent is None
+        await h.clock.advance(600)
+        grant = h.refresher.grant("usr_a")
+        assert grant is not None and grant.state is State.ACTIVE
+        assert grant.access_token != before.access_token
+        assert h.sim.validate_access_token(grant.access_token.reveal()) == "usr_a"
+        assert "grant.needs_reconsent" not in [t for t, _ in h.drain()]
+
+
+@pytest.mark.parametrize(
+    ("kind", "change"),
+    [("bad_expires_in", "expires_in"), ("wrong_token_type", "token_type")],
+)
+async def test_a_bad_field_beside_a_rotation_is_refused_and_the_rotation_kept(
+    tmp_path: Path, kind: MalformedKind, change: str
+) -> None:
+    options = {"rotate_refresh_tokens": True, "reuse_grace": 0.0}
+    async with running(tmp_path, sim_options=options) as h:
+        await h.consent("usr_a")
+        before = await h.store.get_grant("usr_a")
+        h.sim.malformed_next(1, kind=kind, after_processing=True)
+        with capture_logs() as logs:
+            await advance_until(h, lambda: len(refresh_requests(h)) == 1)
+            await h.clock.advance(0.2)
+        refused = [e for e in logs if e["event"] == "refresh answer: a field was refused"]
+        assert len(refused) == 1 and change in refused[0]["problem"]
+        after = await h.store.get_grant("usr_a")
+        assert after.refresh_token != before.refresh_token
+        assert h.sim.validate_access_token(after.access_token.reveal()) == "usr_a"
+        assert after.consecutive_failures == 0 and after.last_error is None
+        # one hour, as the policy's default lifetime says, when expires_in was bad
+        assert after.access_expires_at - (after.last_refresh_at or 0) == 3600
 
 
 async def test_lost_answer_is_retried_promptly_within_the_grace_window(tmp_path: Path) -> None:

@@ -117,11 +117,13 @@ class FakeService:
         self._grants[human_id] = outcome
         return outcome
 
-    async def ensure_fresh(self, human_id: str, min_ttl: float) -> Grant:
+    async def ensure_fresh(
+        self, human_id: str, min_ttl: float, *, wait: float, peer: int | None
+    ) -> Grant:
         self.ensured.append((human_id, min_ttl))
         return await self._outcome(human_id)
 
-    async def refresh_now(self, human_id: str) -> Grant:
+    async def refresh_now(self, human_id: str, *, wait: float, peer: int | None) -> Grant:
         self.refreshed.append(human_id)
         return await self._outcome(human_id)
 
@@ -473,15 +475,30 @@ async def test_rules_grant_only_the_humans_their_globs_match() -> None:
     assert status.status == 403
 
 
-async def test_a_rule_with_scopes_needs_a_grant_holding_them() -> None:
+async def test_a_rule_with_scopes_serves_no_token_that_can_do_more() -> None:
+    """Least privilege: a status:read peer never gets a token that can dispatch tasks."""
     service = FakeService([make_grant(), make_grant("usr_reader_1", scope=("status:read",))])
-    async with serving(service, [rule(scopes=("tasks:dispatch",))]) as s:
-        dispatcher = await get(s.path, f"/v1/tokens/{MARIA}")
+    async with serving(service, [rule(scopes=("status:read",))]) as s:
         reader = await get(s.path, "/v1/tokens/usr_reader_1")
-        beyond = await get(s.path, f"/v1/tokens/{MARIA}?scope=status:read")
-    assert dispatcher.status == 200
-    assert (reader.status, reader.error_type) == (403, "insufficient_scope")
+        wider = await get(s.path, f"/v1/tokens/{MARIA}")
+        beyond = await get(s.path, "/v1/tokens/usr_reader_1?scope=tasks:dispatch")
+        missing = await get(s.path, "/v1/tokens/usr_reader_1?scope=status:read")
+    assert reader.status == 200 and reader.json()["scope"] == "status:read"
+    assert (wider.status, wider.error_type) == (403, "insufficient_scope")
+    assert wider.json()["error"]["scopes"] == ["tasks:dispatch"]
+    assert "consent for fewer scopes" in wider.json()["error"]["message"]
+    assert "access_token" not in wider.json()
     assert (beyond.status, beyond.error_type) == (403, "forbidden")
+    assert missing.status == 200
+
+
+async def test_a_rule_with_scopes_needs_a_grant_holding_what_is_asked() -> None:
+    service = FakeService([make_grant("usr_reader_1", scope=("status:read",))])
+    async with serving(service, [rule(scopes=("tasks:dispatch", "status:read"))]) as s:
+        plain = await get(s.path, "/v1/tokens/usr_reader_1")
+        asked = await get(s.path, "/v1/tokens/usr_reader_1?scope=tasks:dispatch")
+    assert plain.status == 200
+    assert (asked.status, asked.error_type) == (403, "insufficient_scope")
 
 
 async def test_new_rules_apply_to_open_connections() -> None:

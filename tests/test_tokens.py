@@ -69,8 +69,63 @@ def test_malformed_answers_are_refused_without_echoing_tokens(
     assert "haas_at_" not in str(info.value) and "haas_rt_" not in str(info.value)
 
 
-def test_answer_for_another_human_is_refused() -> None:
-    with pytest.raises(TokenResponseError, match="for human 'usr_maria_42'"):
-        parse_token_response(SEED_ANSWER, human_id="usr_bob_1")
+def test_an_answer_that_is_no_object_is_refused() -> None:
     with pytest.raises(TokenResponseError, match="not a JSON object"):
         parse_token_response(["not", "an", "object"])
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "kept"),
+    [
+        ({"scope": "status:read \ud800"}, "scope", ("tasks:dispatch",)),
+        ({"scope": "status:read \x1b[2J"}, "scope", ("tasks:dispatch",)),
+        ({"scope": 'status:read "quoted"'}, "scope", ("tasks:dispatch",)),
+        ({"scope": ["status:read"]}, "scope", ("tasks:dispatch",)),
+        ({"expires_in": "3600"}, "expires_in", 1800),
+        ({"expires_in": -5}, "expires_in", 1800),
+        ({"expires_in": 10**12}, "expires_in", 1800),
+        ({"token_type": "mac"}, "token_type", "bearer"),
+        ({"human_id": "usr_bob_1"}, "human_id", "usr_maria_42"),
+        ({"refresh_token_expires_in": "soon"}, "refresh_token_expires_in", None),
+    ],
+)
+def test_a_refresh_answer_keeps_its_rotation_whatever_else_is_wrong(
+    change: dict[str, Any], field: str, kept: object
+) -> None:
+    """The server spent the old refresh token: a bad field beside the new one is refused
+    with an escaped warning, never by dropping the tokens."""
+    answer = parse_token_response(
+        {**SEED_ANSWER, **change},
+        human_id="usr_maria_42",
+        scope=("tasks:dispatch",),
+        default_lifetime=1800,
+    )
+    assert answer.refresh_token is not None
+    assert answer.refresh_token.reveal() == "haas_rt_Xm9pQw4zRtY2"
+    assert answer.access_token.reveal() == "haas_at_Kj7mNq2xPvL8"
+    assert len(answer.warnings) == 1 and field in answer.warnings[0]
+    warning = answer.warnings[0]
+    assert warning.isascii() and warning.isprintable()  # escaped: no ESC, no surrogate
+    assert "haas_at_" not in warning and "haas_rt_" not in warning
+    values = {
+        "scope": answer.scope,
+        "expires_in": answer.expires_in,
+        "token_type": "bearer",
+        "human_id": answer.human_id,
+        "refresh_token_expires_in": answer.refresh_token_expires_in,
+    }
+    assert values[field] == kept
+
+
+def test_a_refresh_answer_with_a_bad_access_token_still_hands_over_its_refresh_token() -> None:
+    with pytest.raises(TokenResponseError, match="access_token") as info:
+        parse_token_response(
+            {**SEED_ANSWER, "access_token": "bad token\n"}, human_id="usr_maria_42"
+        )
+    assert info.value.refresh_token is not None
+    assert info.value.refresh_token.reveal() == "haas_rt_Xm9pQw4zRtY2"
+
+
+def test_a_first_grant_must_be_right_in_every_field() -> None:
+    with pytest.raises(TokenResponseError, match="malformed scope token"):
+        parse_token_response({**SEED_ANSWER, "scope": "status:read \ud800"})

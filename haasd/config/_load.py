@@ -179,6 +179,9 @@ def _build(
         ),
         reconsent_warning=values.get("refresh.reconsent_warning", defaults.reconsent_warning),
         refresh_idle=values.get("refresh.refresh_idle", defaults.refresh_idle),
+        serve_margin=values.get("refresh.serve_margin", defaults.serve_margin),
+        on_demand_cooldown=values.get("refresh.on_demand_cooldown", defaults.on_demand_cooldown),
+        on_demand_share=values.get("refresh.on_demand_share", defaults.on_demand_share),
     )
     if refresh.reconsent_warning >= refresh.refresh_token_lifetime:
         raise where.error(

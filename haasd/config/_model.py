@@ -56,6 +56,9 @@ class RefreshConfig:
     refresh_token_lifetime: float = 30 * 86400.0
     reconsent_warning: float = 7 * 86400.0
     refresh_idle: float = 86400.0
+    serve_margin: float = 2.0
+    on_demand_cooldown: float = 300.0
+    on_demand_share: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)

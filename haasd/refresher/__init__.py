@@ -25,7 +25,7 @@ workers).
 """
 
 from haasd.refresher._core import RISK_CHECK_EVERY, STARTUP_SPREAD, Checkpoint
-from haasd.refresher._engine import MAX_SLEEP, Refresher
+from haasd.refresher._engine import MAX_SLEEP, SERVED_FLUSH_EVERY, Refresher
 from haasd.refresher._flight import LOST_ANSWER_DELAY, LOST_ANSWER_RETRIES
 from haasd.refresher._stats import LATENCY_BUCKETS, RefresherStats
 
@@ -35,6 +35,7 @@ __all__ = [
     "LOST_ANSWER_RETRIES",
     "MAX_SLEEP",
     "RISK_CHECK_EVERY",
+    "SERVED_FLUSH_EVERY",
     "STARTUP_SPREAD",
     "Checkpoint",
     "Refresher",

@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, rfc3339
+from haasd.demand import OnDemand
 from haasd.errors import HaasdError
 from haasd.events import Event, EventBus
 from haasd.grants import Grant, Policy, State, after_clock
@@ -76,6 +77,12 @@ class _Core:
         self._last_served: dict[str, float] = {}
         self._risk_checked_at = float("-inf")  # newer than the grants' last_served_at
         self._interrupted: set[str] = set()  # humans whose last answer may have been lost
+        #: refreshes asked for outside the schedule: cooldowns, the share, refusals
+        self.demand = OnDemand()
+        #: humans whose handling met an unexpected error, and what it was (for health)
+        self._faults: dict[str, str] = {}
+        #: the access-token lifetime the server last granted, any grant (seconds)
+        self._lifetime: float | None = None
         self._wakeup = anyio.Event()
         self._ready_event = anyio.Event()
         self._tg: TaskGroup | None = None

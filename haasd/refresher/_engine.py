@@ -10,14 +10,26 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from haasd.errors import NeedsReconsentError, TokenUnavailableError, UnknownHumanError
+from haasd.demand import DEFAULT_WAIT, MAX_WAIT, Refusal, RefusalReason, impossible_min_ttl
+from haasd.errors import (
+    NeedsReconsentError,
+    StoreError,
+    TokenUnavailableError,
+    UnknownHumanError,
+)
 from haasd.grants import Grant, Serve, State, after_clock, serve_decision, state_at
+from haasd.refresher._core import _Flight
 from haasd.refresher._flight import _Flights
 
 _log = structlog.get_logger("haasd.refresher")
 
 #: the longest the scheduler sleeps without looking again (wall-clock steps, reloads)
 MAX_SLEEP: Final = 600.0
+#: how often the times tokens were served are written (real seconds): a crash loses
+#: at most this much of them
+SERVED_FLUSH_EVERY: Final = 5.0
+#: peers (and faulty grants) named in one health reason at most
+_PEERS_SHOWN: Final = 3
 
 
 class Refresher(_Flights):
@@ -31,52 +43,95 @@ class Refresher(_Flights):
     def grants(self) -> Iterable[Grant]:
         return self._grants.values()
 
-    async def ensure_fresh(self, human_id: str, min_ttl: float = 0.0) -> Grant:
-        """A grant whose access token has more than ``min_ttl`` seconds left.
+    async def ensure_fresh(
+        self,
+        human_id: str,
+        min_ttl: float = 0.0,
+        *,
+        wait: float = DEFAULT_WAIT,
+        peer: int | None = None,
+    ) -> Grant:
+        """A grant whose access token has more than ``min_ttl`` seconds left (plus the
+        policy's ``serve_margin``).
 
-        Refreshes now if needed — sharing any refresh already in flight — and raises
-        :class:`UnknownHumanError`, :class:`NeedsReconsentError` or
-        :class:`TokenUnavailableError` (with ``retry_after``) when there is none to be had.
+        Refreshes now if needed — sharing any refresh already in flight — but waits at
+        most ``wait`` seconds, and refuses at once a refresh that cannot finish in time
+        (rate budget, Retry-After, backoff) or that ``peer`` may not ask for now
+        (:mod:`haasd.demand`). Raises :class:`UnknownHumanError`,
+        :class:`NeedsReconsentError` or :class:`TokenUnavailableError` (with
+        ``retry_after``) when there is none to be had.
         """
-        attempted = False
-        while True:
-            grant = self._grants.get(human_id)
-            if grant is None:
-                raise UnknownHumanError(human_id)
-            now = self.clock.time()
-            state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
-            decision = serve_decision(state, grant.access_expires_at, now, min_ttl)
-            if decision is Serve.SERVE:
-                self._served(grant, now)
-                return grant
-            if decision is Serve.NEEDS_RECONSENT:
-                raise NeedsReconsentError(human_id, grant.last_error)
-            if attempted:
-                reason = grant.last_error or (
-                    f"the server grants tokens of {grant.access_expires_at - now:.0f}s, "
-                    f"less than the {min_ttl:.0f}s asked for"
-                )
-                raise TokenUnavailableError(human_id, reason, self._retry_after(grant, now))
-            self._refuse_if_backing_off(grant, now)
-            await self._fly(human_id).done.wait()
-            attempted = True
+        grant = self._current(human_id)
+        now = self.clock.time()
+        decision = self._serve(grant, now, min_ttl)
+        if decision is Serve.SERVE:
+            self._served(grant, now)
+            return grant
+        if decision is Serve.NEEDS_RECONSENT:
+            raise NeedsReconsentError(human_id, grant.last_error)
+        flight = self._flights.get(human_id)
+        if flight is None:
+            self._admit(grant, now, min_ttl, wait, peer)
+            flight = self._fly(human_id)
+        await self._await_flight(flight, human_id, wait)
+        grant = self._current(human_id)
+        now = self.clock.time()
+        decision = self._serve(grant, now, min_ttl)
+        if decision is Serve.SERVE:
+            self._served(grant, now)
+            return grant
+        if decision is Serve.NEEDS_RECONSENT:
+            raise NeedsReconsentError(human_id, grant.last_error)
+        reason = grant.last_error or (
+            f"the server grants tokens of {grant.access_expires_at - now:.0f}s, "
+            f"less than the {min_ttl:.0f}s asked for"
+        )
+        raise TokenUnavailableError(human_id, reason, self._retry_after(grant, now))
 
-    async def refresh_now(self, human_id: str) -> Grant:
-        """Refresh now, whatever the schedule says (admin). Raises what the attempt met."""
-        grant = self._grants.get(human_id)
-        if grant is None:
-            raise UnknownHumanError(human_id)
+    async def refresh_now(
+        self, human_id: str, *, wait: float = MAX_WAIT, peer: int | None = None
+    ) -> Grant:
+        """Refresh now, whatever the schedule says (admin), within the on-demand limits.
+
+        Waits at most ``wait`` seconds (the refresh goes on after that); raises what the
+        attempt met, or :class:`TokenUnavailableError` when it cannot go now.
+        """
+        grant = self._current(human_id)
         now = self.clock.time()
         if (
             state_at(grant.state, grant.refresh_expires_at, now, self.policy)
             is State.NEEDS_RECONSENT
         ):
             raise NeedsReconsentError(human_id, grant.last_error)
-        flight = self._fly(human_id, force=True)
-        await flight.done.wait()
+        flight = self._flights.get(human_id)
+        if flight is None:
+            self._refuse_unless_budget(grant, wait)
+            self._refuse_on_demand(grant, peer)
+            flight = self._fly(human_id, force=True)
+        await self._await_flight(flight, human_id, wait)
         if flight.error is not None:
             raise flight.error
-        return self._grants[human_id]
+        return self._current(human_id)
+
+    def _current(self, human_id: str) -> Grant:
+        grant = self._grants.get(human_id)
+        if grant is None:
+            raise UnknownHumanError(human_id)
+        return grant
+
+    def _serve(self, grant: Grant, now: float, min_ttl: float) -> Serve:
+        state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
+        return serve_decision(
+            state, grant.access_expires_at, now, min_ttl, self.policy.serve_margin
+        )
+
+    async def _await_flight(self, flight: _Flight, human_id: str, wait: float) -> None:
+        with anyio.move_on_after(wait):
+            await flight.done.wait()
+            return
+        raise TokenUnavailableError(
+            human_id, f"the refresh is still under way after {wait:g}s; ask again shortly", 1.0
+        )
 
     async def add(self, grant: Grant) -> None:
         """Store a new or replaced grant (a consent) and schedule it."""
@@ -103,6 +158,17 @@ class Refresher(_Flights):
         at_risk = self.at_risk()
         if at_risk:
             reasons.append(f"{at_risk} grant(s) may expire before the rate budget reaches them")
+        monotonic = self.clock.monotonic()
+        for peer, reason, count in self.demand.refused_peers(monotonic)[:_PEERS_SHOWN]:
+            who = "an unknown peer" if peer is None else f"peer uid {peer}"
+            reasons.append(
+                f"on-demand refreshes refused for {who}: {count} in the last minute "
+                f"(last: {reason.value})"
+            )
+        if self._faults:
+            first = sorted(self._faults.items())[:_PEERS_SHOWN]
+            shown = ", ".join(f"{human} ({what})" for human, what in first)
+            reasons.append(f"{len(self._faults)} grant(s) met an internal error: {shown}")
         blocked = self.budget.blocked_until
         return {
             "status": "degraded" if reasons else "ok",
@@ -111,9 +177,7 @@ class Refresher(_Flights):
             "refresh_backlog": self.backlog,
             "in_flight": len(self._flights),
             "rate_budget_remaining": self.budget.remaining,
-            "rate_blocked_for": None
-            if blocked is None
-            else max(0.0, blocked - self.clock.monotonic()),
+            "rate_blocked_for": None if blocked is None else max(0.0, blocked - monotonic),
         }
 
     # --- served, or refused while backing off -------------------------------------------
@@ -132,20 +196,85 @@ class Refresher(_Flights):
         if was_idle:
             self._place(grant, now)
 
-    def _refuse_if_backing_off(self, grant: Grant, now: float) -> None:
+    # --- whether a refresh asked for may go now ------------------------------------------
+
+    def _admit(
+        self, grant: Grant, now: float, min_ttl: float, wait: float, peer: int | None
+    ) -> None:
+        """Raise :class:`TokenUnavailableError` unless a refresh for this request may
+        start now and can finish within ``wait``."""
+        human_id = grant.human_id
         if self.stats.client_fault is not None:
-            raise TokenUnavailableError(grant.human_id, self.stats.client_fault, 60.0)
-        blocked = self.budget.blocked_until
-        if blocked is not None and blocked > self.clock.monotonic():
-            wait = blocked - self.clock.monotonic()
-            raise TokenUnavailableError(
-                grant.human_id, "the HaaS rate limit asks haasd to wait", wait
+            raise TokenUnavailableError(human_id, self.stats.client_fault, 60.0)
+        lifetime = self._lifetime_of(grant)
+        if impossible_min_ttl(min_ttl, lifetime, self.policy.serve_margin):
+            assert lifetime is not None  # noqa: S101 - impossible_min_ttl says so
+            most = max(0, int(lifetime - self.policy.serve_margin) - 1)
+            refusal = Refusal(
+                RefusalReason.IMPOSSIBLE,
+                f"the server grants tokens of {lifetime:.0f}s, so no token can have "
+                f"{min_ttl:.0f}s left; ask for a min_ttl of at most {most}",
+                self.policy.on_demand_cooldown,
+            )
+            raise self._refused(
+                grant, self.demand.refuse(peer, self.clock.monotonic(), refusal), peer
             )
         retry_at = grant.next_refresh_at or 0.0
-        backing_off = grant.consecutive_failures > 0 and retry_at > now
-        if backing_off and grant.human_id not in self._flights:
-            reason = grant.last_error or "refresh failing"
-            raise TokenUnavailableError(grant.human_id, reason, retry_at - now)
+        if grant.consecutive_failures > 0 and retry_at > now:
+            raise TokenUnavailableError(
+                human_id, grant.last_error or "refresh failing", retry_at - now
+            )
+        self._refuse_unless_budget(grant, wait)
+        if not self._due_anyway(grant, now):
+            self._refuse_on_demand(grant, peer)
+
+    def _refuse_unless_budget(self, grant: Grant, wait: float) -> None:
+        """No refresh is started that the rate budget would hold back beyond ``wait``."""
+        ready_in = self.budget.ready_in()
+        if ready_in > wait:
+            reason = (
+                "HaaS asked haasd to wait (Retry-After or its rate limit)"
+                if self.budget.blocked_until is not None
+                else "the plan's rate budget is spent for the moment"
+            )
+            raise TokenUnavailableError(grant.human_id, reason, ready_in)
+
+    def _refuse_on_demand(self, grant: Grant, peer: int | None) -> None:
+        refusal = self.demand.admit(
+            grant.human_id,
+            peer,
+            self.clock.monotonic(),
+            capacity=self.budget.capacity,
+            share=self.policy.on_demand_share,
+            cooldown=self.policy.on_demand_cooldown,
+        )
+        if refusal is not None:
+            raise self._refused(grant, refusal, peer)
+
+    def _refused(self, grant: Grant, refusal: Refusal, peer: int | None) -> TokenUnavailableError:
+        count = self.demand.refusals_of(peer, self.clock.monotonic())
+        if _milestone(count):  # the first, the 10th, the 100th, ...: a flood is a few lines
+            _log.warning(
+                "on-demand refreshes refused for a peer",
+                peer_uid=peer,
+                count=count,
+                human_id=grant.human_id,
+                reason=refusal.reason.value,
+                detail=refusal.message,
+            )
+        return TokenUnavailableError(grant.human_id, refusal.message, refusal.retry_after)
+
+    def _due_anyway(self, grant: Grant, now: float) -> bool:
+        """Would the schedule refresh this grant now anyway (so asking costs nothing)?"""
+        due = grant.next_refresh_at
+        return due is not None and due <= now and not self._idle(grant, now)
+
+    def _lifetime_of(self, grant: Grant) -> float | None:
+        """The access-token lifetime the server last granted this grant (or any)."""
+        issued = grant.last_refresh_at
+        if issued is not None and grant.access_expires_at > issued:
+            return grant.access_expires_at - issued
+        return self._lifetime
 
     def _retry_after(self, grant: Grant, now: float) -> float:
         if grant.next_refresh_at is not None and grant.next_refresh_at > now:
@@ -161,8 +290,20 @@ class Refresher(_Flights):
             self._tg = tg
             for _ in range(self._workers):
                 tg.start_soon(self._worker)
+            tg.start_soon(self._flush_served_loop)
             task_status.started()
             await self._schedule_loop()
+
+    async def _flush_served_loop(self) -> None:
+        """Write the times tokens were served every few seconds (and the store writes
+        the rest at close), so a crash makes no grant look dormant that was not."""
+        while True:
+            await anyio.sleep(SERVED_FLUSH_EVERY)
+            try:
+                with anyio.CancelScope(shield=True), self._activity.busy():
+                    await self.store.flush_served()
+            except StoreError as exc:  # kept in memory; the next flush tries again
+                _log.warning("cannot write the served times yet", error=str(exc))
 
     async def _load(self) -> None:
         with self._activity.busy():
@@ -232,6 +373,13 @@ class Refresher(_Flights):
             tg.cancel_scope.cancel()
 
     async def _due(self, human_id: str, now: float) -> None:
+        try:
+            await self._due_unguarded(human_id, now)
+        except Exception as exc:  # a defect or the disk: this grant waits, the loop goes on
+            self._fault(human_id, "scheduling", exc)
+            self._schedule.place(human_id, now + self.policy.backoff_base)
+
+    async def _due_unguarded(self, human_id: str, now: float) -> None:
         grant = await self._apply_clock(human_id, now)
         if grant is None:
             return
@@ -254,3 +402,10 @@ class Refresher(_Flights):
                     self._place(grant, self.clock.time())
                 continue
             await self._fly(human_id).done.wait()
+
+
+def _milestone(count: int) -> bool:
+    """1, 10, 100, 1000, ...: when a growing count is worth a log line."""
+    while count >= 10 and count % 10 == 0:
+        count //= 10
+    return count == 1

@@ -24,6 +24,7 @@ from haasd.errors import (
     NeedsReconsentError,
     RequestRejectedError,
     StoreError,
+    TokenUnavailableError,
     TransientAuthError,
     UnknownHumanError,
 )
@@ -72,19 +73,37 @@ class _Flights(_Core):
             _log.error(
                 "cannot write the store; refresh postponed", human_id=human_id, error=str(exc)
             )
-            grant = self._grants.get(human_id)
-            if grant is not None:
-                now = self.clock.time()
-                retry = failure_retry_at(
-                    now, 3, grant.access_expires_at, None, self.policy, self._rng
-                )
-                self._grants[human_id] = replace(grant, next_refresh_at=retry)
-                self._place(self._grants[human_id], now)
+            self._postpone(human_id)
+        except Exception as exc:  # a defect: it costs this grant a retry, never the engine
+            flight.error = self._fault(human_id, "refresh", exc)
+            self._interrupted.add(human_id)  # the answer may have come and been lost
+            self._postpone(human_id)
         else:
             self.stats.store_error = None
         finally:
             del self._flights[human_id]
             flight.done.set()
+
+    def _postpone(self, human_id: str) -> None:
+        """Try this grant again later, as after a few failures in a row."""
+        grant = self._grants.get(human_id)
+        if grant is not None:
+            now = self.clock.time()
+            retry = failure_retry_at(now, 3, grant.access_expires_at, None, self.policy, self._rng)
+            self._grants[human_id] = replace(grant, next_refresh_at=retry)
+            self._place(self._grants[human_id], now)
+
+    def _fault(self, human_id: str, doing: str, exc: Exception) -> HaasdError:
+        """Record an unexpected error met while ``doing`` something for one grant."""
+        what = f"{type(exc).__name__} during {doing}"
+        self._faults[human_id] = what
+        _log.error(
+            "unexpected error handling a grant; it is retried later, the others go on",
+            human_id=human_id,
+            error=what,
+            exc_info=exc,
+        )
+        return TokenUnavailableError(human_id, f"haasd met an internal error ({what})", 30.0)
 
     async def _refresh(self, human_id: str, *, force: bool) -> HaasdError | None:
         grant = await self._apply_clock(human_id, self.clock.time())
@@ -111,7 +130,7 @@ class _Flights(_Core):
                 )
             except TransientAuthError as exc:
                 self.stats.observe_latency(time.perf_counter() - started)
-                if exc.sent and lost < LOST_ANSWER_RETRIES:
+                if exc.sent and exc.issued_refresh_token is None and lost < LOST_ANSWER_RETRIES:
                     lost += 1  # the server may have rotated: retry with the same token, promptly
                     interrupted = True
                     await self.clock.sleep(LOST_ANSWER_DELAY)
@@ -152,6 +171,12 @@ class _Flights(_Core):
         new = after_refresh(grant, answer, now, self.policy, self._rng)
         if not await self._write_outcome(grant, new):
             return
+        for problem in answer.warnings:  # after the write: the rotation is kept first
+            _log.warning(
+                "refresh answer: a field was refused", human_id=new.human_id, problem=problem
+            )
+        self._lifetime = float(answer.expires_in)
+        self._faults.pop(grant.human_id, None)
         self._interrupted.discard(grant.human_id)
         if self.stats.client_fault is not None:
             _log.info("refreshing resumed: the server accepted our client credentials")

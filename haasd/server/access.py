@@ -12,8 +12,9 @@ Rules, as ``config.example.toml`` documents them:
 * Without any rule at all, uid 0 and the daemon's own uid match an implicit admin rule for
   every human.
 * A rule grants the humans its globs match (``fnmatch``, case-sensitive). With ``scopes``
-  it grants only requests for scopes among them, and only grants holding what is asked
-  (all of the rule's scopes when the request names none).
+  it grants only requests for scopes among them, and only tokens that carry no scope
+  beyond them (least privilege: a ``status:read`` rule never hands out a token that can
+  dispatch tasks; a narrower token needs a consent for fewer scopes).
 * ``admin`` rules may list and manage the humans they match, and read ``/metrics``.
   Several rules may match one peer; a request is allowed when any of them allows it.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "decide_for",
     "default_rules",
     "effective_rules",
+    "excess_scopes",
     "glob_covers_every_human",
     "human_matches",
     "is_admin",
@@ -60,9 +62,12 @@ class Decision:
     """The answer to "may this peer have this?"; ``reason`` says why not, for the audit."""
 
     allowed: bool
-    #: scopes the grant must hold for the request to be served
+    #: scopes the grant must hold for the request to be served (those asked for)
     required: frozenset[str] = frozenset()
     reason: str = ""
+    #: the scope sets of the rules that allow it (None: any scope); a token is served
+    #: only when every scope it carries lies within one of them (:func:`excess_scopes`)
+    ceilings: tuple[frozenset[str] | None, ...] = (None,)
 
 
 _EVERYONE: Final = ("*",)
@@ -114,10 +119,14 @@ def decide_for(
     need_admin: bool = False,
     scopes: frozenset[str] = frozenset(),
 ) -> Decision:
-    """Decide for a peer whose matching rules are ``matched`` (see :func:`rules_for`)."""
+    """Decide for a peer whose matching rules are ``matched`` (see :func:`rules_for`).
+
+    ``scopes`` are the scopes asked for: each must be within a rule's ``scopes``. The
+    token served must then also carry no scope beyond that rule's (:func:`excess_scopes`).
+    """
     if not matched:
         return Decision(False, reason=_NO_RULE)
-    best: frozenset[str] | None = None
+    ceilings: list[frozenset[str] | None] = []
     reason = f"no [[access]] rule for this peer covers human {human_id!r}"
     for rule in matched:
         if not human_matches(rule, human_id):
@@ -125,19 +134,32 @@ def decide_for(
         if need_admin and not rule.admin:
             reason = f"an admin rule is needed for human {human_id!r}"
             continue
-        required = scopes
-        if rule.scopes is not None:
-            allowed = frozenset(rule.scopes)
-            if not scopes <= allowed:
-                extra = " ".join(sorted(scopes - allowed))
-                reason = f"the [[access]] rules do not allow scope {extra!r} for this peer"
-                continue
-            required = scopes or allowed
-        if best is None or len(required) < len(best):
-            best = required
-    if best is None:
+        ceiling = None if rule.scopes is None else frozenset(rule.scopes)
+        if ceiling is not None and not scopes <= ceiling:
+            extra = " ".join(sorted(scopes - ceiling))
+            reason = f"the [[access]] rules do not allow scope {extra!r} for this peer"
+            continue
+        ceilings.append(ceiling)
+    if not ceilings:
         return Decision(False, reason=reason)
-    return Decision(True, best)
+    if None in ceilings:
+        return Decision(True, scopes)
+    return Decision(True, scopes, ceilings=tuple(dict.fromkeys(ceilings)))
+
+
+def excess_scopes(decision: Decision, carried: Iterable[str]) -> frozenset[str]:
+    """The scopes a token carrying ``carried`` has beyond every rule that allowed the
+    request — empty when one rule covers them all (least privilege: a peer gets no
+    token that can do more than its rule says)."""
+    held = frozenset(carried)
+    best: frozenset[str] | None = None
+    for ceiling in decision.ceilings:
+        if ceiling is None:
+            return frozenset()
+        extra = held - ceiling
+        if best is None or len(extra) < len(best):
+            best = extra
+    return best or frozenset()
 
 
 def decide(

@@ -29,20 +29,27 @@ from urllib.parse import parse_qsl
 
 from haasd.clock import rfc3339
 from haasd.crypto import fingerprint
+from haasd.demand import DEFAULT_WAIT, MAX_WAIT
 from haasd.grants import Grant
 from haasd.secret import Secret
+from haasd.server.access import Decision, excess_scopes
 from haasd.server.http import error_body, json_response
 
 __all__ = [
     "NO_SCOPES",
+    "PLAIN",
     "AuditLedger",
     "Problem",
     "TokenBody",
+    "TokenQuery",
+    "check_ceiling",
     "check_method",
     "check_scope",
     "invalid",
     "parse_human_id",
+    "parse_query",
     "parse_token_query",
+    "parse_wait",
     "reconsent",
     "unavailable",
     "unknown",
@@ -127,6 +134,22 @@ def check_scope(grant: Grant, required: frozenset[str]) -> None:
         )
 
 
+def check_ceiling(grant: Grant, decision: Decision) -> None:
+    """403 ``insufficient_scope`` when the grant's token carries a scope beyond every rule
+    that allowed the request (least privilege, :func:`~haasd.server.access.excess_scopes`)."""
+    extra = excess_scopes(decision, grant.scope)
+    if extra:
+        names = " ".join(sorted(extra))
+        raise Problem(
+            403,
+            "insufficient_scope",
+            f"this human's token carries scope {names!r}, beyond what this peer's [[access]] "
+            "rule allows; a narrower token needs a consent for fewer scopes",
+            outcome="insufficient_scope",
+            scopes=sorted(extra),
+        )
+
+
 def parse_human_id(raw: bytes, pattern: re.Pattern[str]) -> str:
     """The human id in a path segment; 400 unless ``pattern`` matches all of it."""
     try:
@@ -138,20 +161,58 @@ def parse_human_id(raw: bytes, pattern: re.Pattern[str]) -> str:
     return text
 
 
-def parse_token_query(query: bytes, max_min_ttl: int) -> tuple[int, frozenset[str]]:
-    """``min_ttl`` and ``scope`` from a query string; 400 for anything else."""
+@dataclass(frozen=True, slots=True)
+class TokenQuery:
+    """What a token request asks for beyond the human."""
+
+    #: seconds the token must have left
+    min_ttl: int = 0
+    #: scopes the token must carry
+    scopes: frozenset[str] = NO_SCOPES
+    #: seconds to wait for a refresh, at most :data:`MAX_WAIT`
+    wait: float = DEFAULT_WAIT
+
+
+#: a token request that asks for nothing in particular
+PLAIN: Final = TokenQuery()
+
+
+def parse_wait(value: str) -> float:
+    """The ``wait`` parameter: seconds, capped at :data:`MAX_WAIT`; 400 if not a number."""
+    try:
+        wait = float(value)
+    except ValueError:
+        raise invalid("wait must be a number of seconds >= 0") from None
+    if not wait >= 0:  # also NaN
+        raise invalid("wait must be a number of seconds >= 0")
+    return min(wait, MAX_WAIT)
+
+
+def parse_query(query: bytes, known: tuple[str, ...]) -> dict[str, str]:
+    """A query string's parameters, each at most once and among ``known``; else 400."""
     try:
         pairs = parse_qsl(
-            query.decode("ascii"), keep_blank_values=True, strict_parsing=True, max_num_fields=4
+            query.decode("ascii"), keep_blank_values=True, strict_parsing=True, max_num_fields=8
         )
     except (UnicodeDecodeError, ValueError):
         raise invalid("malformed query string") from None
-    min_ttl, scopes, seen = 0, NO_SCOPES, set()
+    params: dict[str, str] = {}
     for name, value in pairs:
-        if name in seen:
+        if name in params:
             raise invalid(f"query parameter {name!r} given twice")
-        seen.add(name)
-        if name == "min_ttl":
+        if name not in known:
+            raise invalid(f"unknown query parameter {name!r}; known: {', '.join(known)}")
+        params[name] = value
+    return params
+
+
+def parse_token_query(query: bytes, max_min_ttl: int) -> TokenQuery:
+    """``min_ttl``, ``scope`` and ``wait`` from a query string; 400 for anything else."""
+    min_ttl, scopes, wait = 0, NO_SCOPES, DEFAULT_WAIT
+    for name, value in parse_query(query, ("min_ttl", "scope", "wait")).items():
+        if name == "wait":
+            wait = parse_wait(value)
+        elif name == "min_ttl":
             if not (value.isascii() and value.isdigit() and len(value) <= 9):
                 raise invalid("min_ttl must be a whole number of seconds >= 0")
             min_ttl = int(value)
@@ -162,9 +223,7 @@ def parse_token_query(query: bytes, max_min_ttl: int) -> tuple[int, frozenset[st
             if not words or any(len(w) > 64 or not w.isprintable() for w in words):
                 raise invalid("scope must be space-separated scope names")
             scopes = frozenset(words)
-        else:
-            raise invalid(f"unknown query parameter {name!r}; known: min_ttl, scope")
-    return min_ttl, scopes
+    return TokenQuery(min_ttl, scopes, wait)
 
 
 @dataclass(frozen=True, slots=True)

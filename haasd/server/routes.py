@@ -54,14 +54,18 @@ from haasd.server.access import (
     rules_for,
 )
 from haasd.server.answers import (
-    NO_SCOPES,
+    PLAIN,
     AuditLedger,
     Problem,
     TokenBody,
+    TokenQuery,
+    check_ceiling,
     check_method,
     check_scope,
     parse_human_id,
+    parse_query,
     parse_token_query,
+    parse_wait,
     reconsent,
     unavailable,
     unknown,
@@ -86,6 +90,9 @@ _RECONSENT: Final = Serve.NEEDS_RECONSENT
 _HUMANS: Final = b"/v1/humans/"
 _REFRESH: Final = b"/refresh"
 _DECISION_CACHE: Final = 64
+_ANY_SCOPE: Final = (None,)
+#: a waiting request's own deadline beyond the engine's ``wait`` (the engine answers first)
+_WAIT_SLACK: Final = 1.0
 
 
 class Router:
@@ -190,12 +197,12 @@ class PeerContext:
                 self.router.outcomes[problem.outcome] += 1
                 return problem.answer()
         try:
-            return self._route(method, path, body)
+            return self._route(method, path, query, body)
         except Problem as problem:
             return problem.answer()
 
     def _route(
-        self, method: bytes, path: bytes, body: bytes
+        self, method: bytes, path: bytes, query: bytes, body: bytes
     ) -> bytes | Awaitable[bytes] | Takeover:
         if path.startswith(_TOKENS):
             check_method(method, b"GET")  # a GET went the fast way, in handle()
@@ -208,7 +215,8 @@ class PeerContext:
                 check_method(method, b"POST")
                 human_id = self.router.human_id(rest[: -len(_REFRESH)])
                 self._need_admin(human_id)  # before the coroutine: it answers, not raises
-                return self._refresh(human_id)
+                wait = parse_wait(parse_query(query, ("wait",)).get("wait", "30"))
+                return self._refresh(human_id, wait)
             human_id = self.router.human_id(rest)
             if method == b"DELETE":
                 self._need_admin(human_id)
@@ -270,11 +278,8 @@ class PeerContext:
     def _token(self, raw_id: bytes, query: bytes) -> bytes | Awaitable[bytes]:
         router = self.router
         human_id = router.human_id(raw_id)
-        if query:
-            min_ttl, scopes = parse_token_query(query, router.limits.max_min_ttl)
-        else:
-            min_ttl, scopes = 0, NO_SCOPES
-        decision = self._decide(human_id, scopes)
+        asked = parse_token_query(query, router.limits.max_min_ttl) if query else PLAIN
+        decision = self._decide(human_id, asked.scopes)
         if not decision.allowed:
             raise self._deny(human_id, decision.reason, "token")
         service = router.service
@@ -282,25 +287,37 @@ class PeerContext:
         if grant is None:
             router.forget(human_id)
             raise unknown(human_id)
-        if decision.required:
-            check_scope(grant, decision.required)
+        self._check_scopes(grant, decision)
         now = service.clock.time()
-        state = state_at(grant.state, grant.refresh_expires_at, now, service.policy)
-        serve = serve_decision(state, grant.access_expires_at, now, min_ttl)
+        policy = service.policy
+        state = state_at(grant.state, grant.refresh_expires_at, now, policy)
+        serve = serve_decision(
+            state, grant.access_expires_at, now, asked.min_ttl, policy.serve_margin
+        )
         if serve is _SERVE:
             service.mark_served(grant, now)
             return self._serve(grant, now)
         if serve is _RECONSENT:
             raise reconsent(human_id, grant.last_error)
-        return self._token_later(human_id, min_ttl, decision)
+        return self._token_later(human_id, asked, decision)
 
-    async def _token_later(self, human_id: str, min_ttl: int, decision: Decision) -> bytes:
-        """The slow path: the engine must refresh first (sharing any refresh in flight)."""
+    @staticmethod
+    def _check_scopes(grant: Grant, decision: Decision) -> None:
+        if decision.required:
+            check_scope(grant, decision.required)
+        if decision.ceilings != _ANY_SCOPE:
+            check_ceiling(grant, decision)
+
+    async def _token_later(self, human_id: str, asked: TokenQuery, decision: Decision) -> bytes:
+        """The slow path: the engine must refresh first (sharing any refresh in flight),
+        within ``asked.wait`` seconds."""
         service = self.router.service
         try:
             try:
-                with anyio.fail_after(self.router.limits.handler_timeout):
-                    grant = await service.ensure_fresh(human_id, float(min_ttl))
+                with anyio.fail_after(asked.wait + _WAIT_SLACK):
+                    grant = await service.ensure_fresh(
+                        human_id, float(asked.min_ttl), wait=asked.wait, peer=self.peer.uid
+                    )
             except UnknownHumanError:
                 raise unknown(human_id) from None
             except NeedsReconsentError as exc:
@@ -308,12 +325,13 @@ class PeerContext:
             except TokenUnavailableError as exc:
                 raise unavailable(exc.reason, exc.retry_after) from None
             except TimeoutError:
-                raise unavailable("timed out waiting for a refresh", 5.0) from None
+                raise unavailable("timed out waiting for a refresh", 1.0) from None
             except HaasdError as exc:
                 raise unavailable(str(exc), service.policy.backoff_base) from None
-            check_scope(grant, decision.required)
+            self._check_scopes(grant, decision)
             now = service.clock.time()
-            if grant.access_expires_at - now <= min_ttl:  # never an expired or too-short token
+            if grant.access_expires_at - now <= asked.min_ttl + service.policy.serve_margin:
+                # never an expired, dying or too-short token
                 raise unavailable("no token with the time asked for", service.policy.backoff_base)
             return self._serve(grant, now)
         except Problem as problem:
@@ -351,11 +369,11 @@ class PeerContext:
         ]
         return json_response(200, {"humans": rows})
 
-    async def _refresh(self, human_id: str) -> bytes:
+    async def _refresh(self, human_id: str, wait: float) -> bytes:
         service = self.router.service
         try:
-            with anyio.fail_after(self.router.limits.handler_timeout):
-                grant = await service.refresh_now(human_id)
+            with anyio.fail_after(wait + _WAIT_SLACK):
+                grant = await service.refresh_now(human_id, wait=wait, peer=self.peer.uid)
         except UnknownHumanError:
             return unknown(human_id).answer()
         except NeedsReconsentError as exc:

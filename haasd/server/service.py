@@ -52,18 +52,25 @@ class TokenService(Protocol):
         """
         ...
 
-    async def ensure_fresh(self, human_id: str, min_ttl: float) -> Grant:
-        """A grant whose access token has more than ``min_ttl`` seconds left.
+    async def ensure_fresh(
+        self, human_id: str, min_ttl: float, *, wait: float, peer: int | None
+    ) -> Grant:
+        """A grant whose access token has more than ``min_ttl`` seconds left (and the
+        policy's ``serve_margin``), refreshing on ``peer``'s behalf if need be — within
+        :mod:`haasd.demand`'s limits, and waiting at most ``wait`` seconds.
 
         Raises :class:`~haasd.errors.UnknownHumanError`,
         :class:`~haasd.errors.NeedsReconsentError`, or
-        :class:`~haasd.errors.TokenUnavailableError` (with ``retry_after``).
+        :class:`~haasd.errors.TokenUnavailableError` (with ``retry_after``) — at once
+        when no refresh could finish within ``wait``.
         """
         ...
 
-    async def refresh_now(self, human_id: str) -> Grant:
-        """Refresh now (admin). Raises :class:`~haasd.errors.UnknownHumanError`,
-        :class:`~haasd.errors.NeedsReconsentError`, or the
+    async def refresh_now(self, human_id: str, *, wait: float, peer: int | None) -> Grant:
+        """Refresh now (admin), within the on-demand limits, waiting at most ``wait``.
+        Raises :class:`~haasd.errors.UnknownHumanError`,
+        :class:`~haasd.errors.NeedsReconsentError`,
+        :class:`~haasd.errors.TokenUnavailableError`, or the
         :class:`~haasd.errors.AuthError` the attempt met."""
         ...
 
