@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,16 +64,20 @@ class SecretSource:
 
 
 def _read_secret(path: Path, key: str, *, check_mode: bool) -> str:
+    """The stripped text of ``path``; with ``check_mode``, only if no group or other may
+    read it. The mode is checked on the file opened, not on the path beforehand: a file
+    swapped in between cannot slip past the check."""
     try:
-        st = path.stat()
-        if check_mode and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                str(path),
-                key,
-                f"secret file is readable by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}",
-            )
-        text = path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if check_mode and mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigError(
+                    str(path),
+                    key,
+                    f"secret file is readable by group or others "
+                    f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}",
+                )
+            text = f.read().decode("utf-8").strip()
     except OSError as exc:
         raise ConfigError(str(path), key, f"cannot read secret file: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
