@@ -3,8 +3,8 @@
 * :class:`HaasdClient` (blocking, thread-safe) and :class:`AsyncHaasdClient` (anyio):
   typed answers, errors as exceptions, tokens cached until shortly before they expire
   so that asking for one costs no request in the common case;
-* :class:`HaasdAuth` — an ``httpx.Auth`` putting a Bearer token on each HaaS request
-  and retrying once, with a newer token, after a 401.
+* :class:`HaasdAuth` — an ``httpx.Auth`` putting a Bearer token on each request to the
+  HaaS API's origin (and on no other) and retrying once, with a newer token, after a 401.
 
 ::
 
