@@ -40,6 +40,7 @@ from haasd.config import STAR_SCOPE_ADVICE, AccessRule, load_config
 from haasd.simulator import Simulator
 
 MARIA = "usr_maria_42"
+CONSENT = "/v1/consents"
 #: the warning comes 5 minutes after a consent: a re-consent is due within a test's reach
 EARLY_WARNING = "[refresh]\nreconsent_warning = 2591700\n"
 
@@ -256,6 +257,53 @@ async def test_a_malformed_callback_is_400(api: Running, content: bytes, message
     assert answer.status_code == 400
     assert error_of(answer)["type"] in {"invalid_request", "invalid_state"}
     assert message in error_of(answer)["message"]
+
+
+_CB = "/v1/consents/callback"
+_URL = "http://127.0.0.1:8765/callback"
+
+
+@pytest.mark.parametrize(
+    ("target", "content", "message"),
+    [
+        (_CB, b'{"state": "\\ud800", "code": "x"}', "state holds a character that is not"),
+        (_CB, b'{"state": "s", "code": "\\u001b[31mx"}', "code holds"),
+        (_CB, b'{"state": "s", "code": "' + b"c" * 5000 + b'"}', "code is too long"),
+        (_CB, b'{"state": "s", "code": "c\\u00e9"}', "code must be ASCII"),
+        (_CB, b'{"state": "s", "error": "e", "error_description": "\\u001b]0;x\\u0007"}', "error_"),
+        (_CB, b'{"state": "s", "error": "access_denied\\u0000"}', "error holds"),
+        (_CB, '{"state": "s", "code": "x"}'.encode("utf-16"), "not UTF-8"),
+        (_CB, b'{"state": "\xff", "code": "x"}', "not UTF-8"),
+        (_CB, b'{"state": "a", "state": "b", "code": "x"}', "field state is given more than once"),
+        (_CB, b'{"state": NaN, "code": "x"}', "state must be a non-empty string"),
+        (_CB, b'{"state": ' + b"1" * 5000 + b', "code": "x"}', "not JSON"),
+        (_CB, b'{"callback_url": "' + _URL.encode() + b'?state=%00&code=c"}', "URL's state holds"),
+        (_CB, b'{"callback_url": "' + _URL.encode() + b'?state=\\udc80&code=c"}', "callback_url"),
+        (CONSENT, b'{"human_id": "usr_\\ud800"}', "human_id holds"),
+        (
+            CONSENT,
+            b'{"redirect_uri": "http://127.0.0.1:9/caf\\u00e9"}',
+            "redirect_uri must be ASCII",
+        ),
+        (CONSENT, b'{"scopes": ["status:read\\u0000"]}', "scopes[0] holds"),
+        (CONSENT, b'{"scopes": "status:read\\u2028"}', "scopes holds"),
+        (CONSENT, b'{"scopes": [[["status:read"]]]}', "scopes must be a list"),
+        (CONSENT, b'{"scopes": ' + b"[" * 30000 + b"]" * 30000 + b"}", "nested too deeply"),
+        (CONSENT, b'{"\\u001b[2J": 1}', "unknown field '\\x1b[2J'"),
+    ],
+)
+async def test_undecodable_or_unprintable_input_is_400_naming_the_field(
+    api: Running, target: str, content: bytes, message: str
+) -> None:
+    pending = await api.daemon.store.list_pending()
+    answer = await api.http.post(target, content=content)
+    assert answer.status_code == 400, answer.text
+    error = error_of(answer)
+    assert error["type"] == "invalid_request"
+    assert message in error["message"]
+    assert error["message"].isprintable()
+    assert await api.daemon.store.list_pending() == pending
+    assert (await api.http.get("/v1/health")).status_code == 200, "the daemon carries on"
 
 
 async def test_a_callback_url_for_another_redirect_consumes_nothing(api: Running) -> None:

@@ -14,9 +14,20 @@ space-separated string: it may narrow the configured scopes, never widen), ``hum
 ``redirect_uri`` (the configured loopback redirect URI on another port, RFC 8252 §7.3:
 what ``haasd consent listen`` sends). ``POST /v1/consents/callback`` takes
 ``{"callback_url"}`` (the whole URL the browser was redirected to), or ``{"state",
-"code"}``, or ``{"state", "error"[, "error_description"]}``. The human who approves is
-the authorization server's word, known only after the exchange: finishing needs an admin
-rule, not one for that human.
+"code"}``, or ``{"state", "error"[, "error_description"]}``.
+
+**Limited admins stay inside their humans.** A consent started without ``human_id`` may
+end with any human, so it needs an admin rule that covers every human id (``*``,
+``usr_*``: :func:`~haasd.server.access.covers_everyone`). The human who approves is the
+authorization server's word, known only after the exchange: finishing needs an admin
+rule, and the approved human must be among the finisher's admin humans — otherwise 403
+and nothing is stored (the tokens the exchange gave are dropped). A consent that names a
+human outside the finisher's rules is refused unused. So every answer names only humans
+the peer administers.
+
+Bodies are UTF-8 JSON objects without repeated fields; every string field is non-empty,
+bounded and printable (ASCII where RFC 6749 says so): otherwise 400 ``invalid_request``
+naming the field, before anything is looked up.
 
 Errors, in the seed's shape (:class:`haasd.errors.ConsentError` and its subclasses):
 
@@ -27,6 +38,7 @@ invalid_request       400     malformed body, human id, redirect URI or callback
 invalid_scope         400     ``*`` (with the seed's advice), an unknown scope, or none
 scope_not_allowed     400     a scope beyond the configured ones
 invalid_state         400     unknown, expired or used state; nothing was exchanged
+forbidden             403     not an admin, or not for this consent's human (nothing stored)
 consent_denied        403     the redirect carried an error (``error``: ``access_denied``…)
 exchange_failed       502     the server refused the code (``server_error``: its type)
 exchange_unavailable  503     the exchange failed for now: the same callback may be sent
@@ -40,6 +52,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -47,10 +60,12 @@ import anyio
 import structlog
 
 from haasd.clock import rfc3339
-from haasd.consent._oauth import loopback_port
+from haasd.config import AccessRule
+from haasd.consent._oauth import CALLBACK_FIELDS, loopback_port, text_field
 from haasd.errors import (
     ConsentDeniedError,
     ConsentError,
+    ConsentForbiddenError,
     ConsentLimitError,
     ConsentRequestError,
     ExchangeFailedError,
@@ -60,6 +75,7 @@ from haasd.errors import (
     ScopeError,
 )
 from haasd.grants import status_of
+from haasd.server.access import covers_everyone, is_admin
 from haasd.server.answers import Problem, check_method, invalid
 from haasd.server.http import Limits, json_response
 from haasd.server.service import TokenService
@@ -67,21 +83,37 @@ from haasd.server.service import TokenService
 if TYPE_CHECKING:
     from haasd.consent import ConsentFlow, ConsentResult, PendingConsent
 
-__all__ = ["CONSENTS", "ConsentRoutes", "consent_problem"]
+__all__ = ["CONSENTS", "ConsentRoutes", "Deny", "Rules", "consent_problem"]
 
 CONSENTS: Final = b"/v1/consents"
 _CALLBACK: Final = b"/v1/consents/callback"
 _START_FIELDS: Final = frozenset({"scopes", "human_id", "redirect_uri"})
 _CALLBACK_FIELDS: Final = frozenset({"callback_url", "state", "code", "error", "error_description"})
-#: the longest string field accepted (a callback URL is bounded by the flow itself)
-_MAX_FIELD: Final = 8192
+#: per string field of a body: the longest value taken, and whether it must be ASCII
+_FIELDS: Final = {
+    **CALLBACK_FIELDS,
+    "callback_url": (8192, False),  # as a browser shows it; its parts are checked again
+    "human_id": (128, True),
+    "redirect_uri": (2048, True),
+}
+#: scope names in one request, and the length of one (or of a space-separated string)
+_MAX_SCOPES: Final = 32
+_MAX_SCOPE: Final = 64
 #: seconds to suggest when a transient failure names no Retry-After
 _DEFAULT_RETRY: Final = 5.0
 
 _audit = structlog.get_logger("haasd.audit")
 
-#: raises a 403 Problem unless the peer is an admin (for the human, when one is named)
-NeedAdmin = Callable[[str | None], None]
+#: the peer's matching rules as they are now (a reload may change them mid-request)
+Rules = Callable[[], Sequence[AccessRule]]
+#: ``deny(human_id, reason, route)``: audits a refusal, gives the 403 to raise
+Deny = Callable[[str | None, str, str], Problem]
+
+_NEED_ADMIN: Final = "an admin [[access]] rule is needed"
+_NEED_EVERYONE: Final = (
+    "a consent without human_id may end with any human, so it needs an admin [[access]] "
+    'rule covering every human (such as humans = ["usr_*"]); name the human with human_id'
+)
 
 
 def _retry_after(seconds: float | None) -> int:
@@ -105,6 +137,8 @@ def consent_problem(exc: ConsentError) -> Problem:
         return invalid(message)
     if isinstance(exc, InvalidStateError):
         return Problem(400, "invalid_state", message, reason=exc.reason)
+    if isinstance(exc, ConsentForbiddenError):
+        return Problem(403, "forbidden", message, exchanged=exc.exchanged, outcome="forbidden")
     if isinstance(exc, ConsentDeniedError):
         return Problem(
             403,
@@ -130,29 +164,63 @@ def consent_problem(exc: ConsentError) -> Problem:
     return Problem(500, "consent_failed", message)
 
 
+class _Repeated(ValueError):
+    """A JSON object names one field twice (which one counts is a guess: refused)."""
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        counts = Counter(name for name, _ in pairs)
+        raise _Repeated(next(name for name, count in counts.items() if count > 1))
+    return document
+
+
+def _shown(name: str) -> str:
+    """A field name as an answer may quote it: printable ASCII as it is, else escaped."""
+    short = name[:64]
+    return short if short.isascii() and short.isprintable() else ascii(short)
+
+
 def _parse(body: bytes, fields: frozenset[str]) -> dict[str, Any]:
     """The body's JSON object (``{}`` when empty), without null fields; 400 otherwise."""
     if not body.strip():
         return {}
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid("the body is not UTF-8 JSON (RFC 8259 §8.1)") from None
+    try:
+        document = json.loads(text, object_pairs_hook=_no_repeats)
+    except _Repeated as exc:
+        raise invalid(f"field {_shown(str(exc))} is given more than once") from None
+    except RecursionError:
+        raise invalid("the body is not JSON: nested too deeply") from None
+    except ValueError:
         raise invalid("the body is not JSON") from None
     if not isinstance(document, dict):
         raise invalid("the body must be a JSON object")
     if unknown := sorted(set(document) - fields):
         known = ", ".join(sorted(fields))
-        raise invalid(f"unknown field {', '.join(unknown)}; known fields: {known}")
+        shown = ", ".join(_shown(name) for name in unknown[:8])
+        raise invalid(f"unknown field {shown}; known fields: {known}")
     return {name: value for name, value in document.items() if value is not None}
 
 
+def _field(name: str, value: object, limit: int, *, ascii: bool) -> str:
+    try:
+        return text_field(name, value, limit, ascii=ascii)
+    except ConsentRequestError as exc:
+        raise invalid(str(exc)) from None
+
+
 def _text(document: Mapping[str, Any], name: str) -> str | None:
+    """The string field ``name`` (:data:`_FIELDS`), or None; 400 naming it if malformed."""
     value = document.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > _MAX_FIELD:
-        raise invalid(f"{name} must be a non-empty string")
-    return value
+    limit, ascii = _FIELDS[name]
+    return _field(name, value, limit, ascii=ascii)
 
 
 def _scopes(document: Mapping[str, Any]) -> Sequence[str] | None:
@@ -160,10 +228,18 @@ def _scopes(document: Mapping[str, Any]) -> Sequence[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return value.split()
-    if isinstance(value, list) and all(isinstance(s, str) and len(s) <= 64 for s in value):
-        return [word for s in value for word in s.split()]
-    raise invalid("scopes must be a list of scope names (or one space-separated string)")
+        return _field("scopes", value, _MAX_SCOPES * _MAX_SCOPE, ascii=True).split()
+    if (
+        isinstance(value, list)
+        and len(value) <= _MAX_SCOPES
+        and all(isinstance(s, str) for s in value)
+    ):
+        names = [_field(f"scopes[{i}]", s, _MAX_SCOPE, ascii=True) for i, s in enumerate(value)]
+        return [word for name in names for word in name.split()]
+    raise invalid(
+        f"scopes must be a list of at most {_MAX_SCOPES} scope names (or one space-separated "
+        "string)"
+    )
 
 
 def _started_json(pending: PendingConsent) -> dict[str, object]:
@@ -199,16 +275,26 @@ class ConsentRoutes:
         self._pattern = human_id_pattern
 
     def handle(
-        self, method: bytes, path: bytes, body: bytes, need_admin: NeedAdmin, peer_uid: int
+        self,
+        method: bytes,
+        path: bytes,
+        body: bytes,
+        peer_uid: int,
+        rules: Rules,
+        deny: Deny,
     ) -> bytes | Awaitable[bytes]:
-        """The answer to a request under ``/v1/consents`` (raises :class:`Problem`)."""
+        """The answer to a request under ``/v1/consents`` (raises :class:`Problem`).
+
+        ``rules`` are the asking peer's; ``deny`` audits a refusal (see the module).
+        """
         if path == CONSENTS:
             check_method(method, b"GET", b"POST")
         elif path == _CALLBACK:
             check_method(method, b"POST")
         else:
             raise Problem(404, "not_found", "no such route; see GET /v1/health")
-        need_admin(None)  # before the body is read: others learn nothing from it
+        if not is_admin(rules()):  # before the body is read: others learn nothing from it
+            raise deny(None, _NEED_ADMIN, "admin")
         flow = self._flow
         if flow is None:
             raise Problem(404, "not_found", "this haasd does not take consents")
@@ -217,18 +303,27 @@ class ConsentRoutes:
         if path == CONSENTS:
             document = _parse(body, _START_FIELDS)
             human_id = _text(document, "human_id")
-            if human_id is not None:
-                if not self._pattern.fullmatch(human_id):
-                    raise invalid(f"not a human id (expected the form {self._pattern.pattern!r})")
-                need_admin(human_id)
             scopes, redirect_uri = _scopes(document), _text(document, "redirect_uri")
+            if human_id is None:
+                if not covers_everyone(rule for rule in rules() if rule.admin):
+                    raise deny(None, _NEED_EVERYONE, "consent")
+            elif not self._pattern.fullmatch(human_id):
+                raise invalid(f"not a human id (expected the form {self._pattern.pattern!r})")
+            elif not is_admin(rules(), human_id):
+                raise deny(human_id, _NEED_ADMIN, "admin")
             return self._start(flow, scopes, human_id, redirect_uri, peer_uid)
         document = _parse(body, _CALLBACK_FIELDS)
         url = _text(document, "callback_url")
+
+        def may_hold(human_id: str) -> bool:
+            return is_admin(rules(), human_id)  # asked when the human is known: rules now
+
         if url is not None:
             if len(document) > 1:
                 raise invalid("give either callback_url or state with code or error, not both")
-            return self._finish(flow, peer_uid, lambda: flow.finish_url(url))
+            return self._finish(
+                flow, peer_uid, deny, lambda: flow.finish_url(url, may_hold=may_hold)
+            )
         state, code, error = (_text(document, n) for n in ("state", "code", "error"))
         description = _text(document, "error_description")
         if state is None or (code is None) == (error is None):
@@ -238,7 +333,10 @@ class ConsentRoutes:
         return self._finish(
             flow,
             peer_uid,
-            lambda: flow.finish(state, code=code, error=error, error_description=description),
+            deny,
+            lambda: flow.finish(
+                state, code=code, error=error, error_description=description, may_hold=may_hold
+            ),
         )
 
     @staticmethod
@@ -282,12 +380,19 @@ class ConsentRoutes:
         return json_response(201, _started_json(pending))
 
     async def _finish(
-        self, flow: ConsentFlow, peer_uid: int, finish: Callable[[], Awaitable[ConsentResult]]
+        self,
+        flow: ConsentFlow,
+        peer_uid: int,
+        deny: Deny,
+        finish: Callable[[], Awaitable[ConsentResult]],
     ) -> bytes:
         try:
             # a timeout cancels the exchange: the flow keeps the consent for another try
             with anyio.fail_after(self._limits.handler_timeout):
                 result = await finish()
+        except ConsentForbiddenError as exc:  # audited as the refusal it is
+            deny(None, str(exc), "consent")
+            return consent_problem(exc).answer()
         except ConsentError as exc:
             return consent_problem(exc).answer()
         except TimeoutError:

@@ -234,7 +234,8 @@ class PeerContext:
             self._need_admin(None)
             return self.router.metrics()
         if path.startswith(CONSENTS):
-            return self.router.consents.handle(method, path, body, self._need_admin, self.peer.uid)
+            rules, peer_uid = (lambda: self.matched), self.peer.uid
+            return self.router.consents.handle(method, path, body, peer_uid, rules, self._deny)
         raise Problem(404, "not_found", "no such route; see GET /v1/health")
 
     # --- access ---------------------------------------------------------------------------
