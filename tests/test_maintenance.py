@@ -17,6 +17,7 @@ import aiosqlite
 import anyio
 import pytest
 from factories import T0, make_grant
+from previous_schema import write_previous_store
 
 import haasd.maintenance
 from haasd.app import instance_lock
@@ -31,7 +32,7 @@ from haasd.errors import (
     StoreLockedError,
     WrongKeyError,
 )
-from haasd.grants import Grant
+from haasd.grants import Grant, State
 from haasd.maintenance import (
     backup_store,
     load_key_file,
@@ -40,7 +41,7 @@ from haasd.maintenance import (
 )
 from haasd.secret import Secret
 from haasd.store import PendingRecord, Store
-from haasd.store.schema import SEALED
+from haasd.store.schema import MIGRATIONS, SEALED
 
 # A child that runs `haasd rekey` and dies (os._exit: no cleanup, as a SIGKILL) at POINT:
 # "transaction" once the grants are re-sealed, uncommitted (a tiny page cache first, so
@@ -535,6 +536,107 @@ async def test_restore_refuses_the_store_itself_and_a_missing_backup(tmp_path: P
         await restore_store(db, db, sealer)
     with pytest.raises(HaasdError, match="no backup at"):
         await restore_store(db, tmp_path / "absent.db", sealer)
+
+
+# --- rows bound to their values, rows that do not open ------------------------------------
+
+
+async def test_rekey_keeps_each_row_bound_to_its_scope_state_and_expiries(tmp_path: Path) -> None:
+    db = tmp_path / "grants.db"
+    old, new = Sealer(Key.generate()), Sealer(Key.generate())
+    grants = [
+        make_grant("usr_a", scope=("status:read",)),
+        make_grant("usr_b", state=State.RECONSENT_DUE, access_expires_at=T0 + 0.125),
+        make_grant("usr_c", state=State.NEEDS_RECONSENT, access_expires_at=0.0, scope=()),
+    ]
+    async with await Store.open(db, old) as store:
+        await store.put_grants(grants)
+    await rekey_store(db, old, new)
+    assert await contents(db, new) == grants
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE grants SET state = 'active' WHERE human_id = 'usr_c'")
+    async with await Store.open(db, new) as store:
+        await store.list_grants()
+        assert store.unreadable == {"usr_c"}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "scope = 'tasks:dispatch status:read billing:write'",  # bound: does not open
+        "refresh_expires_at = 'never'",  # not even a number
+        "refresh_token = 'in the clear'",
+    ],
+)
+def test_rekey_refuses_a_row_that_does_not_open_in_one_line(
+    config_file: Path, capsys: pytest.CaptureFixture[str], edit: str
+) -> None:
+    config = config_of(config_file)
+    db = config.store.path
+    anyio.run(seed, db, sealer_of(config_file), 3)
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(f"UPDATE grants SET {edit} WHERE human_id = 'usr_00001'")  # noqa: S608
+    before = store_files(db)
+    new_key = config_file.parent / "new.key"
+    write_key(new_key)
+    capsys.readouterr()
+
+    assert main(["rekey", "--config", str(config_file), "--new-key", str(new_key)]) == 1
+
+    err = one_line_error(capsys.readouterr().err)
+    assert "usr_00001" in err and "nothing was re-sealed, the store is unchanged" in err
+    assert "re-consent or delete that human first" in err
+    assert store_files(db) == before
+    assert leftovers(db.parent) == []
+
+
+def test_restore_names_the_rows_of_a_backup_that_do_not_open(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_of(config_file)
+    db, sealer = config.store.path, sealer_of(config_file)
+    grants, _ = anyio.run(seed, db, sealer, 3)
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE grants SET access_expires_at = 4e9 WHERE human_id = 'usr_00002'")
+    backup = config_file.parent / "backup.db"
+    assert main(["backup", "--config", str(config_file), str(backup)]) == 0
+    anyio.run(seed, db, sealer, 5)
+    capsys.readouterr()
+
+    assert main(["restore", "--config", str(config_file), str(backup)]) == 0
+
+    out = capsys.readouterr().out
+    assert "restored 3 grants" in out
+    assert (
+        "1 grant unreadable (store row unreadable, quarantined until re-consent): usr_00002" in out
+    )
+    restored = anyio.run(contents, db, sealer)
+    assert restored[:2] == grants[:2]
+    assert restored[2].state is State.NEEDS_RECONSENT
+
+
+def test_rekey_backup_and_restore_of_a_store_of_the_previous_schema(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_of(config_file)
+    db = config.store.path
+    key = Key.from_text((config_file.parent / "store.key").read_text())
+    grants = [make_grant(f"usr_{i}", state=State.RECONSENT_DUE) for i in range(4)]
+    write_previous_store(db, key, grants)
+    backup = config_file.parent / "backup.db"
+    new_key = config_file.parent / "new.key"
+    new = Sealer(write_key(new_key))
+
+    assert main(["backup", "--config", str(config_file), str(backup)]) == 0
+    assert main(["rekey", "--config", str(config_file), "--new-key", str(new_key)]) == 0
+    assert "re-sealed 4 grants" in capsys.readouterr().out
+    assert anyio.run(contents, db, new) == grants
+
+    # the backup, still of the previous schema and key, restores under that key
+    anyio.run(restore_store, db, backup, Sealer(key))
+    assert anyio.run(contents, db, Sealer(key)) == grants
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
 # --- what rekey must cover ---------------------------------------------------------------
