@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 from factories import T0, make_grant
+from harness import HOUR, running, simulator
 from previous_schema import write_previous_store
 from structlog.testing import capture_logs
 
+from haasd.clock import ManualClock
 from haasd.crypto import Key, Sealer, fingerprint
 from haasd.errors import DecryptError, NeedsReconsentError, WrongKeyError
 from haasd.grants import Grant, RefreshIntent, Serve, State, serve_decision
@@ -455,3 +457,32 @@ async def test_haasd_import_replaces_a_quarantined_human(config_file: Path, seal
     assert (b.state, b.scope, b.access_token.reveal()) == (
         State.ACTIVE, ("status:read",), "haas_at_" + "b" * 32,
     )  # fmt: skip
+
+
+# -- the engine over a store with a quarantined human --------------------------------------
+
+
+async def test_the_engine_serves_the_others_and_refuses_the_quarantined_human(
+    tmp_path: Path, key: Key
+) -> None:
+    sim = simulator(ManualClock())
+    async with sim.running():
+        async with running(tmp_path, sim=sim, key=key) as h:
+            await h.consent("usr_a")
+            await h.consent("usr_b")
+        tamper(tmp_path / "haasd.db", "a later access expiry")
+        async with running(tmp_path, sim=sim, key=key) as h:
+            assert h.store.unreadable == {"usr_b"}
+            served = await h.refresher.ensure_fresh("usr_a", min_ttl=60)
+            assert served.access_token.reveal().startswith("haas_at_")
+            with pytest.raises(NeedsReconsentError, match=UNREADABLE):
+                await h.refresher.ensure_fresh("usr_b")
+            health = h.refresher.health()
+            assert health["status"] == "degraded"
+            assert "usr_b" in " ".join(map(str, health["reasons"]))
+            await h.clock.advance(2 * HOUR)  # refreshes and flushes go on around it
+            assert (await h.refresher.ensure_fresh("usr_a", min_ttl=60)).human_id == "usr_a"
+            assert h.store.unreadable == {"usr_b"}
+            await h.consent("usr_b")  # a re-consent ends the quarantine
+            assert h.store.unreadable == frozenset()
+            assert (await h.refresher.ensure_fresh("usr_b")).state is State.ACTIVE
