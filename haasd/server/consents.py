@@ -5,7 +5,9 @@ route                                       who      answer
 ==========================================  =======  =====================================
 ``GET /v1/consents``                        admin    200 the redirect URI, TTL, bound
 ``POST /v1/consents``                       admin    201 the URL to send the human to
+                                            (of the human named, else of everyone)
 ``POST /v1/consents/callback``              admin    201 the human's status
+                                            (of the human who approved)
 ==========================================  =======  =====================================
 
 ``POST /v1/consents`` takes an optional JSON object: ``scopes`` (a list, or one
@@ -301,17 +303,27 @@ class ConsentRoutes:
         if method == b"GET":
             return json_response(200, self._settings(flow))
         if path == CONSENTS:
-            document = _parse(body, _START_FIELDS)
-            human_id = _text(document, "human_id")
-            scopes, redirect_uri = _scopes(document), _text(document, "redirect_uri")
-            if human_id is None:
-                if not covers_everyone(rule for rule in rules() if rule.admin):
-                    raise deny(None, _NEED_EVERYONE, "consent")
-            elif not self._pattern.fullmatch(human_id):
-                raise invalid(f"not a human id (expected the form {self._pattern.pattern!r})")
-            elif not is_admin(rules(), human_id):
-                raise deny(human_id, _NEED_ADMIN, "admin")
-            return self._start(flow, scopes, human_id, redirect_uri, peer_uid)
+            return self._start_request(flow, body, peer_uid, rules, deny)
+        return self._callback_request(flow, body, peer_uid, rules, deny)
+
+    def _start_request(
+        self, flow: ConsentFlow, body: bytes, peer_uid: int, rules: Rules, deny: Deny
+    ) -> Awaitable[bytes]:
+        document = _parse(body, _START_FIELDS)
+        human_id = _text(document, "human_id")
+        scopes, redirect_uri = _scopes(document), _text(document, "redirect_uri")
+        if human_id is None:
+            if not covers_everyone(rule for rule in rules() if rule.admin):
+                raise deny(None, _NEED_EVERYONE, "consent")
+        elif not self._pattern.fullmatch(human_id):
+            raise invalid(f"not a human id (expected the form {self._pattern.pattern!r})")
+        elif not is_admin(rules(), human_id):
+            raise deny(human_id, _NEED_ADMIN, "admin")
+        return self._start(flow, scopes, human_id, redirect_uri, peer_uid)
+
+    def _callback_request(
+        self, flow: ConsentFlow, body: bytes, peer_uid: int, rules: Rules, deny: Deny
+    ) -> Awaitable[bytes]:
         document = _parse(body, _CALLBACK_FIELDS)
         url = _text(document, "callback_url")
 
