@@ -16,6 +16,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from haasd.demand import RefusalReason
 from haasd.ratelimit import RateBudget
 from haasd.refresher import LATENCY_BUCKETS, Refresher
 
@@ -76,6 +77,19 @@ class EngineCollector(Collector):
             "haasd_refresh_backlog",
             "Grants due for a refresh and waiting for a worker",
             value=float(self._refresher.backlog),
+        )
+        refused = CounterMetricFamily(
+            "haasd_on_demand_refused",
+            "Refreshes asked for on demand (min_ttl, admin refresh) and refused, by reason",
+            labels=["reason"],
+        )
+        for reason in RefusalReason:
+            refused.add_metric([reason.value], self._refresher.demand.refused[reason])
+        yield refused
+        yield GaugeMetricFamily(
+            "haasd_grants_quarantined",
+            "Grants whose stored row could not be read (they need re-consent)",
+            value=float(len(self._refresher.store.unreadable)),
         )
         yield GaugeMetricFamily(
             "haasd_refreshing_stopped",

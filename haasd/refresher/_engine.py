@@ -165,6 +165,13 @@ class Refresher(_Flights):
                 f"on-demand refreshes refused for {who}: {count} in the last minute "
                 f"(last: {reason.value})"
             )
+        unreadable = self.store.unreadable
+        if unreadable:
+            names = ", ".join(sorted(unreadable)[:_PEERS_SHOWN])
+            reasons.append(
+                f"{len(unreadable)} grant(s) quarantined, store row unreadable: {names}; "
+                "re-consent them (haasd consent start --human ID)"
+            )
         if self._faults:
             first = sorted(self._faults.items())[:_PEERS_SHOWN]
             shown = ", ".join(f"{human} ({what})" for human, what in first)

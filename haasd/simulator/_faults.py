@@ -42,6 +42,7 @@ MalformedKind = Literal[
     "missing_access_token",
     "bad_expires_in",
     "wrong_token_type",
+    "odd_scope",
     "oversized",
     "redirect",
 ]
@@ -49,6 +50,8 @@ MALFORMED_KINDS: Final[tuple[MalformedKind, ...]] = get_args(MalformedKind)
 
 #: Where a ``redirect`` fault sends the client (a single sign-on page, say).
 ELSEWHERE: Final = "https://sso.example.invalid/login?continue=%2Ftoken"
+#: The ``scope`` of an ``odd_scope`` answer.
+ODD_SCOPE: Final = "status:read \ud800 \x1b[2J"
 #: Size of the padding in an ``oversized`` answer.
 OVERSIZED_BYTES: Final = 4 * 1024 * 1024
 
@@ -209,6 +212,8 @@ def malformed_reply(kind: MalformedKind, processed: Reply | None) -> Reply:
             reply = json_reply(200, body | {"expires_in": "one hour"})
         case "wrong_token_type":
             reply = json_reply(200, body | {"token_type": "mac"})
+        case "odd_scope":  # a lone surrogate and a terminal escape: valid JSON, bad text
+            reply = json_reply(200, body | {"scope": ODD_SCOPE})
         case "oversized":
             reply = json_reply(200, body | {"padding": "x" * OVERSIZED_BYTES})
         case "redirect":

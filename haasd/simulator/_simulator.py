@@ -347,6 +347,7 @@ class Simulator:
 
         ``html`` (a sign-in page with 200), ``empty``, ``truncated_json``,
         ``missing_access_token``, ``bad_expires_in`` (a string), ``wrong_token_type``,
+        ``odd_scope`` (a lone surrogate and a terminal escape in ``scope``),
         ``oversized`` (4 MiB), ``redirect`` (a 302 elsewhere). Without
         ``after_processing`` the tokens in it were never issued; with it, the request is
         handled and its real answer mangled (the new tokens are lost to the client).
