@@ -5,13 +5,13 @@ A sealed value ("blob") is laid out as::
     version (1 byte, 0x01) | key id (8 bytes) | nonce (12 bytes) | ciphertext + tag (16)
 
 The associated data binds the blob to its place: version, key id, human id, column name
-and any ``bound`` values the caller names (the store binds a grant row's scope, state and
-expiries: :mod:`haasd.store.schema`), each length-prefixed, so a ciphertext copied to
-another row or column, or left under an edited row, does not open. A sequence of
-length-prefixed items splits one way only, so no two places share associated data; with
-no ``bound`` values it is exactly the associated data of haasd's first stores. The key id
-travels in the clear so that a store can hold blobs sealed by older keys while keys
-rotate.
+and any :class:`RowValues` the caller names (the store binds a grant row's scope,
+state and expiries: :mod:`haasd.store.schema`), each length-prefixed, so a ciphertext
+copied to another row or column, or left under an edited row, does not open. A sequence
+of length-prefixed items splits one way only, so no two places share associated data;
+with no ``bound`` row values it is exactly the associated data of haasd's first
+stores. The key id travels in the clear so that a store can hold blobs sealed by older
+keys while keys rotate.
 
 Pure apart from :func:`os.urandom`; nothing here touches a file.
 """
@@ -25,7 +25,7 @@ import hmac
 import os
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Final, NoReturn, final
 
 from cryptography.exceptions import InvalidTag
@@ -34,7 +34,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from haasd.errors import DecryptError
 from haasd.secret import Secret
 
-__all__ = ["BLOB_VERSION", "KEY_TEXT_PREFIX", "Key", "Sealer", "fingerprint", "sealed_key_id"]
+__all__ = [
+    "BLOB_VERSION",
+    "KEY_TEXT_PREFIX",
+    "Key",
+    "RowValues",
+    "Sealer",
+    "fingerprint",
+    "sealed_key_id",
+]
 
 #: The key-file format: this prefix, then the 32 key bytes in urlsafe base64.
 KEY_TEXT_PREFIX: Final = "haasd-key-v1:"
@@ -48,6 +56,7 @@ _NONCE_BYTES: Final = 12
 _TAG_BYTES: Final = 16
 _HEADER: Final = struct.Struct(f">B{_KEY_ID_BYTES}s{_NONCE_BYTES}s")
 _LENGTH: Final = struct.Struct(">I")
+_VERSION_BYTE: Final = bytes((BLOB_VERSION,))
 _URLSAFE_B64: Final = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
@@ -117,6 +126,32 @@ class Key:
 
 
 @final
+class RowValues:
+    """Values of its row a blob is bound to beyond its place (human id and column), in
+    this order: text (as UTF-8) or bytes (as they are), each length-prefixed like the
+    place. Encoded once, so that the blobs of one row share the work."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, *values: str | bytes) -> None:
+        data = bytearray()
+        for value in values:
+            item = value.encode("utf-8") if isinstance(value, str) else value
+            data += _LENGTH.pack(len(item))
+            data += item
+        self._data = bytes(data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RowValues) and self._data == other._data
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def __repr__(self) -> str:
+        return f"RowValues({len(self._data)} bytes)"
+
+
+@final
 class Sealer:
     """Seals with the current key; opens blobs sealed by the current or any older key.
 
@@ -147,7 +182,7 @@ class Sealer:
         return self._key_ids
 
     def seal(
-        self, plaintext: str, *, human_id: str, column: str, bound: Sequence[str] = ()
+        self, plaintext: str, *, human_id: str, column: str, bound: RowValues | None = None
     ) -> bytes:
         """Encrypt ``plaintext`` for this human's column, under a fresh random nonce.
 
@@ -158,7 +193,9 @@ class Sealer:
         sealed = self._aeads[self._current_id].encrypt(nonce, plaintext.encode("utf-8"), aad)
         return _HEADER.pack(BLOB_VERSION, self._current_id, nonce) + sealed
 
-    def open(self, blob: bytes, *, human_id: str, column: str, bound: Sequence[str] = ()) -> str:
+    def open(
+        self, blob: bytes, *, human_id: str, column: str, bound: RowValues | None = None
+    ) -> str:
         """Decrypt a blob sealed for this human's column with these ``bound`` values, or
         raise :class:`DecryptError`."""
         if len(blob) < _HEADER.size + _TAG_BYTES:
@@ -196,12 +233,13 @@ def fingerprint(token: str | Secret) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
 
 
-def _associated_data(raw_id: bytes, human_id: str, column: str, bound: Sequence[str]) -> bytes:
-    parts = [bytes((BLOB_VERSION,)), raw_id]
-    for item in (human_id, column, *bound):
-        data = item.encode("utf-8")
-        parts += (_LENGTH.pack(len(data)), data)
-    return b"".join(parts)
+def _associated_data(raw_id: bytes, human_id: str, column: str, bound: RowValues | None) -> bytes:
+    human = human_id.encode("utf-8")
+    col = column.encode("utf-8")
+    return b"".join(
+        (_VERSION_BYTE, raw_id, _LENGTH.pack(len(human)), human, _LENGTH.pack(len(col)), col,
+         b"" if bound is None else bound._data)
+    )  # fmt: skip
 
 
 def _fail(human_id: str, column: str, reason: str, cause: Exception | None = None) -> NoReturn:

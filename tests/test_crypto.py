@@ -10,7 +10,15 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import haasd.crypto
-from haasd.crypto import BLOB_VERSION, KEY_TEXT_PREFIX, Key, Sealer, fingerprint, sealed_key_id
+from haasd.crypto import (
+    BLOB_VERSION,
+    KEY_TEXT_PREFIX,
+    Key,
+    RowValues,
+    Sealer,
+    fingerprint,
+    sealed_key_id,
+)
 from haasd.errors import DecryptError
 from haasd.secret import Secret
 
@@ -230,14 +238,15 @@ def test_fingerprint_is_short_stable_and_one_way() -> None:
 
 def test_a_blob_opens_only_beside_the_values_it_was_bound_to() -> None:
     sealer = Sealer(Key.generate())
-    bound = ("grant-row", "status:read", "active", "0x1.ad27480000000p+30")
+    values = ("grant-row", "status:read", "active", "0x1.ad27480000000p+30")
+    bound = RowValues(*values)
     blob = sealer.seal(TOKEN, human_id="usr_1", column="access_token", bound=bound)
     assert sealer.open(blob, human_id="usr_1", column="access_token", bound=bound) == TOKEN
     for other in (
-        (),  # unbound
-        bound[:-1],
-        (*bound[:1], "status:read tasks:dispatch", *bound[2:]),  # a scope widened
-        (bound[0], bound[1] + bound[2], "", bound[3]),  # the same bytes, split differently
+        None,  # nothing bound
+        RowValues(*values[:-1]),
+        RowValues(values[0], "status:read tasks:dispatch", *values[2:]),  # a scope widened
+        RowValues(values[0], values[1] + values[2], "", values[3]),  # same bytes, split otherwise
     ):
         with pytest.raises(DecryptError, match="tampered with or belongs to another row"):
             sealer.open(blob, human_id="usr_1", column="access_token", bound=other)

@@ -27,13 +27,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from haasd.crypto import Sealer
+from haasd.crypto import RowValues, Sealer
 from haasd.errors import DecryptError
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
 from haasd.store.schema import grant_bound
 
-_STATES: Final = frozenset(State)
+_STATES: Final = {state.value: state for state in State}
 #: The start of a quarantined grant's ``last_error``.
 UNREADABLE: Final = "store row unreadable"
 
@@ -250,7 +250,7 @@ def _seal(grant: Grant, scope: str, state: str, sealer: Sealer) -> tuple[bytes, 
 
 
 def _open_tokens(
-    hid: str, at: object, rt: object, bound: tuple[str, ...], sealer: Sealer
+    hid: str, at: object, rt: object, bound: RowValues, sealer: Sealer
 ) -> tuple[str, str]:
     if not isinstance(at, bytes):
         raise ValueError("access_token is not a sealed value")
@@ -269,7 +269,9 @@ def _text(value: object, name: str) -> str:
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) is float:  # what SQLite gives a REAL column back as
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} is not a number")
     return float(value)
 
@@ -285,9 +287,10 @@ def _count(value: object) -> int:
 
 
 def _state(value: object) -> State:
-    if not isinstance(value, str) or value not in _STATES:
+    state = _STATES.get(value) if isinstance(value, str) else None
+    if state is None:
         raise ValueError("state is not one of " + ", ".join(State))
-    return State(value)
+    return state
 
 
 def _intent(attempt: object, fp: object, started: object) -> RefreshIntent | None:

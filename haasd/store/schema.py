@@ -4,8 +4,11 @@ and re-seals files by these."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Final
+
+from haasd.crypto import RowValues
 
 __all__ = [
     "APPLICATION_ID",
@@ -91,19 +94,21 @@ BOUND: Final[Mapping[str, tuple[str, ...]]] = {
 #: The first bound value of a grant row: names what follows, so that another set of bound
 #: values later cannot be read as this one.
 GRANT_ROW: Final = "grant-row-v1"
+_DOUBLE: Final = struct.Struct(">d")
 
 
 def grant_bound(
     scope: object, state: object, access_expires_at: object, refresh_expires_at: object
-) -> tuple[str, str, str, str, str]:
+) -> RowValues:
     """A grant row's bound values as they enter the associated data: its scope and state
-    as stored, each expiry exactly (``float.hex``). Raises :class:`ValueError` for a value
-    that the schema never holds there (so an edited row is reported, not misread)."""
+    as stored, each expiry exactly (the IEEE 754 double SQLite stores, big-endian).
+    Raises :class:`ValueError` for a value the schema never holds there (so an edited row
+    is reported, not misread)."""
     if not isinstance(scope, str):
         raise ValueError("scope is not text")
     if not isinstance(state, str):
         raise ValueError("state is not text")
-    return (
+    return RowValues(
         GRANT_ROW,
         scope,
         state,
@@ -112,17 +117,17 @@ def grant_bound(
     )
 
 
-def bound_values(table: str, values: Sequence[object]) -> tuple[str, ...]:
+def bound_values(table: str, values: Sequence[object]) -> RowValues | None:
     """The bound values of a row of ``table``, given its :data:`BOUND` columns' values."""
     if table == "grants":
         return grant_bound(*values)
     if table in BOUND:  # pragma: no cover - a new bound table needs its encoding here
         raise NotImplementedError(table)
-    return ()
+    return None
 
 
-def _exact(value: object, name: str) -> str:
+def _exact(value: object, name: str) -> bytes:
     # SQLite gives a REAL column back as float; -0.0 + 0.0 is 0.0, so zero has one form
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{name} is not a number")
-    return float.hex(float(value) + 0.0)
+    return _DOUBLE.pack(float(value) + 0.0)
