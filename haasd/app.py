@@ -170,6 +170,9 @@ class Daemon:
         self.refresher.policy = policy_of(new)
         self.config = new
         _log.info("configuration reloaded", applied=list(RELOADABLE), need_restart=restart)
+        note = access_override_note(new)
+        if note is not None:
+            _log.warning(note)
         return True
 
 

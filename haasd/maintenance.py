@@ -332,16 +332,19 @@ def _uri(path: Path, query: str) -> str:
     return f"file:{quote(str(path.absolute()))}?{query}"
 
 
-def _create_private(path: Path) -> None:
+def _create_private(path: Path) -> int:
+    """A new file at ``path``, mode 0600 from its creation, never through a link: its
+    descriptor, for writing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return os.open(path, flags, 0o600)
     except OSError as exc:
         raise HaasdError(f"cannot create {path}: {exc.strerror}") from exc
 
 
 def _copy_live(source: Path, target: Path) -> None:
     """A consistent copy of the database ``source`` (and its -wal) into a new file."""
-    _create_private(target)
+    os.close(_create_private(target))
     try:
         # mode=rw: never create a store; read only, yet it tidies the -wal up if last out
         with (
@@ -357,10 +360,11 @@ def _copy_live(source: Path, target: Path) -> None:
 
 
 def _copy_file(source: Path, target: Path) -> None:
-    """Copy ``source`` to a new private file ``target``."""
-    _create_private(target)
+    """Copy ``source`` to a new private file ``target``, through the descriptor that
+    created it (never ``target`` opened again by its path)."""
+    dst = os.fdopen(_create_private(target), "wb")
     try:
-        with source.open("rb") as src, target.open("r+b") as dst:
+        with dst, source.open("rb") as src:
             shutil.copyfileobj(src, dst)
     except OSError as exc:
         raise HaasdError(f"cannot copy {source} to {target}: {exc.strerror}") from exc

@@ -250,3 +250,15 @@ def test_consent_messages_and_errors_show_server_sent_text_escaped(
     assert printed.startswith("granted: usr_\\x1b]0;pwned\\x07 (status:read \\x1b[2J)")
     assert "the consent was for usr_maria_\\ud800" in printed
     assert err == "haasd: exchange_failed: \\x1b[31mred\\x1b[0m\n"
+
+
+def test_check_config_says_when_haasd_access_replaces_the_files_rules(
+    config_file: Path,
+) -> None:
+    with config_file.open("a") as f:
+        f.write('[[access]]\nuid = 1000\nhumans = ["usr_*"]\n')
+    replaced = run("check-config", "--config", str(config_file), env={"HAASD_ACCESS": "[]"})
+    assert replaced.returncode == 0, replaced.stderr
+    note = f"note: HAASD_ACCESS replaces the 1 [[access]] rule(s) of {config_file}\n"
+    assert replaced.stdout.endswith(note)
+    assert "note:" not in run("check-config", "--config", str(config_file)).stdout

@@ -19,11 +19,13 @@ from haasd.cli._common import EXIT_OK, config_of, table
 from haasd.cli._online import status_online
 from haasd.client import HumanStatus
 from haasd.clock import SystemClock
+from haasd.config import access_override_note
 from haasd.crypto import Key
 from haasd.errors import HaasdError, StoreError, TokenResponseError, UnknownHumanError
 from haasd.grants import Grant, new_grant, status_of
 from haasd.parts import policy_of, sealer_of
 from haasd.store import Store
+from haasd.text import printable
 from haasd.tokens import parse_token_response
 
 __all__ = ["cmd_check_config", "cmd_import", "cmd_keygen", "cmd_status"]
@@ -48,6 +50,9 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
         f"  access rules     {rules or 'none: root and the daemon user only, as admins'}",
         file=out,
     )
+    note = access_override_note(config)
+    if note is not None:
+        print(f"note: {note}", file=out)
     return EXIT_OK
 
 
@@ -55,7 +60,8 @@ def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
     path = Path(args.out)
     key = Key.generate()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
     except FileExistsError:
         raise HaasdError(
             f"{path} exists; haasd keygen never overwrites a key (a store sealed with it "
@@ -107,7 +113,8 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
 
     replaced = anyio.run(store_it)
     verb = "replaced the grant of" if replaced else "imported a grant for"
-    print(f"{verb} {grant.human_id} (scope: {' '.join(grant.scope)})", file=out)
+    scope = printable(" ".join(grant.scope))
+    print(f"{verb} {printable(grant.human_id)} (scope: {scope})", file=out)
     return EXIT_OK
 
 
