@@ -258,7 +258,7 @@ async def test_a_row_put_back_as_it_was_is_readable_again(db: Path, sealer: Seal
     original = row_of(db, "usr_b")
     tamper(db, "a later access expiry")
     async with await Store.open(db, sealer) as store:
-        await store.list_grants()
+        stand_in = (await store.list_grants())[1]
         assert store.unreadable == {"usr_b"}
         with raw(db) as conn:
             conn.execute(
@@ -266,6 +266,10 @@ async def test_a_row_put_back_as_it_was_is_readable_again(db: Path, sealer: Seal
             )
         assert await store.list_grants() == grants
         assert store.unreadable == frozenset()
+        # the stand-in still held in memory somewhere never overwrites the good row
+        await store.put_grants([stand_in, replace(stand_in, last_error="the limit")])
+        assert await store.finish_refresh(stand_in) is False
+    assert row_of(db, "usr_b") == original
 
 
 # -- state changes re-seal; an edited state does not open ------------------------------

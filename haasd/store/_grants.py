@@ -234,7 +234,8 @@ def why_unreadable(exc: DecryptError | ValueError) -> str:
 
 
 def is_placeholder(grant: Grant) -> bool:
-    """Whether ``grant`` is (a copy of) a :func:`quarantined` grant, not a consent."""
+    """Whether ``grant`` is (a copy of) a :func:`quarantined` grant: no consent or refresh
+    ever gives empty tokens (:mod:`haasd.tokens` refuses them)."""
     return not grant.refresh_token and not grant.access_token
 
 

@@ -149,7 +149,7 @@ class Store:
         self._check_open()
         async with self._lock:  # a consent cannot land between reading and quarantining
             rows = await self._fetch_locked(f"{SELECT_GRANTS} ORDER BY human_id")
-            # ~15 µs a row (mostly AES and the frozen dataclass): off the event loop
+            # ~10 µs a row (mostly AES and the frozen dataclass): off the event loop
             grants, unreadable = await anyio.to_thread.run_sync(self._to_grants, rows)
             before, self._unreadable = self._unreadable, {}
             self._quarantine(unreadable, warn=warn, known=before)
@@ -164,13 +164,14 @@ class Store:
     async def put_grant(self, grant: Grant) -> None:
         """Insert or replace the grant of ``grant.human_id``; a consent ends a quarantine.
 
-        A quarantined grant's stand-in (or a copy of it) is not written: its row stays.
+        A quarantined grant's stand-in (or a copy of it: no tokens) is never written, so
+        the row it stands for stays as it is.
         """
         await self.put_grants([grant], what="put grant")
 
     async def put_grants(self, grants: Iterable[Grant], *, what: str = "put grants") -> None:
         """Insert or replace many grants in a single transaction (as :meth:`put_grant`)."""
-        kept = [g for g in grants if not (g.human_id in self._unreadable and is_placeholder(g))]
+        kept = [grant for grant in grants if not is_placeholder(grant)]
         rows = [grant_row(g, self._sealer) for g in kept]
         await self._write(PUT_GRANT, rows, what)
         for grant in kept:
@@ -201,9 +202,9 @@ class Store:
         environment, consented_at and last_served_at stay as stored. With
         ``attempt_id``, only if the row still carries that intent: False (nothing
         written) when the grant was replaced or deleted while the refresh was in flight.
-        False too for a quarantined grant: its row is left as it is.
+        False too for a quarantined grant (or its stand-in): its row is left as it is.
         """
-        if grant.human_id in self._unreadable:
+        if grant.human_id in self._unreadable or is_placeholder(grant):
             return False
         params = refresh_row(grant, self._sealer)
         if attempt_id is None:
@@ -229,10 +230,10 @@ class Store:
         as is an already quarantined row: nothing is written, and no error is raised,
         since the grant in memory is still what it was.
         """
+        self._check_open()
         if human_id in self._unreadable:
             return
         status = (last_error, consecutive_failures, next_refresh_at, human_id)
-        self._check_open()
         with anyio.CancelScope(shield=True), translate(self._path, "update status"):
             async with self._lock, transaction(self._conn):
                 rows = list(await self._conn.execute_fetchall(SELECT_SEALED, (human_id,)))
