@@ -247,6 +247,8 @@ async def run(
                 server,
                 config.socket.path,
             )
+            if signals:  # before READY: a SIGTERM right after it must stop cleanly
+                await tg.start(_signal_loop, tg, daemon, notifier, config_path, environ)
             notifier.ready(daemon.status_line())
             _log.info(
                 "haasd ready",
@@ -259,8 +261,6 @@ async def run(
                 tg.start_soon(notifier.watchdog, interval)
             if notifier.enabled:
                 tg.start_soon(_status_loop, notifier, daemon)
-            if signals:
-                tg.start_soon(_signal_loop, tg, daemon, notifier, config_path, environ)
             task_status.started(daemon)
     _log.info("haasd stopped")
 
@@ -277,8 +277,11 @@ async def _signal_loop(
     notifier: Notifier,
     config_path: Path | None,
     environ: Mapping[str, str] | None,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+        task_status.started()
         async for signum in received:
             if signum == signal.SIGHUP:
                 notifier.notify("RELOADING=1")

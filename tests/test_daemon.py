@@ -273,3 +273,34 @@ async def test_systemd_notify_ready_watchdog_and_stopping(short_dir: Path) -> No
                 if proc.poll() is None:
                     proc.kill()
         assert proc.returncode == 0
+
+
+async def test_a_sigterm_right_after_ready_stops_cleanly(short_dir: Path) -> None:
+    """The signal handlers are in place before READY=1: a supervisor that stops haasd the
+    moment it is ready gets a clean exit 0, not death by the default SIGTERM action."""
+    sim = simulator(ManualClock(start=time.time()))
+    async with sim.running():
+        config = write_config(short_dir, sim.token_url)
+        notify = short_dir / "notify"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+            listener.bind(str(notify))
+            listener.settimeout(20)
+            for _ in range(3):
+                proc = haasd(
+                    "run",
+                    "--config",
+                    str(config),
+                    cwd=short_dir,
+                    env={"NOTIFY_SOCKET": str(notify)},
+                )
+                try:
+                    ready = False
+                    while not ready:
+                        data: bytes = await anyio.to_thread.run_sync(listener.recv, 4096)
+                        ready = "READY=1" in data.decode()
+                    proc.send_signal(signal.SIGTERM)
+                    _, err = proc.communicate(timeout=15)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                assert proc.returncode == 0, err
