@@ -443,3 +443,34 @@ async def test_start_up_says_how_many_grants_the_plan_keeps_fresh(tmp_path: Path
     assert loaded["plan_capacity"] == 45
     warning = next(e for e in logs if e["event"] == "more grants than the plan can keep fresh")
     assert warning["refreshed_ahead"] == 50
+
+
+async def test_an_unexpected_error_costs_one_grant_a_retry_never_the_engine(
+    tmp_path: Path,
+) -> None:
+    """A defect met while handling one grant is caught for that grant: logged, backed
+    off, health degraded; the engine and every other grant go on."""
+    broken = {"usr_a"}
+
+    def defect(point: str, human_id: str) -> None:
+        if point == "answered" and human_id in broken:
+            broken.discard(human_id)  # once
+            raise RuntimeError("a defect")
+
+    async with running(tmp_path, checkpoint=defect) as h:
+        await h.consent("usr_a")
+        await h.consent("usr_b")
+        with capture_logs() as logs:
+            await advance_until(h, lambda: not broken)
+            await h.clock.advance(0.1)
+        assert any(e["event"].startswith("unexpected error") for e in logs)
+        health = h.refresher.health()
+        assert health["status"] == "degraded"
+        assert any("internal error" in str(r) and "usr_a" in str(r) for r in health["reasons"])
+        b = h.refresher.grant("usr_b")
+        assert b is not None and b.access_expires_at - h.clock.time() > 0.5 * HOUR
+        await h.clock.advance(0.5 * HOUR)  # usr_a is retried and recovers
+        a = h.refresher.grant("usr_a")
+        assert a is not None and a.access_expires_at - h.clock.time() > 0.5 * HOUR
+        assert h.sim.validate_access_token(a.access_token.reveal()) == "usr_a"
+        assert h.refresher.health()["status"] == "ok"
