@@ -139,6 +139,8 @@ class Refresher(_Flights):
             await self.store.put_grant(grant)
         self._grants[grant.human_id] = grant
         self._interrupted.discard(grant.human_id)
+        self._faults.pop(grant.human_id, None)
+        self.demand.forget(grant.human_id)
         self._place(grant, self.clock.time())
 
     async def delete(self, human_id: str) -> bool:
@@ -147,6 +149,8 @@ class Refresher(_Flights):
         self._grants.pop(human_id, None)
         self._schedule.drop(human_id)
         self._last_served.pop(human_id, None)
+        self._faults.pop(human_id, None)
+        self.demand.forget(human_id)
         return existed
 
     def health(self) -> dict[str, object]:
