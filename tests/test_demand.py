@@ -9,13 +9,25 @@ import pytest
 from haasd.demand import (
     WINDOW,
     OnDemand,
+    Refusal,
     RefusalReason,
     impossible_min_ttl,
     on_demand_cap,
     peer_cap,
 )
 
-LIMITS = {"capacity": 54, "share": 0.25, "cooldown": 300.0}  # the free plan: 13, 6 a peer
+
+def admit(
+    demand: OnDemand,
+    human_id: str,
+    peer: int,
+    now: float,
+    *,
+    capacity: int = 54,  # the free plan: 13 on demand a minute, 6 for one peer
+    share: float = 0.25,
+    cooldown: float = 300.0,
+) -> Refusal | None:
+    return demand.admit(human_id, peer, now, capacity=capacity, share=share, cooldown=cooldown)
 
 
 @pytest.mark.parametrize(
@@ -48,32 +60,32 @@ def test_the_share_and_a_peers_part_of_it(
 
 def test_one_on_demand_refresh_per_grant_per_cooldown() -> None:
     demand = OnDemand()
-    assert demand.admit("usr_a", 1000, 0.0, **LIMITS) is None
-    refusal = demand.admit("usr_a", 1001, 100.0, **LIMITS)  # whoever asks
+    assert admit(demand, "usr_a", 1000, 0.0) is None
+    refusal = admit(demand, "usr_a", 1001, 100.0)  # whoever asks
     assert refusal is not None and refusal.reason is RefusalReason.COOLDOWN
     assert refusal.retry_after == pytest.approx(200.0)
-    assert demand.admit("usr_b", 1000, 100.0, **LIMITS) is None  # another grant
-    assert demand.admit("usr_a", 1000, 300.0, **LIMITS) is None
+    assert admit(demand, "usr_b", 1000, 100.0) is None  # another grant
+    assert admit(demand, "usr_a", 1000, 300.0) is None
 
 
 def test_one_peer_takes_at_most_half_the_share_and_the_rest_is_left_to_others() -> None:
     demand = OnDemand()
-    hog = [demand.admit(f"usr_{i}", 1000, float(i), **LIMITS) for i in range(20)]
+    hog = [admit(demand, f"usr_{i}", 1000, float(i)) for i in range(20)]
     assert hog[:6] == [None] * 6
     assert all(r is not None and r.reason is RefusalReason.PEER_SHARE for r in hog[6:])
-    others = [demand.admit(f"usr_o{i}", 1001 + i % 2, 30.0 + i, **LIMITS) for i in range(10)]
+    others = [admit(demand, f"usr_o{i}", 1001 + i % 2, 30.0 + i) for i in range(10)]
     assert others[:7] == [None] * 7  # what the hog left: 13 - 6
     assert all(r is not None and r.reason is RefusalReason.SHARE for r in others[7:])
     # the window moves on: the hog's first refreshes leave it after a minute
-    again = demand.admit("usr_x", 1000, WINDOW + 0.5, **LIMITS)
+    again = admit(demand, "usr_x", 1000, WINDOW + 0.5)
     assert again is None
 
 
 def test_refusals_are_tallied_per_peer_for_health_and_metrics() -> None:
     demand = OnDemand()
-    demand.admit("usr_a", 7, 0.0, **LIMITS)
+    admit(demand, "usr_a", 7, 0.0)
     for t in range(1, 6):
-        demand.admit("usr_a", 7, float(t), **LIMITS)
+        admit(demand, "usr_a", 7, float(t))
     assert demand.refusals_of(7, 5.0) == 5
     assert demand.refused_peers(5.0) == [(7, RefusalReason.COOLDOWN, 5)]
     assert demand.refused[RefusalReason.COOLDOWN] == 5
@@ -84,8 +96,7 @@ def test_refusals_are_tallied_per_peer_for_health_and_metrics() -> None:
 def test_memory_stays_bounded_under_many_peers_and_grants() -> None:
     demand = OnDemand()
     rng = random.Random(7)
-    limits = {**LIMITS, "capacity": 1000, "share": 0.5}
     for t in range(20_000):
-        demand.admit(f"usr_{rng.randrange(50)}", rng.randrange(100_000), t * 0.01, **limits)
+        admit(demand, f"usr_{rng.randrange(50)}", rng.randrange(100_000), t * 0.01, capacity=1000)
     assert len(demand._peers) <= 256
     assert len(demand._refused) <= 256
