@@ -229,8 +229,7 @@ class TokenServer:
                 _log.warning("cannot read peer credentials; closing", error=str(exc))
                 await _close(stream)
                 continue
-            context = self._router.connect(peer)
-            matched = context.matched
+            matched = self._router.match(peer)
             if not matched:
                 self._deny(conns, stream, peer)
                 continue
@@ -241,6 +240,7 @@ class TokenServer:
             elif self._per_uid[peer.uid] >= limits.max_connections_per_uid:
                 self._refuse(conns, stream, peer, "too many connections from this user")
             else:
+                context = self._router.connect(peer)
                 tally = self._router.tally
                 conn = HttpConnection(stream, context.handle, limits, tally=tally, uid=peer.uid)
                 self._connections[conn] = context
