@@ -3,7 +3,7 @@
 ==========================================  =======================  =========================
 route                                       who                      answer
 ==========================================  =======================  =========================
-``GET /v1/health``                          anyone who can connect   200 health
+``GET /v1/health``                          any peer with a rule     200 health
 ``GET /v1/tokens/{human_id}``               peers allowed the human  200 token
 ``GET /v1/humans``                          admin                    200 ``{"humans": [...]}``
 ``GET /v1/humans/{human_id}``               peers allowed the human  200 status
