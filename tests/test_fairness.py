@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from random import Random
 
 import anyio
 import httpx
@@ -21,7 +22,11 @@ from test_daemon import seed_grant, short_dir, write_config
 from haasd.app import Daemon, run
 from haasd.clock import ManualClock
 from haasd.config import load_config
+from haasd.crypto import Key, Sealer
+from haasd.grants import Policy, new_grant
 from haasd.simulator import Simulator, TokenRequestRecord
+from haasd.store import Store
+from haasd.tokens import parse_token_response
 
 __all__ = ["short_dir"]  # the fixture, re-used from test_daemon
 
@@ -203,3 +208,33 @@ async def test_served_times_reach_the_store_within_seconds(live: Running) -> Non
         while on_disk() is None:  # noqa: ASYNC110 - the daemon's own timer writes it
             await anyio.sleep(0.2)
     assert on_disk() == pytest.approx(served_at)
+
+
+async def test_a_peer_gets_no_token_wider_than_its_rule(short_dir: Path) -> None:
+    """A status:read rule never hands out a token that can dispatch tasks."""
+    clock = ManualClock(start=time.time())
+    sim = simulator(clock)
+    rules = '[[access]]\nuid = 0\nhumans = ["usr_*"]\nscopes = ["status:read"]\n'
+    async with sim.running():
+        config_path = write_config(short_dir, sim.token_url, extra=rules)
+        await seed_grant(short_dir, sim, "usr_wide_1")  # tasks:dispatch status:read
+        key = Key.from_text((short_dir / "store.key").read_text())
+        answer = parse_token_response(await sim.consent("usr_narrow_2", "status:read"))
+        async with await Store.open(short_dir / "haasd.db", Sealer(key)) as store:
+            await store.put_grant(new_grant(answer, "test", clock.time(), Policy(), Random(1)))
+        config = load_config(config_path, {})
+        async with anyio.create_task_group() as tg:
+            daemon: Daemon = await tg.start(
+                lambda task_status: run(
+                    config, clock=clock, environ={}, signals=False, task_status=task_status
+                )
+            )
+            transport = httpx.AsyncHTTPTransport(uds=str(daemon.socket_path))
+            async with httpx.AsyncClient(transport=transport, base_url="http://haasd") as client:
+                wide = await client.get("/v1/tokens/usr_wide_1")
+                narrow = await client.get("/v1/tokens/usr_narrow_2")
+            tg.cancel_scope.cancel()
+    assert (wide.status_code, error(wide)["type"]) == (403, "insufficient_scope")
+    assert error(wide)["scopes"] == ["tasks:dispatch"]
+    assert "access_token" not in wide.text
+    assert narrow.status_code == 200 and narrow.json()["scope"] == "status:read"
