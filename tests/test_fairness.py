@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
@@ -56,17 +56,26 @@ async def live(short_dir: Path) -> AsyncIterator[Running]:
         config_path = write_config(short_dir, sim.token_url)
         for human in (A, B):
             await seed_grant(short_dir, sim, human)
-        config = load_config(config_path, {})
-        async with anyio.create_task_group() as tg:
-            daemon: Daemon = await tg.start(
-                lambda task_status: run(
-                    config, clock=clock, environ={}, signals=False, task_status=task_status
-                )
+        async with daemon_at(config_path, clock) as (daemon, client):
+            yield Running(daemon, sim, client, clock)
+
+
+@asynccontextmanager
+async def daemon_at(
+    config_path: Path, clock: ManualClock
+) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
+    """The whole daemon on ``config_path``, in this process, and a client of its socket."""
+    config = load_config(config_path, {})
+    async with anyio.create_task_group() as tg:
+        daemon: Daemon = await tg.start(
+            lambda task_status: run(
+                config, clock=clock, environ={}, signals=False, task_status=task_status
             )
-            transport = httpx.AsyncHTTPTransport(uds=str(daemon.socket_path))
-            async with httpx.AsyncClient(transport=transport, base_url="http://haasd") as client:
-                yield Running(daemon, sim, client, clock)
-            tg.cancel_scope.cancel()
+        )
+        transport = httpx.AsyncHTTPTransport(uds=str(daemon.socket_path))
+        async with httpx.AsyncClient(transport=transport, base_url="http://haasd") as client:
+            yield daemon, client
+        tg.cancel_scope.cancel()
 
 
 def error(reply: httpx.Response) -> dict[str, object]:
@@ -222,18 +231,9 @@ async def test_a_peer_gets_no_token_wider_than_its_rule(short_dir: Path) -> None
         answer = parse_token_response(await sim.consent("usr_narrow_2", "status:read"))
         async with await Store.open(short_dir / "haasd.db", Sealer(key)) as store:
             await store.put_grant(new_grant(answer, "test", clock.time(), Policy(), Random(1)))
-        config = load_config(config_path, {})
-        async with anyio.create_task_group() as tg:
-            daemon: Daemon = await tg.start(
-                lambda task_status: run(
-                    config, clock=clock, environ={}, signals=False, task_status=task_status
-                )
-            )
-            transport = httpx.AsyncHTTPTransport(uds=str(daemon.socket_path))
-            async with httpx.AsyncClient(transport=transport, base_url="http://haasd") as client:
-                wide = await client.get("/v1/tokens/usr_wide_1")
-                narrow = await client.get("/v1/tokens/usr_narrow_2")
-            tg.cancel_scope.cancel()
+        async with daemon_at(config_path, clock) as (_, client):
+            wide = await client.get("/v1/tokens/usr_wide_1")
+            narrow = await client.get("/v1/tokens/usr_narrow_2")
     assert (wide.status_code, error(wide)["type"]) == (403, "insufficient_scope")
     assert error(wide)["scopes"] == ["tasks:dispatch"]
     assert "access_token" not in wide.text

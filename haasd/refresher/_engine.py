@@ -61,27 +61,17 @@ class Refresher(_Flights):
         :class:`NeedsReconsentError` or :class:`TokenUnavailableError` (with
         ``retry_after``) when there is none to be had.
         """
-        grant = self._current(human_id)
-        now = self.clock.time()
-        decision = self._serve(grant, now, min_ttl)
-        if decision is Serve.SERVE:
-            self._served(grant, now)
+        grant, now = self._current(human_id), self.clock.time()
+        if self._servable(grant, now, min_ttl):
             return grant
-        if decision is Serve.NEEDS_RECONSENT:
-            raise NeedsReconsentError(human_id, grant.last_error)
         flight = self._flights.get(human_id)
         if flight is None:
             self._admit(grant, now, min_ttl, wait, peer)
             flight = self._fly(human_id)
         await self._await_flight(flight, human_id, wait)
-        grant = self._current(human_id)
-        now = self.clock.time()
-        decision = self._serve(grant, now, min_ttl)
-        if decision is Serve.SERVE:
-            self._served(grant, now)
+        grant, now = self._current(human_id), self.clock.time()
+        if self._servable(grant, now, min_ttl):
             return grant
-        if decision is Serve.NEEDS_RECONSENT:
-            raise NeedsReconsentError(human_id, grant.last_error)
         reason = grant.last_error or (
             f"the server grants tokens of {grant.access_expires_at - now:.0f}s, "
             f"less than the {min_ttl:.0f}s asked for"
@@ -119,11 +109,19 @@ class Refresher(_Flights):
             raise UnknownHumanError(human_id)
         return grant
 
-    def _serve(self, grant: Grant, now: float, min_ttl: float) -> Serve:
+    def _servable(self, grant: Grant, now: float, min_ttl: float) -> bool:
+        """True (and counted as served) if the token in hand has ``min_ttl`` left; False
+        if a refresh could give one; NeedsReconsentError if nothing can."""
         state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
-        return serve_decision(
+        decision = serve_decision(
             state, grant.access_expires_at, now, min_ttl, self.policy.serve_margin
         )
+        if decision is Serve.NEEDS_RECONSENT:
+            raise NeedsReconsentError(grant.human_id, grant.last_error)
+        if decision is Serve.SERVE:
+            self._served(grant, now)
+            return True
+        return False
 
     async def _await_flight(self, flight: _Flight, human_id: str, wait: float) -> None:
         with anyio.move_on_after(wait):
