@@ -7,17 +7,19 @@ audit logging on into ``/dev/null``) with the simulated HaaS over loopback HTTP
 :class:`~haasd.clock.ScaledClock` (one simulated hour per 10 s by default) so that every
 human's token is refreshed several times within a minute of real time.
 
-* **Warm-up**: ``--humans`` humans consent through the real consent flow, spread over
-  the warm-up so their refreshes are spread too.
-* **Phase A (baseline)**: ``--apps`` normal apps, each a process of its own with a uid
-  of its own and an ``[[access]]`` rule for its humans, fetch their humans' tokens in
-  turn on one keep-alive connection each, ``--rate`` requests per second each.
-* **Phase B (abuse)**: the same apps, plus
-  (1) an abuser — a uid with a rule for ``--abuser-humans`` humans — looping
+* **Warm-up**: 50 humans consent through the real consent flow, spread over the
+  warm-up so that their refreshes are spread too.
+* **Phase A (baseline)**: the normal clients, each a process with a uid of its own and
+  an ``[[access]]`` rule for its humans: 4 apps fetching their humans' tokens in turn on
+  one keep-alive connection each (``--rate`` requests per second each, default 200),
+  and one client that opens a new connection for each request (20 per second), as
+  ``haasd token`` does.
+* **Phase B (abuse)**: the same clients, plus
+  (1) an abuser — a uid with a rule for 3 humans — looping
   ``GET /v1/tokens/H?min_ttl=86400`` (no token can have that long) and ``?min_ttl=3500``
   (met only by a token just refreshed) on one connection as fast as it can, and
-  (2) 12 uids that match no rule, each opening ``--flood-connections`` connections,
-  holding them, and trying again as soon as they are closed.
+  (2) 12 uids that match no rule, each opening 64 connections, holding them 0.1 s, and
+  opening them again.
 
 Latency is real wall-clock time of each socket request, measured in the client
 processes (send to the last byte of the answer). Times to expiry (``expires_in``),
@@ -26,7 +28,9 @@ simulator's log of ``/token`` requests. Other uids are real: children forked bef
 daemon starts drop to unused uids (root only; without root, every client runs as this
 uid and the unruled uids are left out, which the output says).
 
-Run: ``.venv/bin/python bench/fairness.py [--quick]`` (about 60 s; ``--quick`` about 30 s).
+Run: ``.venv/bin/python bench/fairness.py [--quick] [--no-flood]`` (about 45 s;
+``--quick`` about 25 s; ``--no-flood`` leaves the unruled uids out, to tell the two
+attacks' costs apart).
 Exits 1 when a check fails (a normal app refused, an answer that hung, the abuser
 refreshed more often than the cooldown allows, a normal human left unhealthy).
 """
@@ -424,6 +428,8 @@ class Plan:
     flood_connections: int
     flood_pause: float
     root: bool
+    #: run the unruled uids in phase B (needs root)
+    flood: bool
 
     def app_humans(self, app: int) -> list[str]:
         normal = self.humans - self.abuser_humans
@@ -510,7 +516,7 @@ def cast(plan: Plan, children: Children) -> Cast:
     )
     abuser = fork("abuser", ["usr_abuse_*"], partial(_abuser, humans=plan.abuser_ids))
     flooders = []
-    if plan.root:
+    if plan.root and plan.flood:
         flood = partial(_flood, count=plan.flood_connections, pause=plan.flood_pause)
         flooders = [children.fork(f"unruled uid {uid}", uid, gid, flood) for uid in mine]
     return Cast(apps, cli, abuser, flooders, gid, rules)
@@ -878,7 +884,8 @@ FLOOD_LABELS: Final = {
 def flood_section(plan: Plan, b: Phase, out: TextIO) -> Counter[str]:
     outcomes: Counter[str] = Counter()
     if not b.flooders:
-        print("\nunruled uids: not run (needs root to fork other uids)", file=out)
+        why = "--no-flood" if plan.root else "needs root to fork other uids"
+        print(f"\nunruled uids: not run ({why})", file=out)
         return outcomes
     for f in b.flooders:
         outcomes.update(f["outcomes"])
@@ -965,6 +972,7 @@ def report(plan: Plan, cast_: Cast, a: Phase, b: Phase, daemon: Daemon, out: Tex
 
 def header(plan: Plan, args: argparse.Namespace, out: TextIO) -> None:
     command = ".venv/bin/python bench/fairness.py" + (" --quick" if args.quick else "")
+    command += " --no-flood" if args.no_flood else ""
     for name in ("phase", "warmup", "rate", "speed"):
         if getattr(args, name) is not None:
             command += f" --{name} {getattr(args, name):g}"
@@ -990,24 +998,29 @@ def header(plan: Plan, args: argparse.Namespace, out: TextIO) -> None:
         " requests/s each, GET /v1/tokens/H (no min_ttl) in turn",
         f"abuser:    one connection, as fast as it can: min_ttl={ABUSE_KINDS[0]} and"
         f" min_ttl={ABUSE_KINDS[1]} in turn over its humans",
-        (
-            f"unruled:   {FLOOD_UIDS} uids, {plan.flood_connections} connections each per round,"
-            f" held {plan.flood_pause:g} s, again"
-            if plan.root
-            else "unruled:   not run: not root, so no other uids (every client runs as this uid)"
-        ),
-        f"phases:    A (apps) {plan.phase:g} s, then B (apps + abuser + unruled) {plan.phase:g} s",
+        f"unruled:   {FLOOD_UIDS} uids, {plan.flood_connections} connections each per round,"
+        f" held {plan.flood_pause:g} s, again"
+        if plan.flood
+        else "unruled:   left out (--no-flood)"
+        if plan.root
+        else "unruled:   not run: not root, so no other uids (every client runs as this uid)",
+        f"phases:    A (apps) {plan.phase:g} s, then B (apps + abuser"
+        + (" + unruled" if plan.flood else "")
+        + f") {plan.phase:g} s",
     ]
     print("\n".join(lines), file=out)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="shorter phases (about 30 s)")
+    parser.add_argument("--quick", action="store_true", help="shorter phases (about 25 s)")
     parser.add_argument("--phase", type=float, default=None, help="real seconds per phase")
     parser.add_argument("--warmup", type=float, default=None, help="real seconds of onboarding")
     parser.add_argument("--rate", type=float, default=None, help="requests/s per normal app")
     parser.add_argument("--speed", type=float, default=None, help="simulated seconds per second")
+    parser.add_argument(
+        "--no-flood", action="store_true", help="phase B without the unruled uids (the abuser only)"
+    )
     args = parser.parse_args(argv)
     plan = Plan(
         speed=args.speed or 360.0,
@@ -1020,6 +1033,7 @@ def main(argv: list[str] | None = None) -> None:
         flood_connections=64,
         flood_pause=0.1,
         root=os.geteuid() == 0,
+        flood=os.geteuid() == 0 and not args.no_flood,
     )
     if min(plan.speed, plan.rate, plan.warmup, plan.phase) <= 0:
         parser.error("--phase, --warmup, --rate and --speed must be positive")
