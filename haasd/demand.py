@@ -115,6 +115,39 @@ class _Window:
         self._at.append(now)
 
 
+class _PeerRefusals:
+    """One peer's refusals: the last, the current run, and a per-minute rate kept in two
+    one-minute buckets (the sliding-window estimate: the previous bucket weighted by how
+    much of it still lies in the last minute, plus the current one)."""
+
+    __slots__ = ("bucket", "bucket_start", "last_at", "previous", "reason", "run")
+
+    def __init__(self, now: float) -> None:
+        self.last_at = now
+        self.reason = RefusalReason.COOLDOWN
+        self.run = 0
+        self.bucket_start = now
+        self.bucket = self.previous = 0
+
+    def add(self, now: float, reason: RefusalReason) -> None:
+        self.run = self.run + 1 if now - self.last_at < DEGRADED_FOR else 1
+        self.last_at, self.reason = now, reason
+        self._roll(now)
+        self.bucket += 1
+
+    def per_minute(self, now: float) -> int:
+        self._roll(now)
+        weight = 1.0 - (now - self.bucket_start) / WINDOW
+        return round(self.previous * weight + self.bucket)
+
+    def _roll(self, now: float) -> None:
+        passed = int((now - self.bucket_start) // WINDOW)
+        if passed >= 1:
+            self.previous = self.bucket if passed == 1 else 0
+            self.bucket = 0
+            self.bucket_start += passed * WINDOW
+
+
 class OnDemand:
     """The on-demand windows, per-grant cooldowns and refusals (monotonic seconds in)."""
 
@@ -125,8 +158,8 @@ class OnDemand:
         self._peers: dict[int | None, _Window] = {}
         #: human -> monotonic instant of its last on-demand refresh
         self._last: dict[str, float] = {}
-        #: peer -> (last refusal instant, its reason, refusals since the window began)
-        self._refused: dict[int | None, tuple[float, RefusalReason, int]] = {}
+        #: peer -> its refusals (for health and log lines)
+        self._refused: dict[int | None, _PeerRefusals] = {}
         #: refusals by reason, for /metrics
         self.refused: Counter[RefusalReason] = Counter()
 
@@ -194,33 +227,33 @@ class OnDemand:
     def refuse(self, peer: int | None, now: float, refusal: Refusal) -> Refusal:
         """Count ``refusal`` against ``peer`` (also for refusals decided elsewhere)."""
         self.refused[refusal.reason] += 1
-        previous = self._refused.get(peer)
-        count = 1
-        if previous is not None and now - previous[0] < DEGRADED_FOR:
-            count = previous[2] + 1
-        elif previous is None and len(self._refused) >= _MAX_PEERS:
-            oldest = min(self._refused, key=lambda p: self._refused[p][0])
-            del self._refused[oldest]
-        self._refused[peer] = (now, refusal.reason, count)
+        record = self._refused.get(peer)
+        if record is None:
+            if len(self._refused) >= _MAX_PEERS:
+                oldest = min(self._refused, key=lambda p: self._refused[p].last_at)
+                del self._refused[oldest]
+            record = self._refused[peer] = _PeerRefusals(now)
+        record.add(now, refusal.reason)
         return refusal
 
     def refusals_of(self, peer: int | None, now: float) -> int:
-        """Refusals of ``peer`` since its first within the last :data:`DEGRADED_FOR`."""
-        entry = self._refused.get(peer)
-        return 0 if entry is None or now - entry[0] >= DEGRADED_FOR else entry[2]
-
-    def forget(self, human_id: str) -> None:
-        self._last.pop(human_id, None)
+        """Refusals of ``peer`` in its current run: since the first one that followed a
+        quiet :data:`DEGRADED_FOR` (0 when it has been quiet that long). For log lines."""
+        record = self._refused.get(peer)
+        return 0 if record is None or now - record.last_at >= DEGRADED_FOR else record.run
 
     def refused_peers(self, now: float) -> list[tuple[int | None, RefusalReason, int]]:
         """Peers refused within the last :data:`DEGRADED_FOR` seconds: (peer, last reason,
-        refusals since their first recent one), most refused first."""
+        refusals in about the last minute), most refused first."""
         recent = [
-            (peer, reason, count)
-            for peer, (at, reason, count) in self._refused.items()
-            if now - at < DEGRADED_FOR
+            (peer, record.reason, record.per_minute(now))
+            for peer, record in self._refused.items()
+            if now - record.last_at < DEGRADED_FOR
         ]
         return sorted(recent, key=lambda r: -r[2])
+
+    def forget(self, human_id: str) -> None:
+        self._last.pop(human_id, None)
 
     def _forget_idle_peers(self, now: float) -> None:
         for peer in [p for p, w in self._peers.items() if w.count(now) == 0]:

@@ -100,3 +100,19 @@ def test_memory_stays_bounded_under_many_peers_and_grants() -> None:
         admit(demand, f"usr_{rng.randrange(50)}", rng.randrange(100_000), t * 0.01, capacity=1000)
     assert len(demand._peers) <= 256
     assert len(demand._refused) <= 256
+
+
+def test_health_counts_the_last_minute_not_the_whole_run() -> None:
+    """A refusal every 30 s for ten minutes is one run (20 refusals, for the log lines),
+    but about two a minute (for health)."""
+    demand = OnDemand()
+    refusal = Refusal(RefusalReason.COOLDOWN, "cooling down", 1.0)
+    for t in range(0, 600, 30):
+        demand.refuse(7, float(t), refusal)
+    assert demand.refusals_of(7, 600.0) == 20
+    assert demand.refused_peers(600.0) == [(7, RefusalReason.COOLDOWN, 2)]
+    for t in range(3000):  # a flood: 50 a second for a minute
+        demand.refuse(8, 600.0 + t * 0.02, refusal)
+    (flood, *_), now = demand.refused_peers(660.0), 660.0
+    assert flood[0] == 8 and 2900 <= flood[2] <= 3000
+    assert demand.refused_peers(now + WINDOW) == []
