@@ -63,6 +63,13 @@ class Settings:
     reuse_grace: float
     omit_refresh_token_when_not_rotating: bool
     code_lifetime: float
+    #: send ``human_id`` in token answers (the HaaS docs); False: a plain RFC 6749 answer
+    name_humans: bool = True
+    #: send ``scope`` in token answers; False: left out, as RFC 6749 §5.1 allows when it
+    #: is the scope requested (which every answer of this server's is)
+    include_scope: bool = True
+    #: pick the human by ``login_hint``; False: the hint is ignored, as many servers do
+    honour_login_hint: bool = True
 
 
 @dataclass(slots=True, eq=False)
@@ -105,6 +112,8 @@ class _AccessToken:
     family: _Family
     scope: tuple[str, ...]
     expires_at: float
+    revoked: bool = False
+    """Revoked by itself (RFC 7009); revoking its family revokes it too."""
 
 
 def _s256(verifier: str) -> str:
@@ -161,7 +170,7 @@ class Authority:
         return len(live)
 
     def _choose_human(self, login_hint: str | None) -> tuple[str, Decision]:
-        if login_hint is not None:
+        if login_hint is not None and self.settings.honour_login_hint:
             decision = self._humans.setdefault(login_hint, "approve")
             return login_hint, decision
         if self._queue:
@@ -178,7 +187,7 @@ class Authority:
 
     def validate_access_token(self, token: str, now: float) -> str | None:
         record = self._access_tokens.get(token)
-        if record is None or record.family.revoked or now >= record.expires_at:
+        if record is None or record.revoked or record.family.revoked or now >= record.expires_at:
             return None
         return record.family.human_id
 
@@ -292,6 +301,24 @@ class Authority:
         return self._token(request, now).with_headers(rate.headers())
 
     def _token(self, request: TokenRequest, now: float) -> Reply:
+        client_id = self._authenticate(request)
+        if isinstance(client_id, Reply):
+            return client_id
+        params = request.params
+        match params.get("grant_type"):
+            case None:
+                return invalid_request("grant_type is required")
+            case "authorization_code":
+                return self._exchange_code(params, client_id, now)
+            case "refresh_token":
+                return self._refresh(params, now)
+            case other:
+                return oauth_error(
+                    400, "unsupported_grant_type", f"grant_type {other!r} is not supported"
+                )
+
+    def _authenticate(self, request: TokenRequest) -> str | Reply:
+        """The authenticated client id (HTTP Basic or body credentials), or the error."""
         if request.error is not None:
             return request.error
         params = request.params
@@ -310,17 +337,35 @@ class Authority:
             return oauth_error(
                 401, "invalid_client", "client authentication failed", WWW_AUTHENTICATE
             )
-        match params.get("grant_type"):
-            case None:
-                return invalid_request("grant_type is required")
-            case "authorization_code":
-                return self._exchange_code(params, client_id, now)
-            case "refresh_token":
-                return self._refresh(params, now)
-            case other:
-                return oauth_error(
-                    400, "unsupported_grant_type", f"grant_type {other!r} is not supported"
-                )
+        return client_id
+
+    # -- /revoke (RFC 7009) --------------------------------------------------------------
+
+    def revocation(self, request: TokenRequest, now: float) -> Reply:
+        """``POST /revoke``, rate limit first, as ``/token``."""
+        rate = self._limiter.check(request.claimed_client_id, now)
+        if not rate.allowed:
+            self._stats.rate_limited += 1
+            return too_many(rate)
+        return self._revocation(request).with_headers(rate.headers())
+
+    def _revocation(self, request: TokenRequest) -> Reply:
+        """RFC 7009 §2: a refresh token revokes its whole grant (every token issued from
+        the same code); an access token only itself. An unknown or already revoked
+        token is answered 200 all the same (§2.2); ``token_type_hint`` is only a hint."""
+        client_id = self._authenticate(request)
+        if isinstance(client_id, Reply):
+            return client_id
+        token = request.params.get("token")
+        if token is None:
+            return invalid_request("token is required")
+        self._stats.revocations += 1
+        if (refresh := self._refresh_tokens.get(token)) is not None:
+            if not refresh.family.revoked:
+                self._revoke_family(refresh.family)
+        elif (access := self._access_tokens.get(token)) is not None:
+            access.revoked = True
+        return json_reply(200, {})
 
     def _exchange_code(self, params: Mapping[str, str], client_id: str, now: float) -> Reply:
         if "code" not in params:
@@ -440,8 +485,10 @@ class Authority:
         }
         if refresh is not None:
             body["refresh_token"] = refresh
-        body["scope"] = " ".join(record.scope)
-        body["human_id"] = family.human_id
+        if self.settings.include_scope:
+            body["scope"] = " ".join(record.scope)
+        if self.settings.name_humans:
+            body["human_id"] = family.human_id
         if self.settings.send_refresh_token_expires_in:
             body["refresh_token_expires_in"] = max(0, math.floor(family.expires_at - now))
         return json_reply(200, body, human_id=family.human_id)

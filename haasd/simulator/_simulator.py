@@ -68,6 +68,13 @@ class Simulator:
       window aligned to the minute); the human's ``/authorize`` visits are not counted
       but still carry the headers. Client authentication comes before ``grant_type``
       checks, so an empty body is ``invalid_client`` (401).
+    * ``POST /revoke`` is RFC 7009 token revocation (:attr:`revocation_url`): a refresh
+      token revokes its whole grant, so its access tokens stop validating and a refresh
+      gets ``invalid_grant``; an access token revokes itself. Same client
+      authentication and rate limit as ``/token``.
+    * ``name_humans=False`` and ``include_scope=False`` answer as a plain RFC 6749 server:
+      no ``human_id``, no ``scope`` (§5.1: it is the requested one).
+      ``honour_login_hint=False`` ignores ``login_hint`` (queued or new humans approve).
     * Faults apply to ``/token`` only, in the order they were queued. Unless
       ``after_processing``, they stand in front of the service: no state change, no rate
       budget spent, no ``X-RateLimit-*`` headers.
@@ -92,6 +99,9 @@ class Simulator:
         reuse_grace: float = 0.0,
         omit_refresh_token_when_not_rotating: bool = True,
         code_lifetime: float = 600.0,
+        name_humans: bool = True,
+        include_scope: bool = True,
+        honour_login_hint: bool = True,
     ) -> None:
         secret = client_secret if isinstance(client_secret, Secret) else Secret(client_secret)
         if not client_id or not secret:
@@ -129,6 +139,9 @@ class Simulator:
                 reuse_grace=reuse_grace,
                 omit_refresh_token_when_not_rotating=omit_refresh_token_when_not_rotating,
                 code_lifetime=code_lifetime,
+                name_humans=name_humans,
+                include_scope=include_scope,
+                honour_login_hint=honour_login_hint,
             ),
             self.stats,
         )
@@ -178,6 +191,11 @@ class Simulator:
     @property
     def token_url(self) -> str:
         return f"{self.base_url}/token"
+
+    @property
+    def revocation_url(self) -> str:
+        """The RFC 7009 revocation endpoint."""
+        return f"{self.base_url}/revoke"
 
     @property
     def client_id(self) -> str:
@@ -390,6 +408,11 @@ class Simulator:
         match request.path:
             case "/token":
                 reply = await self._handle_token(request)
+            case "/revoke" if request.method == "POST":
+                parsed = parse_token_request(request.headers, request.body)
+                reply = self._authority.revocation(parsed, self._clock.time())
+            case "/revoke":
+                reply = json_reply(405, {"error": "method_not_allowed"}, (("Allow", "POST"),))
             case "/authorize" if request.method == "GET":
                 self.stats.authorize_requests += 1
                 reply = self._authority.authorize(request.query, self._clock.time())

@@ -44,7 +44,11 @@ class SimulatorStats:
     reuse_events: int = 0
     """Spent (rotated) refresh tokens presented outside the grace window."""
     families_revoked: int = 0
-    """Grants revoked: reuse detection, code replay, or :meth:`Simulator.revoke`."""
+    """Grants revoked: reuse detection, code replay, :meth:`Simulator.revoke`, or a
+    refresh token revoked at ``/revoke``."""
+    revocations: int = 0
+    """RFC 7009 revocation requests from an authenticated client with a ``token``
+    (known or not, each answered 200)."""
     rate_limited: int = 0
     """429s sent by the rate limiter (injected 429s are counted in ``injected``)."""
     injected: int = 0
