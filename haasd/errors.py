@@ -27,7 +27,8 @@ callers decide with ``except``/``match`` on a class, never on a message string::
         ├── ConsentLimitError      the bounded table of pending consents is full (503)
         ├── InvalidStateError      unknown, expired or used state: nothing exchanged (400)
         ├── ConsentDeniedError     the redirect carried an error: access_denied = "no" (403)
-        ├── ExchangeFailedError    the server refused the code (permanent): error_type (502)
+        ├── ExchangeFailedError    the server refused the code, or spent it and its answer
+        │                          cannot be used (exchanged): start anew (502)
         ├── ExchangeUnavailableError  the exchange failed transiently: the same callback
         │                             may be finished again until the consent expires (503)
         ├── ConsentForbiddenError  the consent's human is outside the finisher's rules (403)
@@ -270,12 +271,28 @@ class ConsentDeniedError(ConsentError):
 
 class ExchangeFailedError(ConsentError):
     """The token endpoint refused the code for good (``error_type``: ``invalid_grant``
-    for a used, expired or mismatched code or PKCE verifier, ``invalid_client``, ...).
-    The pending consent is used up: start a new one."""
+    for a used, expired or mismatched code or PKCE verifier, ``invalid_client``, ...),
+    or the code may have been spent and the answer cannot be used (``exchanged``: a
+    timeout after sending, a lost or unusable 2xx). The pending consent is used up:
+    start a new one.
 
-    def __init__(self, error_type: str, message: str, *, status: int | None = None) -> None:
+    ``revoked``: whether the tokens the server issued were revoked (RFC 7009); None when
+    no token reached haasd.
+    """
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        exchanged: bool = False,
+        revoked: bool | None = None,
+    ) -> None:
         self.error_type = error_type
         self.status = status
+        self.exchanged = exchanged
+        self.revoked = revoked
         super().__init__(message)
 
 
@@ -301,11 +318,13 @@ class ConsentForbiddenError(ConsentError):
 
     ``exchanged`` False: the consent named that human, so it was left pending, unused (a
     peer whose rules cover the human may finish it). True: the human who approved was
-    known only from the exchange; the consent is used up and the tokens it gave dropped.
+    known only from the exchange; the consent is used up and the tokens it gave dropped
+    — and revoked at the server when ``revoked`` is True (RFC 7009).
     """
 
-    def __init__(self, message: str, *, exchanged: bool) -> None:
+    def __init__(self, message: str, *, exchanged: bool, revoked: bool | None = None) -> None:
         self.exchanged = exchanged
+        self.revoked = revoked
         super().__init__(message)
 
 
