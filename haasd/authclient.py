@@ -1,12 +1,17 @@
-"""The one HTTP client of the HaaS ``/token`` endpoint: code exchange and refresh.
+"""The one HTTP client of the HaaS ``/token`` endpoint: code exchange, refresh, revocation.
 
 Every request first waits for the :class:`~haasd.ratelimit.RateBudget`; every answer, of
-any status, feeds it its ``X-RateLimit-*`` headers. Bodies follow the HaaS docs (JSON
-with ``client_id`` and ``client_secret``) or are form-encoded (``request_format="form"``).
+any status, feeds it its ``X-RateLimit-*`` headers. Bodies follow the HaaS docs (JSON)
+or are form-encoded (``request_format="form"``, RFC 6749). The client authenticates as
+``auth_method`` says: ``client_secret_post`` puts ``client_id`` and ``client_secret`` in
+the body (the HaaS docs), ``client_secret_basic`` sends them in an ``Authorization:
+Basic`` header, each form-urlencoded first (RFC 6749 §2.3.1), and none in the body.
 
 The contract: :meth:`AuthClient.exchange_code` and :meth:`AuthClient.refresh` return a
 checked :class:`~haasd.tokens.TokenResponse` or raise an :class:`~haasd.errors.AuthError`;
-nothing else escapes but cancellation.
+nothing else escapes but cancellation. :meth:`AuthClient.revoke` (RFC 7009, when a
+``revocation_url`` is configured) is best effort: it says whether the server took the
+token and never raises.
 
 =========================================  =========================================  =====
 what happened                              raised (``error_type``)                    sent
@@ -15,6 +20,8 @@ no connection (refused, DNS, timeout)      TransientAuthError ("network"/"timeou
 read timeout, reset, broken answer         TransientAuthError ("timeout"/"network")   True
 2xx that is no token answer (not JSON,     TransientAuthError ("malformed_response")  True
 HTML, > 64 KiB, a field missing or wrong)
+2xx first grant naming no human, to a      TransientAuthError ("unnamed_human")       True
+consent that named none
 3xx (never followed)                       TransientAuthError ("redirect")            False
 429, or the docs' ``rate_limit_exceeded``  RateLimitedError (with ``retry_after``)    False
 502, 504 (a gateway lost the answer)       TransientAuthError (``server_error``)      True
@@ -32,6 +39,15 @@ retries promptly with the one it holds. A server that reports its own failure (5
 is backed off from instead (issue 3 §4). A malformed 2xx is a lost answer — the server
 granted, we cannot read it — so it reaches callers as ``malformed_response`` with
 ``sent``, never as :class:`~haasd.errors.TokenResponseError` (that is its ``__cause__``).
+Whenever such an answer carried a well-formed refresh token, the error's
+``issued_refresh_token`` hands it over: on a refresh the server has rotated to it (keep
+it); on a code exchange it is a grant nobody keeps (revoke it). ``unnamed_human`` (its
+cause an :class:`~haasd.errors.UnnamedHumanError`) is such an answer too: retrying cannot
+help, the code is spent.
+
+Refusals that a setting explains say which: ``unsupported_grant_type`` or
+``invalid_request`` to a JSON body suggest ``haas.token_request_format = "form"``;
+``invalid_client`` (or any 401) names ``haas.token_endpoint_auth_method``.
 
 Both error shapes are read: RFC 6749's ``{"error", "error_description"}`` and the docs'
 ``{"error": {"code", "type", "message", "retry_after"}}``. Messages carry the status, the
@@ -45,6 +61,7 @@ import json
 import math
 import re
 import time
+from base64 import b64encode
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
@@ -52,7 +69,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Final, Literal, Self
-from urllib.parse import urlsplit
+from urllib.parse import quote_plus, urlsplit
 
 import anyio
 import httpx
@@ -60,7 +77,7 @@ import structlog
 
 from haasd import __version__
 from haasd.clock import Activity
-from haasd.config import HaasConfig
+from haasd.config import AuthMethod, HaasConfig
 from haasd.errors import (
     AuthError,
     ClientAuthError,
@@ -69,15 +86,33 @@ from haasd.errors import (
     RequestRejectedError,
     TokenResponseError,
     TransientAuthError,
+    UnnamedHumanError,
 )
 from haasd.logs import REDACTED, redact_text
 from haasd.ratelimit import MAX_WAIT, RateBudget
 from haasd.secret import Secret
-from haasd.tokens import TokenResponse, parse_token_response
+from haasd.tokens import (
+    DEFAULT_LIFETIME,
+    TokenResponse,
+    parse_first_grant,
+    parse_refresh_answer,
+)
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_BODY", "AuthClient", "AuthClientStats", "RequestFormat"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MAX_BODY",
+    "AuthClient",
+    "AuthClientStats",
+    "AuthMethod",
+    "RequestFormat",
+    "TokenTypeHint",
+    "basic_authorization",
+]
 
 RequestFormat = Literal["json", "form"]
+#: RFC 7009 §2.1
+TokenTypeHint = Literal["refresh_token", "access_token"]
+_AUTH_METHODS: Final[tuple[AuthMethod, ...]] = ("client_secret_post", "client_secret_basic")
 
 DEFAULT_TIMEOUT: Final = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=5.0)
 #: Answers larger than this are not read further (a token answer is well under 8 KiB).
@@ -96,7 +131,11 @@ _OUTCOMES: Final[tuple[tuple[type[AuthError], str], ...]] = (
     (ClientAuthError, "client_auth"),
     (RequestRejectedError, "rejected"),
 )
-_OWN_LABELS: Final = frozenset({"network", "timeout", "redirect", "malformed_response"})
+_OWN_LABELS: Final = frozenset(
+    {"network", "timeout", "redirect", "malformed_response", "unnamed_human"}
+)
+_TOKEN_ENDPOINT: Final = ("token endpoint", "haas.token_url")
+_REVOCATION_ENDPOINT: Final = ("revocation endpoint", "haas.revocation_url")
 
 _log = structlog.get_logger(__name__)
 
@@ -110,6 +149,13 @@ class AuthClientStats:
     last_status: int | None = None
 
 
+def basic_authorization(client_id: str, client_secret: str) -> str:
+    """The ``Authorization`` header value of ``client_secret_basic`` (RFC 6749 §2.3.1):
+    id and secret each form-urlencoded (UTF-8, space as ``+``), joined by ``:``, base64."""
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
+    return "Basic " + b64encode(pair.encode("ascii")).decode("ascii")
+
+
 @dataclass(frozen=True, slots=True)
 class _Answer:
     status: int
@@ -118,7 +164,12 @@ class _Answer:
 
 
 class AuthClient:
-    """Talks to ``token_url`` over one connection pool; ``async with`` it, or aclose()."""
+    """Talks to ``token_url`` (and ``revocation_url``, if any) over one connection pool;
+    ``async with`` it, or aclose().
+
+    ``default_lifetime``: seconds an access token is taken to live when an answer has no
+    ``expires_in`` (a warning is logged the first time a server leaves it out).
+    """
 
     def __init__(
         self,
@@ -128,6 +179,9 @@ class AuthClient:
         client_secret: Secret,
         budget: RateBudget,
         request_format: RequestFormat = "json",
+        auth_method: AuthMethod = "client_secret_post",
+        revocation_url: str | None = None,
+        default_lifetime: int = DEFAULT_LIFETIME,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         deadline: float = DEFAULT_DEADLINE,
@@ -136,9 +190,17 @@ class AuthClient:
     ) -> None:
         if request_format not in ("json", "form"):
             raise ValueError("request_format must be 'json' or 'form'")
+        if auth_method not in _AUTH_METHODS:
+            raise ValueError("auth_method must be 'client_secret_post' or 'client_secret_basic'")
+        if isinstance(default_lifetime, bool) or default_lifetime <= 0:
+            raise ValueError("default_lifetime must be a positive whole number of seconds")
         self._token_url = token_url
+        self._revocation_url = revocation_url
         self._client_id = client_id
         self._client_secret = client_secret
+        self._auth_method: AuthMethod = auth_method
+        self._default_lifetime = default_lifetime
+        self._lifetime_warned = False
         self._budget = budget
         self._clock = budget.clock
         self._format = request_format
@@ -170,9 +232,17 @@ class AuthClient:
             client_secret=client_secret,
             budget=budget,
             request_format=haas.token_request_format,
+            auth_method=haas.token_endpoint_auth_method,
+            revocation_url=haas.revocation_url,
+            default_lifetime=haas.default_token_lifetime,
             transport=transport,
             activity=activity,
         )
+
+    @property
+    def can_revoke(self) -> bool:
+        """Whether a revocation endpoint is configured (:meth:`revoke` can do anything)."""
+        return self._revocation_url is not None
 
     async def __aenter__(self) -> Self:
         return self
@@ -186,18 +256,30 @@ class AuthClient:
     # --- the two grants ----------------------------------------------------------------
 
     async def exchange_code(
-        self, code: str, redirect_uri: str, code_verifier: str | None = None
+        self,
+        code: str,
+        redirect_uri: str,
+        code_verifier: str | None = None,
+        *,
+        human_id: str | None = None,
+        scope: tuple[str, ...] | None = None,
     ) -> TokenResponse:
-        """Trade an authorization code (and its PKCE verifier) for a first grant."""
-        fields = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-            **self._credentials(),
-        }
+        """Trade an authorization code (and its PKCE verifier) for a first grant.
+
+        ``human_id`` and ``scope`` are what the consent asked for: they stand in for an
+        answer without ``human_id`` or ``scope`` (a plain RFC 6749 server). An answer
+        naming no human when ``human_id`` is None raises ``unnamed_human``.
+        """
+        fields = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
         if code_verifier is not None:
             fields["code_verifier"] = code_verifier
-        return await self._call("exchange", fields, (code, code_verifier), parse_token_response)
+
+        def parse(data: object) -> TokenResponse:
+            return parse_first_grant(
+                data, human_id=human_id, scope=scope, default_lifetime=self._default_lifetime
+            )
+
+        return await self._call("exchange", fields, (code, code_verifier), parse)
 
     async def refresh(
         self, refresh_token: Secret, *, human_id: str, scope: tuple[str, ...]
@@ -205,17 +287,67 @@ class AuthClient:
         """A new access token for ``human_id``; ``refresh_token`` None in the answer means
         the server kept the old one (RFC 6749 §6)."""
         token = refresh_token.reveal()
-        fields = {"grant_type": "refresh_token", "refresh_token": token, **self._credentials()}
+        fields = {"grant_type": "refresh_token", "refresh_token": token}
 
         def parse(data: object) -> TokenResponse:
-            return parse_token_response(data, human_id=human_id, scope=scope)
+            return parse_refresh_answer(
+                data, human_id=human_id, scope=scope, default_lifetime=self._default_lifetime
+            )
 
         return await self._call("refresh", fields, (token,), parse)
 
-    def _credentials(self) -> dict[str, str]:
-        return {"client_id": self._client_id, "client_secret": self._client_secret.reveal()}
+    # --- revocation (RFC 7009) ------------------------------------------------------------
+
+    async def revoke(self, token: Secret, *, hint: TokenTypeHint = "refresh_token") -> bool:
+        """Ask the server to revoke ``token``; True when it answered 2xx (RFC 7009 §2.2:
+        also for a token it does not know). False when no revocation endpoint is
+        configured, or on any failure — logged once as a warning, never the token; never
+        raises :class:`~haasd.errors.AuthError` (best effort, for tokens haasd drops)."""
+        if self._revocation_url is None:
+            return False
+        value = token.reveal()
+        fields = {"token": value, "token_type_hint": hint}
+        hidden = self._hidden((value,))
+        await self._budget.acquire()
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            answer = await self._send(fields, self._revocation_url, form=True)
+            status = answer.status
+            if not 200 <= status < 300:
+                data = None if answer.body is None else _decode(answer.body)
+                raise self._error(status, answer.headers, data, hidden, _REVOCATION_ENDPOINT)
+        except AuthError as exc:
+            self._record("revoke", _outcome(exc), status, started)
+            _log.warning(
+                "token not revoked; it stays valid at the server until it expires",
+                hint=hint,
+                error=str(exc),
+            )
+            return False
+        self._record("revoke", "ok", status, started)
+        return True
 
     # --- one request --------------------------------------------------------------------
+
+    def _authenticated(self, fields: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(body, headers) of a request carrying ``fields`` and the client's credentials,
+        by the configured method: in the body, or only in a Basic header."""
+        if self._auth_method == "client_secret_basic":
+            header = basic_authorization(self._client_id, self._client_secret.reveal())
+            return fields, {"Authorization": header}
+        credentials = {"client_id": self._client_id, "client_secret": self._client_secret.reveal()}
+        return {**fields, **credentials}, {}
+
+    def _hidden(self, secrets: Iterable[str | None]) -> tuple[str, ...]:
+        """What must never reach a message: the request's secrets and the client secret,
+        also as encoded in a form body or a Basic header (a server may echo either)."""
+        secret = self._client_secret.reveal()
+        encoded = (
+            quote_plus(secret, safe=""),
+            basic_authorization(self._client_id, secret).removeprefix("Basic "),
+        )
+        return tuple(s for s in (*secrets, secret, *encoded) if s)
 
     async def _call(
         self,
@@ -224,25 +356,38 @@ class AuthClient:
         secrets: Iterable[str | None],
         parse: Callable[[object], TokenResponse],
     ) -> TokenResponse:
-        hidden = tuple(s for s in (*secrets, self._client_secret.reveal()) if s)
+        hidden = self._hidden(secrets)
         await self._budget.acquire()  # outside "busy": waiting for the clock is not I/O
         started = time.perf_counter()  # real time: latency is a measurement, not a schedule
         status: int | None = None
         try:
-            answer = await self._send(fields)
+            answer = await self._send(fields, self._token_url, form=self._format == "form")
             status = answer.status
             result = self._interpret(answer, parse, hidden)
         except AuthError as exc:
             self._record(kind, _outcome(exc), status, started)
             raise
         self._record(kind, "ok", status, started)
+        if result.lifetime_defaulted:
+            self._warn_default_lifetime()
         return result
 
-    async def _send(self, fields: dict[str, str]) -> _Answer:
-        if self._format == "json":
-            request = self._http.build_request("POST", self._token_url, json=fields)
+    def _warn_default_lifetime(self) -> None:
+        if self._lifetime_warned:
+            return
+        self._lifetime_warned = True
+        _log.warning(
+            "the token endpoint's answers give no expires_in; access tokens are taken to "
+            "live haas.default_token_lifetime",
+            default_token_lifetime=self._default_lifetime,
+        )
+
+    async def _send(self, fields: dict[str, str], url: str, *, form: bool) -> _Answer:
+        content, headers = self._authenticated(fields)
+        if form:
+            request = self._http.build_request("POST", url, data=content, headers=headers)
         else:
-            request = self._http.build_request("POST", self._token_url, data=fields)
+            request = self._http.build_request("POST", url, json=content, headers=headers)
         host = request.url.host
         try:
             with self._activity.busy() if self._activity else nullcontext():
@@ -261,7 +406,8 @@ class AuthClient:
             msg = f"could not connect to {host} ({type(exc).__name__})"
             raise TransientAuthError(kind, msg, sent=False) from exc
         except httpx.UnsupportedProtocol as exc:
-            msg = f"cannot send to {host}: unsupported URL scheme (check haas.token_url)"
+            key = "haas.revocation_url" if url == self._revocation_url else "haas.token_url"
+            msg = f"cannot send to {host}: unsupported URL scheme (check {key})"
             raise TransientAuthError("network", msg, sent=False) from exc
         except httpx.TimeoutException as exc:
             msg = f"{host} did not answer in time ({type(exc).__name__}); it may have acted"
@@ -296,27 +442,30 @@ class AuthClient:
                 try:
                     return parse(data)
                 except TokenResponseError as exc:
-                    msg = f"the token endpoint answered {status}, but {exc}"
-                    error = TransientAuthError("malformed_response", msg, status=status)
-                    error.issued_refresh_token = exc.refresh_token
-                    raise error from exc
+                    raise _unusable(status, exc) from exc
             msg = f"the token endpoint answered {status}, but {problem}"
             raise TransientAuthError("malformed_response", msg, status=status)
         raise self._error(status, answer.headers, data, hidden)
 
     def _error(
-        self, status: int, headers: httpx.Headers, data: object, hidden: tuple[str, ...]
+        self,
+        status: int,
+        headers: httpx.Headers,
+        data: object,
+        hidden: tuple[str, ...],
+        endpoint: tuple[str, str] = _TOKEN_ENDPOINT,
     ) -> AuthError:
+        name, url_key = endpoint
         code, description, body_retry = _server_error(data)
         if code is not None and (not _CODE_RE.fullmatch(code) or any(s in code for s in hidden)):
             code = "unknown_error"
-        msg = f"the token endpoint answered {status}" + (f" {code}" if code else "")
+        msg = f"the {name} answered {status}" + (f" {code}" if code else "")
         if description:
             msg += f": {_scrub(description, hidden)}"
         if 300 <= status < 400:
             location = urlsplit(headers.get("location", ""))  # no credentials, no query
             target = _scrub(f"{location.scheme}://{location.hostname}{location.path}", hidden)
-            msg += f"; redirect to {target} not followed (check haas.token_url)"
+            msg += f"; redirect to {target} not followed (check {url_key})"
             return TransientAuthError("redirect", msg, status=status, sent=False)
         asked = self._retry_after(headers, body_retry)
         retry_after = None if asked is None else min(asked, MAX_WAIT)
@@ -341,10 +490,25 @@ class AuthClient:
         if code == "invalid_grant":
             return InvalidGrantError(code, msg, status=status)
         if code in ("invalid_client", "unauthorized_client") or status == 401:
+            if code != "unauthorized_client":  # that one is about the grant type, not who
+                msg += self._credentials_hint()
             return ClientAuthError(code or "unauthorized", msg, status=status)
         if status >= 400:
+            if self._format == "json" and code in ("unsupported_grant_type", "invalid_request"):
+                msg += (
+                    "; a server that reads only form bodies answers a JSON body so: try haas."
+                    'token_request_format = "form"'
+                )
             return RequestRejectedError(code or f"http_{status}", msg, status=status)
         return TransientAuthError(code or f"http_{status}", msg, status=status)  # 1xx: odd
+
+    def _credentials_hint(self) -> str:
+        other = next(m for m in _AUTH_METHODS if m != self._auth_method)
+        return (
+            f"; check haas.client_id ({_scrub(self._client_id, ())}) and the client secret, "
+            f'and haas.token_endpoint_auth_method: "{self._auth_method}" is in use, the '
+            f'server may want "{other}"'
+        )
 
     def _retry_after(self, headers: httpx.Headers, body_value: float | None) -> float | None:
         """The longer of the Retry-After header (seconds or HTTP-date) and the body's."""
@@ -440,6 +604,17 @@ def _scrub(text: str, hidden: tuple[str, ...]) -> str:
         text = text.replace(secret, REDACTED)
     text = "".join(ch if ch.isprintable() else " " for ch in redact_text(text))
     return text if len(text) <= _DESCRIPTION_MAX else text[: _DESCRIPTION_MAX - 1] + "…"
+
+
+def _unusable(status: int, exc: TokenResponseError) -> TransientAuthError:
+    """The error for a 2xx haasd cannot use, handing over the refresh token it carried."""
+    if isinstance(exc, UnnamedHumanError):
+        error = TransientAuthError("unnamed_human", str(exc), status=status)
+    else:
+        msg = f"the token endpoint answered {status}, but {exc}"
+        error = TransientAuthError("malformed_response", msg, status=status)
+    error.issued_refresh_token = exc.refresh_token
+    return error
 
 
 def _outcome(exc: AuthError) -> str:

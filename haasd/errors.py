@@ -15,6 +15,7 @@ callers decide with ``except``/``match`` on a class, never on a message string::
     ├── NeedsReconsentError    the grant is dead until the human consents again (409)
     ├── TokenUnavailableError  no token with the time asked for can be had now (503)
     ├── TokenResponseError     a token answer that is not what the seed documents
+    │   └── UnnamedHumanError  neither the answer nor the consent names the human
     ├── AuthError              the HaaS token endpoint said no, or could not be reached
     │   ├── TransientAuthError     retry later: network, timeout, 5xx, 429, malformed 200
     │   │   └── RateLimitedError   429 / rate budget: carries retry_after
@@ -70,6 +71,7 @@ __all__ = [
     "TokenUnavailableError",
     "TransientAuthError",
     "UnknownHumanError",
+    "UnnamedHumanError",
     "WrongKeyError",
 ]
 
@@ -151,11 +153,27 @@ class TokenResponseError(HaasdError):
         self.refresh_token = refresh_token
 
 
+class UnnamedHumanError(TokenResponseError):
+    """A first grant whose human nobody named: the token endpoint's answer has no
+    ``human_id`` (a plain RFC 6749 server) and the consent named no human either.
+
+    ``refresh_token`` is what the server issued all the same: revoke it, or it is orphaned.
+    """
+
+    def __init__(self, *, refresh_token: Secret | None = None) -> None:
+        super().__init__(
+            "the token endpoint does not name the human and the consent named none; start "
+            "the consent with a human id (--human / human_id)",
+            refresh_token=refresh_token,
+        )
+
+
 class AuthError(HaasdError):
     """The HaaS token endpoint refused a request or could not be reached.
 
     ``error_type`` is the server's error code (``invalid_grant``, ``rate_limit_exceeded``,
-    ...) or a haasd label (``network``, ``timeout``, ``malformed_response``).
+    ...) or a haasd label (``network``, ``timeout``, ``malformed_response``,
+    ``unnamed_human``).
     """
 
     def __init__(self, error_type: str, message: str, *, status: int | None = None) -> None:
@@ -183,8 +201,9 @@ class TransientAuthError(AuthError):
         #: (read timeout, reset, malformed 2xx, 502/504): retry promptly with the same
         #: refresh token. False when it did not act (connect failed, 429, 503, ...).
         self.sent = sent
-        #: a malformed 2xx that still carried a well-formed new refresh token: the server
-        #: rotated to it, so it replaces the one held (see :class:`TokenResponseError`)
+        #: a 2xx haasd cannot use that still carried a well-formed refresh token: on a
+        #: refresh the server rotated to it, so it replaces the one held; on a code
+        #: exchange it is a grant nobody keeps, to revoke (see :class:`TokenResponseError`)
         self.issued_refresh_token: Secret | None = None
 
 

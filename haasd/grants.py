@@ -162,8 +162,6 @@ class Policy:
     on_demand_cooldown: float = 300.0
     #: the part of the rate budget refreshes asked for on demand may use
     on_demand_share: float = 0.25
-    #: an answer without ``expires_in`` (or with a broken one) is taken to live this long
-    default_lifetime: float = 3600.0
 
 
 def transition(state: State, answer: Answer) -> State:

@@ -6,15 +6,23 @@ A success answer looks like::
      "refresh_token": "haas_rt_…", "scope": "tasks:dispatch status:read",
      "human_id": "usr_maria_42"}
 
-``refresh_token`` may be absent on a refresh (keep the old one, RFC 6749 §6);
-``refresh_token_expires_in`` is honoured when a server sends it. Scope tokens are held to
-RFC 6749 §3.3 (printable ASCII, no space, ``"`` or ``\\``), tokens to printable ASCII.
+A plain RFC 6749 server (§5.1) may leave out what the HaaS docs always send: no
+``scope`` means the scope requested, no ``expires_in`` means ``default_lifetime``
+(``TokenResponse.lifetime_defaulted`` says so), no ``human_id`` means the human the
+consent named (:class:`~haasd.errors.UnnamedHumanError` if it named none), and no
+``refresh_token`` on a refresh means the old one is kept (§6). ``token_type`` is matched
+case-insensitively; ``refresh_token_expires_in`` is honoured when a server sends it. Scope
+tokens are held to RFC 6749 §3.3 (printable ASCII, no space, ``"`` or ``\\``), tokens
+to printable ASCII.
 
-A first grant must be right in every field. A refresh answer is read so that a rotation
-is never lost: the server has already spent the old refresh token, so a well-formed new
-one is kept whatever else is wrong, and a bad field beside it is refused with a warning
-(the grant's old value stands in). Errors are :class:`~haasd.errors.TokenResponseError`,
-whose message says what was wrong, shows server text escaped — and never a token.
+A first grant (:func:`parse_first_grant`) must be right in every field it has. A refresh
+answer (:func:`parse_refresh_answer`) is read so that a rotation is never lost: the
+server has already spent the old refresh token, so a well-formed new one is kept
+whatever else is wrong, and a bad field beside it is refused with a warning (the grant's
+old value stands in). Errors are :class:`~haasd.errors.TokenResponseError`, whose message
+says what was wrong, shows server text escaped — and never a token; whenever the answer
+carried a well-formed refresh token, the error carries it (``refresh_token``) so that
+no token the server issued is orphaned.
 """
 
 from __future__ import annotations
@@ -24,13 +32,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from haasd.errors import TokenResponseError
+from haasd.errors import TokenResponseError, UnnamedHumanError
 from haasd.secret import Secret
 
 __all__ = [
+    "DEFAULT_LIFETIME",
     "HUMAN_ID_RE",
     "MAX_TOKEN_LENGTH",
     "TokenResponse",
+    "parse_first_grant",
+    "parse_refresh_answer",
     "parse_scope",
     "parse_token_response",
     "shown",
@@ -39,6 +50,8 @@ __all__ = [
 #: the form of a human id in the HaaS docs (``usr_maria_42``)
 HUMAN_ID_RE: Final = re.compile(r"usr_[a-z0-9_]{1,64}")
 MAX_TOKEN_LENGTH: Final = 4096
+#: seconds an access token is taken to live when the answer has no ``expires_in``
+DEFAULT_LIFETIME: Final = 3600
 #: an expires_in beyond this is not a HaaS access token (they live an hour)
 _MAX_EXPIRES_IN: Final = 366 * 86400
 #: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -60,6 +73,8 @@ class TokenResponse:
     #: fields of a refresh answer that were refused and replaced by what the grant had
     #: (each message shows the bad value escaped, never a token)
     warnings: tuple[str, ...] = ()
+    #: the answer had no ``expires_in``: ``expires_in`` is the default lifetime
+    lifetime_defaulted: bool = False
 
 
 def shown(value: object, limit: int = 80) -> str:
@@ -110,22 +125,62 @@ def parse_token_response(
     *,
     human_id: str | None = None,
     scope: tuple[str, ...] | None = None,
-    default_lifetime: int = 3600,
+    default_lifetime: int = DEFAULT_LIFETIME,
 ) -> TokenResponse:
-    """Check a decoded JSON answer from ``/token``.
+    """A refresh answer when ``human_id`` is given (it and ``scope`` are the grant's),
+    else a first grant: :func:`parse_refresh_answer` or :func:`parse_first_grant`."""
+    if human_id is None:
+        return parse_first_grant(data, scope=scope, default_lifetime=default_lifetime)
+    return parse_refresh_answer(
+        data, human_id=human_id, scope=scope, default_lifetime=default_lifetime
+    )
 
-    A first grant (``human_id`` None: a code exchange, an import) must be right in every
-    field. A refresh answer (``human_id`` and ``scope`` are the grant's) is read so that
-    a rotation is never lost: once its ``refresh_token`` is well formed (or absent: not
-    rotated), a bad ``scope``, ``expires_in``, ``token_type``, ``human_id`` or
-    ``refresh_token_expires_in`` is refused with a warning and what the grant had (or
-    ``default_lifetime``) stands in. A bad ``access_token`` raises TokenResponseError
-    carrying the new refresh token, which the caller must keep.
+
+def parse_first_grant(
+    data: object,
+    *,
+    human_id: str | None = None,
+    scope: tuple[str, ...] | None = None,
+    default_lifetime: int = DEFAULT_LIFETIME,
+) -> TokenResponse:
+    """Check the answer to a code exchange (or one given to ``haasd import``).
+
+    ``human_id`` and ``scope`` are what the consent asked for; they stand in for an
+    answer that leaves ``human_id`` or ``scope`` out (RFC 6749 §5.1). The answer's own
+    ``human_id`` wins when it has one: a different human may have approved, which the
+    caller reports. Nobody naming the human raises :class:`UnnamedHumanError`; any other
+    fault a TokenResponseError — each carrying the answer's refresh token if well formed.
     """
     if not isinstance(data, Mapping):
         raise TokenResponseError("the token response is not a JSON object")
-    if human_id is None:
-        return _first_grant(data)
+    _check_lifetime(default_lifetime)
+    issued = _well_formed(data, "refresh_token")
+    try:
+        return _first_grant(data, issued, human_id, scope, default_lifetime)
+    except TokenResponseError as exc:
+        if exc.refresh_token is None:
+            exc.refresh_token = issued
+        raise
+
+
+def parse_refresh_answer(
+    data: object,
+    *,
+    human_id: str,
+    scope: tuple[str, ...] | None = None,
+    default_lifetime: int = DEFAULT_LIFETIME,
+) -> TokenResponse:
+    """Check a refresh answer for the grant of ``human_id``, which holds ``scope``.
+
+    It is read so that a rotation is never lost: once its ``refresh_token`` is well
+    formed (or absent: not rotated, §6), a bad ``scope``, ``expires_in``, ``token_type``,
+    ``human_id`` or ``refresh_token_expires_in`` is refused with a warning and what the
+    grant had (or ``default_lifetime``) stands in. A bad ``access_token`` raises
+    TokenResponseError carrying the new refresh token, which the caller must keep.
+    """
+    if not isinstance(data, Mapping):
+        raise TokenResponseError("the token response is not a JSON object")
+    _check_lifetime(default_lifetime)
     refresh = _token(data, "refresh_token") if data.get("refresh_token") is not None else None
     try:
         access = _token(data, "access_token")
@@ -141,10 +196,11 @@ def parse_token_response(
             return fallback
 
     token_type = data.get("token_type")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+    if not _is_bearer(token_type):
         warnings.append(f"token_type is {shown(token_type)}, not 'Bearer'; served as Bearer")
+    defaulted = data.get("expires_in") is None
     expires_in = lenient(
-        lambda: _seconds(data, "expires_in"),
+        lambda: _lifetime(data, default_lifetime),
         default_lifetime,
         f"taken as {default_lifetime}s",
     )
@@ -165,19 +221,29 @@ def parse_token_response(
         human_id=human_id,
         refresh_token_expires_in=rt_expires_in,
         warnings=tuple(warnings),
+        lifetime_defaulted=defaulted,
     )
 
 
-def _first_grant(data: Mapping[str, Any]) -> TokenResponse:
+def _first_grant(
+    data: Mapping[str, Any],
+    issued: Secret | None,
+    human_id: str | None,
+    scope: tuple[str, ...] | None,
+    default_lifetime: int,
+) -> TokenResponse:
     access = _token(data, "access_token")
     token_type = data.get("token_type")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise TokenResponseError("token_type must be 'Bearer'")
-    expires_in = _seconds(data, "expires_in")
-    scopes = parse_scope(data.get("scope"))
-    raw_human = data.get("human_id")
-    if not isinstance(raw_human, str) or not HUMAN_ID_RE.fullmatch(raw_human):
-        raise TokenResponseError("human_id is missing or not of the form usr_[a-z0-9_]+")
+    if not _is_bearer(token_type):
+        raise TokenResponseError(f"token_type must be 'Bearer', got {shown(token_type)}")
+    expires_in = _lifetime(data, default_lifetime)
+    if data.get("scope") is not None:
+        scopes = parse_scope(data.get("scope"))
+    elif scope:
+        scopes = scope  # §5.1: omitted because it is the scope requested
+    else:
+        raise TokenResponseError("scope is missing, and no requested scope stands in for it")
+    named = _named_human(data.get("human_id"), human_id)
     rt_expires_in = (
         _seconds(data, "refresh_token_expires_in")
         if data.get("refresh_token_expires_in") is not None
@@ -186,8 +252,45 @@ def _first_grant(data: Mapping[str, Any]) -> TokenResponse:
     return TokenResponse(
         access_token=access,
         expires_in=expires_in,
-        refresh_token=_token(data, "refresh_token"),
+        refresh_token=issued if issued is not None else _token(data, "refresh_token"),
         scope=scopes,
-        human_id=raw_human,
+        human_id=named,
         refresh_token_expires_in=rt_expires_in,
+        lifetime_defaulted=data.get("expires_in") is None,
     )
+
+
+def _named_human(raw: object, named: str | None) -> str:
+    """The answer's human, else the consent's; UnnamedHumanError if neither names one."""
+    if raw is None:
+        if named is None:
+            raise UnnamedHumanError()
+        return named
+    if not isinstance(raw, str) or not HUMAN_ID_RE.fullmatch(raw):
+        raise TokenResponseError(f"human_id is not of the form usr_[a-z0-9_]+: {shown(raw)}")
+    return raw
+
+
+def _well_formed(data: Mapping[str, Any], name: str) -> Secret | None:
+    """The token ``name`` if the answer has it well formed, else None."""
+    try:
+        return _token(data, name)
+    except TokenResponseError:
+        return None
+
+
+def _lifetime(data: Mapping[str, Any], default_lifetime: int) -> int:
+    """``expires_in``, or ``default_lifetime`` when the answer leaves it out (§5.1)."""
+    if data.get("expires_in") is None:
+        return default_lifetime
+    return _seconds(data, "expires_in")
+
+
+def _check_lifetime(default_lifetime: int) -> None:
+    if not 0 < default_lifetime <= _MAX_EXPIRES_IN:
+        raise ValueError(f"default_lifetime must be between 1 and {_MAX_EXPIRES_IN} seconds")
+
+
+def _is_bearer(token_type: object) -> bool:
+    """RFC 6749 §5.1: the token type is case-insensitive."""
+    return isinstance(token_type, str) and token_type.lower() == "bearer"

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 import anyio
 import httpx
@@ -149,14 +150,16 @@ async def test_form_encoded_bodies_when_configured() -> None:
         await refresh(client)
     exchange, refreshed = server.requests
     assert exchange.headers["content-type"] == "application/x-www-form-urlencoded"
-    assert parse_qsl(exchange.content.decode()) == [
-        ("grant_type", "authorization_code"),
-        ("code", CODE),
-        ("redirect_uri", "https://app.test/callback"),
-        ("client_id", CLIENT_ID),
-        ("client_secret", CLIENT_SECRET),
-        ("code_verifier", VERIFIER),
-    ]
+    assert sorted(parse_qsl(exchange.content.decode())) == sorted(
+        [
+            ("grant_type", "authorization_code"),
+            ("code", CODE),
+            ("redirect_uri", "https://app.test/callback"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("code_verifier", VERIFIER),
+        ]
+    )
     assert ("refresh_token", REFRESH) in parse_qsl(refreshed.content.decode())
 
 
@@ -615,3 +618,75 @@ async def test_the_exchange_counts_as_activity_while_on_the_wire() -> None:
 def test_an_unknown_request_format_is_refused() -> None:
     with pytest.raises(ValueError, match="request_format"):
         client_for(Server(httpx.Response(200)), request_format="xml")  # type: ignore[arg-type]
+
+
+# --- standard OAuth 2.0: client authentication (RFC 6749 §2.3.1) ----------------------------
+
+AWKWARD_ID = "my app:1%+é"
+AWKWARD_SECRET = "s3:cr%t+ pä/="
+#: RFC 6749 §2.3.1 / Appendix B, by hand: each form-urlencoded (UTF-8, space as "+")
+AWKWARD_PAIR = "my+app%3A1%25%2B%C3%A9:s3%3Acr%25t%2B+p%C3%A4%2F%3D"
+
+
+def basic_client(server: Server, **options: Any) -> AuthClient:
+    return AuthClient(
+        token_url=TOKEN_URL,
+        client_id=AWKWARD_ID,
+        client_secret=Secret(AWKWARD_SECRET),
+        budget=RateBudget(60, ManualClock()),
+        auth_method="client_secret_basic",
+        transport=httpx.MockTransport(server),
+        **options,
+    )
+
+
+def body_of(request: httpx.Request) -> dict[str, str]:
+    if request.headers["content-type"] == "application/json":
+        data: dict[str, str] = json.loads(request.content)
+        return data
+    return dict(parse_qsl(request.content.decode()))
+
+
+@pytest.mark.parametrize("request_format", ["json", "form"])
+async def test_basic_auth_sends_the_form_encoded_pair_and_nothing_in_the_body(
+    request_format: RequestFormat,
+) -> None:
+    server = Server(httpx.Response(200, json=GRANT))
+    revocation = "https://auth.haas.test/revoke"
+    async with basic_client(
+        server, request_format=request_format, revocation_url=revocation
+    ) as client:
+        await client.exchange_code(CODE, "https://app.test/callback", VERIFIER)
+        await refresh(client)
+        assert await client.revoke(Secret(NEW_REFRESH))
+    expected = "Basic " + base64.b64encode(AWKWARD_PAIR.encode("ascii")).decode("ascii")
+    for request in server.requests:
+        assert request.headers["authorization"] == expected
+        body = body_of(request)
+        assert "client_id" not in body and "client_secret" not in body
+    # what a server does with it (RFC 6749 §2.3.1): split at the first ":", then decode
+    pair = base64.b64decode(expected.removeprefix("Basic ")).decode("ascii")
+    raw_id, _, raw_secret = pair.partition(":")
+    assert (unquote_plus(raw_id), unquote_plus(raw_secret)) == (AWKWARD_ID, AWKWARD_SECRET)
+    exchange, refreshed, revoked = (body_of(r) for r in server.requests)
+    assert exchange["code"] == CODE and refreshed["refresh_token"] == REFRESH
+    assert revoked == {"token": NEW_REFRESH, "token_type_hint": "refresh_token"}
+
+
+async def test_post_auth_sends_the_credentials_in_the_body_and_no_header() -> None:
+    server = Server(httpx.Response(200, json=GRANT))
+    revocation = "https://auth.haas.test/revoke"
+    async with client_for(server, revocation_url=revocation) as client:
+        await client.exchange_code(CODE, "https://app.test/callback", VERIFIER)
+        assert await client.revoke(Secret(ACCESS), hint="access_token")
+    exchange, revoked = server.requests
+    assert "authorization" not in exchange.headers and "authorization" not in revoked.headers
+    credentials = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    assert credentials.items() <= body_of(exchange).items()
+    assert revoked.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert body_of(revoked) == {"token": ACCESS, "token_type_hint": "access_token", **credentials}
+
+
+def test_an_unknown_auth_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="client_secret_basic"):
+        client_for(Server(httpx.Response(200)), auth_method="private_key_jwt")

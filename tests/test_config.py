@@ -129,6 +129,17 @@ HAAS_CASES = [
     ("scopes = []", "haas.scopes", "at least one"),
     ("requests_per_minute = -1", "haas.requests_per_minute", "positive"),
     ('token_request_format = "xml"', "haas.token_request_format", "one of"),
+    (
+        'token_endpoint_auth_method = "basic"',
+        "haas.token_endpoint_auth_method",
+        "'client_secret_post', 'client_secret_basic'",
+    ),
+    ('revocation_url = "http://auth.example.com/revoke"', "haas.revocation_url", "use https"),
+    ('revocation_url = "/revoke"', "haas.revocation_url", "absolute"),
+    ('default_token_lifetime = "soon"', "haas.default_token_lifetime", "not a duration"),
+    ("default_token_lifetime = 0", "haas.default_token_lifetime", "longer than zero"),
+    ('default_token_lifetime = "0.5s"', "haas.default_token_lifetime", "between 1s and 366d"),
+    ('default_token_lifetime = "400d"', "haas.default_token_lifetime", "between 1s and 366d"),
 ]
 
 
@@ -155,6 +166,44 @@ def test_bad_haas_values(tmp_path: Path, line: str, key: str, reason: str) -> No
 def test_plain_http_only_for_loopback(tmp_path: Path, url: str) -> None:
     config = load_config(write(tmp_path, MINIMAL + f'token_url = "{url}"\n'), {})
     assert config.haas.token_url == url
+
+
+def test_standard_oauth_keys_default_to_the_haas_docs(tmp_path: Path) -> None:
+    haas = load_config(write(tmp_path, MINIMAL), {}).haas
+    assert haas.token_endpoint_auth_method == "client_secret_post"
+    assert haas.revocation_url is None
+    assert haas.default_token_lifetime == 3600
+
+
+def test_standard_oauth_keys_are_read_from_file_and_environment(tmp_path: Path) -> None:
+    text = (
+        MINIMAL
+        + 'token_endpoint_auth_method = "client_secret_basic"\n'
+        + 'revocation_url = "http://127.0.0.1:9000/revoke"\n'
+        + 'default_token_lifetime = "20m"\n'
+    )
+    haas = load_config(write(tmp_path, text), {}).haas
+    assert haas.token_endpoint_auth_method == "client_secret_basic"
+    assert haas.revocation_url == "http://127.0.0.1:9000/revoke"
+    assert haas.default_token_lifetime == 1200
+    env = {
+        "HAASD_HAAS_TOKEN_ENDPOINT_AUTH_METHOD": "client_secret_post",
+        "HAASD_HAAS_DEFAULT_TOKEN_LIFETIME": "90",
+    }
+    haas = load_config(write(tmp_path, text), env).haas
+    assert (haas.token_endpoint_auth_method, haas.default_token_lifetime) == (
+        "client_secret_post",
+        90,
+    )
+
+
+def test_a_bad_auth_method_in_the_environment_names_the_variable(tmp_path: Path) -> None:
+    env = {"HAASD_HAAS_TOKEN_ENDPOINT_AUTH_METHOD": "private_key_jwt"}
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, MINIMAL), env)
+    assert info.value.file == "environment variable HAASD_HAAS_TOKEN_ENDPOINT_AUTH_METHOD"
+    assert info.value.key == "haas.token_endpoint_auth_method"
+    assert "client_secret_basic" in info.value.reason
 
 
 def test_missing_required_key(tmp_path: Path) -> None:

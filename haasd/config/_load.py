@@ -158,6 +158,11 @@ def _build(
         plan=plan,
         requests_per_minute=values.get("haas.requests_per_minute", PLAN_REQUESTS_PER_MINUTE[plan]),
         token_request_format=values.get("haas.token_request_format", "json"),
+        token_endpoint_auth_method=values.get(
+            "haas.token_endpoint_auth_method", "client_secret_post"
+        ),
+        revocation_url=values.get("haas.revocation_url"),
+        default_token_lifetime=values.get("haas.default_token_lifetime", 3600),
     )
     state_dir = env.get("STATE_DIRECTORY", "/var/lib/haasd").split(":")[0]
     runtime_dir = env.get("RUNTIME_DIRECTORY", "/run/haasd").split(":")[0]

@@ -28,6 +28,8 @@ DEFAULT_AUTHORIZE_URL: Final = "https://auth.api4human.com/authorize"
 DEFAULT_TOKEN_URL: Final = "https://auth.api4human.com/token"  # noqa: S105 - a URL
 
 Environment = Literal["test", "live"]
+#: how the client authenticates to the token endpoint (RFC 6749 §2.3.1, RFC 7591's names)
+AuthMethod = Literal["client_secret_post", "client_secret_basic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,12 @@ class HaasConfig:
     plan: str
     requests_per_minute: int
     token_request_format: Literal["json", "form"]
+    #: how the client authenticates at the token (and revocation) endpoint
+    token_endpoint_auth_method: AuthMethod = "client_secret_post"  # noqa: S105 - a name
+    #: RFC 7009 token revocation, if the server has it
+    revocation_url: str | None = None
+    #: seconds an access token lives when the token endpoint's answer has no expires_in
+    default_token_lifetime: int = 3600
 
 
 @dataclass(frozen=True, slots=True)

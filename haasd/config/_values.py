@@ -93,6 +93,18 @@ def _url(value: Any) -> str:
     return text
 
 
+#: the longest default_token_lifetime: a year, as the longest expires_in haasd accepts
+_MAX_LIFETIME: Final = 366 * 86400
+
+
+def _lifetime(value: Any) -> int:
+    """A duration of whole seconds, from 1s to 366d (an access token's lifetime)."""
+    seconds = parse_duration(value)
+    if not 1 <= seconds <= _MAX_LIFETIME:
+        raise ValueError("must be between 1s and 366d")
+    return int(seconds)
+
+
 def is_loopback(host: str) -> bool:
     """localhost, 127.0.0.0/8 or ::1: where plain http is acceptable."""
     if host == "localhost":
@@ -172,6 +184,9 @@ _SCHEMA: Final[dict[str, dict[str, Parser]]] = {
         "plan": _choice(*PLAN_REQUESTS_PER_MINUTE),
         "requests_per_minute": _positive_int,
         "token_request_format": _choice("json", "form"),
+        "token_endpoint_auth_method": _choice("client_secret_post", "client_secret_basic"),
+        "revocation_url": _url,
+        "default_token_lifetime": _lifetime,
     },
     "store": {"path": _path, "key_file": _path},
     "refresh": {
