@@ -450,7 +450,9 @@ async def test_re_consent_of_a_flagged_human_replaces_the_grant(tmp_path: Path) 
         assert h.refresher.grant("usr_maria_42").state is State.ACTIVE  # type: ignore[union-attr]
 
 
-async def test_another_human_approving_a_re_consent_gets_a_new_grant(tmp_path: Path) -> None:
+async def test_another_human_approving_a_re_consent_is_refused_and_nothing_stored(
+    tmp_path: Path,
+) -> None:
     async with consenting(tmp_path) as (h, flow):
         await h.consent("usr_maria_42")  # whether flagged or not: the same path
         old = h.refresher.grant("usr_maria_42")
@@ -461,17 +463,23 @@ async def test_another_human_approving_a_re_consent_gets_a_new_grant(tmp_path: P
         h.sim.queue_human("usr_bob_7")
         location = await h.sim.visit(rewrite(pending.authorization_url, login_hint=None))
         assert location is not None
-        result = await flow.finish_url(location)
+        with pytest.raises(ExchangeFailedError) as refused:
+            await flow.finish_url(location)
 
-        assert result.human_id == "usr_bob_7"
-        assert result.different_human
-        assert result.expected_human_id == "usr_maria_42"
-        assert not result.replaced
+        assert (refused.value.error_type, refused.value.exchanged) == ("human_mismatch", True)
+        assert "another human approved, not usr_maria_42" in str(refused.value)
+        assert "start a new consent" in str(refused.value)
+        assert "usr_bob_7" not in str(refused.value)
+        assert h.refresher.grant("usr_bob_7") is None
         assert h.refresher.grant("usr_maria_42") == old  # untouched
         assert await h.store.get_grant("usr_maria_42") == old
-        granted = consent_events(h)[-1]
-        assert (granted.type, granted.human_id) == ("consent.granted", "usr_bob_7")
-        assert granted.details["expected_human_id"] == "usr_maria_42"
+        assert await h.store.list_pending() == []  # the code is spent: used up
+        failed = consent_events(h)[-1]
+        assert (failed.type, failed.human_id, failed.details["error"]) == (
+            "consent.failed",
+            "usr_maria_42",
+            "human_mismatch",
+        )
 
 
 async def test_a_refresh_in_flight_does_not_undo_a_re_consent(tmp_path: Path) -> None:
@@ -804,8 +812,17 @@ async def test_an_approval_by_a_human_outside_the_finishers_rules_stores_nothing
         ]
         (warning,) = [e for e in logs if e["log_level"] == "warning"]
         assert warning["human_id"] == "usr_maria_42"
-        assert "cannot be revoked" in warning["event"]
-        assert set(warning) == {"event", "log_level", "human_id", "consent_id", "expected_human_id"}
+        assert "configure haas.revocation_url" in warning["revocation"]
+        assert "could not be revoked: configure haas.revocation_url" in str(refused.value)
+        assert refused.value.revoked is False
+        assert set(warning) == {
+            "event",
+            "log_level",
+            "human_id",
+            "consent_id",
+            "expected_human_id",
+            "revocation",
+        }
 
 
 async def test_an_approval_by_a_human_inside_the_finishers_rules_is_granted(

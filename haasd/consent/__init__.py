@@ -19,9 +19,21 @@ Decisions a caller must know:
   unknown and expired states — without any request to the server.
 * **What consumes a consent:** a grant; a callback with an error (ConsentDeniedError;
   ``consent.denied``); the server refusing the code (ExchangeFailedError with the
-  server's ``error_type``; ``consent.failed``); expiry (``consent.abandoned``). A
-  *transient* exchange failure (network, timeout, 5xx, 429) or a cancellation puts it back:
-  ExchangeUnavailableError, and the same callback may be finished again until it expires.
+  server's ``error_type``; ``consent.failed``); a failure *after the code was sent* — a
+  timeout or a lost answer, a 2xx haasd cannot use (ExchangeFailedError with
+  ``exchanged``: the code is spent, a retry could only get ``invalid_grant``); expiry
+  (``consent.abandoned``). A failure *before the server saw the code* (no connection,
+  429, 503) or a cancellation puts it back: ExchangeUnavailableError, and the same
+  callback may be finished again until it expires.
+* **The human of a grant** is the answer's ``human_id`` when it names one (it must be
+  the consent's human, if the consent named one), else the consent's own — sent to the
+  server as ``login_hint``. A consent without a human against a server whose answers name
+  none is refused at finish, nothing stored; after such an answer :meth:`ConsentFlow.start`
+  without a human carries a ``warning``. A missing ``scope`` is the requested one.
+* **Never orphan a token:** when the server issued tokens haasd cannot keep (an unusable
+  answer, a human outside the finisher's rules, a failed store write) they are revoked
+  (RFC 7009) if ``haas.revocation_url`` is configured; errors and ``consent.failed``
+  say whether (``revoked``). No token is ever logged.
   So every ``consent.started`` ends in exactly one of ``consent.granted``, ``.denied``,
   ``.failed`` or ``.abandoned``; events carry a ``consent_id`` (a prefix of the state's
   digest) to match them, never the state or the code.
@@ -31,15 +43,16 @@ Decisions a caller must know:
 * **Re-consent** works for a grant in any state (an early re-consent is allowed); the
   URL carries ``login_hint``. The new grant replaces the old in one ``INSERT OR REPLACE``
   (:meth:`~haasd.refresher.Refresher.add`): state active, the refresh-token limit counted
-  from the new consent. If another human approves, their grant is stored and the named
-  human's is untouched (``ConsentResult.different_human``).
+  from the new consent. If the server says another human approved, nothing is stored and
+  the tokens are revoked: the named human's grant is untouched.
 * **The refresh policy** of a new grant is the engine's at that moment
   (``refresher.policy``, a :class:`GrantKeeper`): the flow keeps no copy, so a reload
   that replaces the policy reaches consents too.
 * **Who finishes** may be limited to some humans: ``finish(..., may_hold=...)``. A
   consent naming a human outside them is refused unused; one approved by a human outside
-  them is refused after the exchange with nothing stored (ConsentForbiddenError; the
-  event is ``consent.failed`` with ``error`` ``human_not_allowed``).
+  them is refused after the exchange with nothing stored and its tokens revoked
+  (ConsentForbiddenError; the event is ``consent.failed`` with ``error``
+  ``human_not_allowed``).
 * **Callback fields** are checked before anything is looked up: printable, bounded,
   ASCII where RFC 6749 says so (ConsentRequestError names the field).
 * **Bounded:** at most ``max_pending`` (1000) consents wait at once. When full, expired

@@ -12,9 +12,16 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from haasd.authclient import AuthClient
+from haasd.authclient import AuthClient, TokenTypeHint
 from haasd.clock import Activity, Clock, rfc3339
 from haasd.config import HaasConfig
+from haasd.consent._advice import (
+    UNNAMED_WARNING,
+    retry_message,
+    spent_message,
+    tokens_note,
+    unnamed_message,
+)
 from haasd.consent._oauth import (
     Callback,
     authorization_url,
@@ -41,6 +48,7 @@ from haasd.errors import (
     ExchangeUnavailableError,
     HaasdError,
     InvalidStateError,
+    StoreError,
     TransientAuthError,
 )
 from haasd.events import Event, EventBus
@@ -63,6 +71,13 @@ DEFAULT_PENDING_TTL: Final = 15 * 60.0
 DEFAULT_MAX_PENDING: Final = 1000
 #: the longest the expiry loop sleeps without looking again (wall-clock steps)
 MAX_SLEEP: Final = 600.0
+#: the longest a revocation of tokens haasd cannot keep may take (it is shielded from
+#: the request's own timeout: an orphaned token matters more than a late answer)
+REVOKE_DEADLINE: Final = 15.0
+#: the TransientAuthError type of an answer that names no human for a consent naming none
+UNNAMED_HUMAN: Final = "unnamed_human"
+#: the error of an answer naming another human than the consent did
+HUMAN_MISMATCH: Final = "human_mismatch"
 
 _log = structlog.get_logger("haasd.consent")
 
@@ -107,6 +122,9 @@ class PendingConsent:
     redirect_uri: str
     created_at: float
     expires_at: float
+    #: something the starter should know before sending the human (e.g. that a consent
+    #: without a human id will be refused by this server), or None
+    warning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +138,8 @@ class ConsentResult:
     requested_scope: tuple[str, ...]
     #: an earlier grant of ``human_id`` was replaced (atomically)
     replaced: bool
-    #: the consent named a human and another one approved: a new grant for that other
-    #: human; the named human's grant is untouched
+    #: always False: a consent naming one human that the server says another approved is
+    #: refused (ExchangeFailedError ``human_mismatch``); kept for readers of the answer
     different_human: bool
     expected_human_id: str | None
     grant: Grant = field(repr=False)
@@ -164,6 +182,9 @@ class ConsentFlow:
         #: busy during store I/O, so a ManualClock's settle hook waits for it
         self._activity = activity or Activity()
         self._wakeup: anyio.Event | None = None
+        #: the last code exchange without a named human: did its answer name one? (None:
+        #: not known yet) — in memory only, so ``start`` can warn before a sure refusal
+        self._names_humans: bool | None = None
 
     @property
     def redirect_uri(self) -> str:
@@ -217,6 +238,7 @@ class ConsentFlow:
             redirect_uri=redirect,
             created_at=now,
             expires_at=record.expires_at,
+            warning=UNNAMED_WARNING if human_id is None and self._names_humans is False else None,
         )
         details = {
             "consent_id": pending.consent_id,
@@ -226,6 +248,8 @@ class ConsentFlow:
         }
         self._events.publish(Event("consent.started", human_id, now, details))
         _log.info("consent started", human_id=human_id, **details)
+        if pending.warning is not None:
+            _log.warning(pending.warning, consent_id=pending.consent_id)
         return pending
 
     def _redirect_uri(self, override: str | None) -> str:
@@ -321,7 +345,9 @@ class ConsentFlow:
         record, verifier = await self._take(callback.state)
         answer = await self._exchange(record, verifier, code)
         if may_hold is not None and not may_hold(answer.human_id):
-            self._refuse(record, answer.human_id)
+            await self._refuse(record, answer)
+        if record.human_id is not None and answer.human_id != record.human_id:
+            await self._mismatch(record, answer)
         return await self._granted(record, answer)
 
     @staticmethod
@@ -355,17 +381,32 @@ class ConsentFlow:
         return taken
 
     async def _exchange(self, record: PendingRecord, verifier: Secret, code: str) -> TokenResponse:
+        """The token answer for ``code``; the human is the consent's when the answer names
+        none (and must match it when it does), the scope the requested one when it says
+        none (RFC 6749 §5.1).
+
+        A failure before the code reached the server puts the consent back
+        (ExchangeUnavailableError: finish again); one after uses it up (ExchangeFailedError)
+        and revokes whatever the server issued that haasd cannot keep.
+        """
         cid = consent_id(record.state_id)
         try:
-            return await self._auth.exchange_code(code, record.redirect_uri, verifier.reveal())
+            answer = await self._auth.exchange_code(
+                code,
+                record.redirect_uri,
+                verifier.reveal(),
+                human_id=record.human_id,
+                scope=record.scope,
+            )
         except TransientAuthError as exc:
-            # the outcome is unknown or the server did not act: the consent stays usable
+            if exc.sent:
+                await self._spent(record, exc)
+            # the server did not act on the code: the consent stays usable
             await self._put_back(record, verifier)
             _log.warning("code exchange failed; consent kept", consent_id=cid, error=str(exc))
             raise ExchangeUnavailableError(
                 exc.error_type,
-                f"the code exchange failed for now ({exc}); finish the same callback again "
-                f"before {rfc3339(record.expires_at)}",
+                retry_message(str(exc), rfc3339(record.expires_at)),
                 expires_at=record.expires_at,
                 retry_after=exc.retry_after,
             ) from exc
@@ -373,36 +414,116 @@ class ConsentFlow:
             self._failed(record, exc.error_type, record.human_id)
             _log.warning("code exchange refused", consent_id=cid, reason=str(exc))
             raise ExchangeFailedError(
-                exc.error_type, f"the code exchange was refused: {exc}", status=exc.status
+                exc.error_type,
+                f"the code exchange was refused: {exc}; start a new consent",
+                status=exc.status,
             ) from exc
         except BaseException:
             # cancelled (or a defect): the server may not have seen the code; keep it
             await self._put_back(record, verifier)
             raise
+        if record.human_id is None:
+            self._names_humans = True  # the server named the human itself
+        return answer
 
-    def _refuse(self, record: PendingRecord, human_id: str) -> NoReturn:
-        """The human who approved is outside the finisher's rules: drop what the exchange
-        gave, store nothing, and say so (raises ConsentForbiddenError)."""
-        self._failed(record, "human_not_allowed", record.human_id)
-        # haasd knows no revocation endpoint for HaaS: the dropped refresh token stays
-        # valid at the server until it expires, which the operator must hear about
+    async def _spent(self, record: PendingRecord, exc: TransientAuthError) -> NoReturn:
+        """The code reached the server and the answer is lost or unusable: the consent is
+        used up (a retry could only get invalid_grant); revoke what was issued."""
+        unnamed = exc.error_type == UNNAMED_HUMAN
+        if unnamed:
+            self._names_humans = False
+        revoked = await self._revoke(exc.issued_refresh_token, "refresh_token")
+        note = tokens_note(revoked, self._auth.can_revoke)
+        answered = exc.status is not None and 200 <= exc.status < 300
+        message = (
+            unnamed_message(note)
+            if unnamed
+            else spent_message(str(exc), answered=answered, note=note)
+        )
+        self._failed(record, exc.error_type, record.human_id, revoked)
         _log.warning(
-            "consent refused: the human who approved is outside the finishing peer's "
-            "rules; nothing was stored, and the refresh token the server issued cannot be "
-            "revoked (no revocation endpoint): it lives on at HaaS until it expires",
-            human_id=human_id,
+            "code exchange failed after the code was sent; consent used up",
+            consent_id=consent_id(record.state_id),
+            human_id=record.human_id,
+            error=str(exc),
+            revocation=note or "no token reached haasd",
+        )
+        raise ExchangeFailedError(
+            exc.error_type, message, status=exc.status, exchanged=True, revoked=revoked
+        ) from exc
+
+    async def _mismatch(self, record: PendingRecord, answer: TokenResponse) -> NoReturn:
+        """The server says another human approved than the consent named: keep nothing
+        (the finisher asked for that human, not this one), revoke, and say so. The other
+        human is named in the log only: the finisher may not administer them."""
+        revoked = await self._revoke_answer(answer)
+        note = tokens_note(revoked, self._auth.can_revoke)
+        self._failed(record, HUMAN_MISMATCH, record.human_id, revoked)
+        _log.warning(
+            "consent refused: the server says another human approved than the one named; "
+            "nothing was stored",
+            human_id=answer.human_id,
             consent_id=consent_id(record.state_id),
             expected_human_id=record.human_id,
+            revocation=note,
+        )
+        message = spent_message(
+            f"the server says another human approved, not {record.human_id}; nothing was stored",
+            answered=True,
+            note=note,
+        )
+        raise ExchangeFailedError(HUMAN_MISMATCH, message, exchanged=True, revoked=revoked)
+
+    async def _refuse(self, record: PendingRecord, answer: TokenResponse) -> NoReturn:
+        """The human who approved is outside the finisher's rules: revoke what the exchange
+        gave, store nothing, and say so (raises ConsentForbiddenError)."""
+        revoked = await self._revoke_answer(answer)
+        note = tokens_note(revoked, self._auth.can_revoke)
+        self._failed(record, "human_not_allowed", record.human_id, revoked)
+        _log.warning(
+            "consent refused: the human who approved is outside the finishing peer's "
+            "rules; nothing was stored",
+            human_id=answer.human_id,
+            consent_id=consent_id(record.state_id),
+            expected_human_id=record.human_id,
+            revocation=note,
         )
         raise ConsentForbiddenError(
-            "the consent was for a human outside your rules; nothing was stored (the "
-            "server's new tokens for that human were dropped, and haasd has no revocation "
-            "endpoint to revoke them; an admin of that human may run a new consent)",
+            f"the consent was for a human outside your rules; nothing was stored ({note}; an "
+            "admin of that human may run a new consent)",
             exchanged=True,
+            revoked=revoked,
         )
 
-    def _failed(self, record: PendingRecord, error: str, human_id: str | None) -> None:
-        details = {"consent_id": consent_id(record.state_id), "error": error}
+    async def _revoke_answer(self, answer: TokenResponse) -> bool | None:
+        """Revoke a token answer haasd will not keep: its refresh token (which ends the
+        grant's access tokens too, RFC 7009 §2.1), else its access token."""
+        if answer.refresh_token is not None:
+            return await self._revoke(answer.refresh_token, "refresh_token")
+        return await self._revoke(answer.access_token, "access_token")
+
+    async def _revoke(self, token: Secret | None, hint: TokenTypeHint) -> bool | None:
+        """Revoke ``token`` at the server: True done, False not (no endpoint configured,
+        or the request failed), None when there is no token. Shielded and bounded: a
+        request's timeout must not leave a token orphaned halfway."""
+        if token is None:
+            return None
+        if not self._auth.can_revoke:
+            return False
+        with anyio.CancelScope(shield=True), anyio.move_on_after(REVOKE_DEADLINE):
+            return await self._auth.revoke(token, hint=hint)
+        return False
+
+    def _failed(
+        self,
+        record: PendingRecord,
+        error: str,
+        human_id: str | None,
+        revoked: bool | None = None,
+    ) -> None:
+        details: dict[str, object] = {"consent_id": consent_id(record.state_id), "error": error}
+        if revoked is not None:
+            details["revoked"] = revoked
         self._events.publish(Event("consent.failed", human_id, self._clock.time(), details))
 
     async def _put_back(self, record: PendingRecord, verifier: Secret) -> None:
@@ -418,18 +539,23 @@ class ConsentFlow:
         grant = new_grant(answer, self._haas.environment, now, policy, self._rng)
         try:
             await self._refresher.add(grant)  # one INSERT OR REPLACE: the old grant goes at once
-        except HaasdError as exc:  # the disk said no: the code is spent, the tokens lost
-            self._failed(record, "store_error", human_id)
-            _log.error("cannot store the new grant", human_id=human_id, error=str(exc))
-            raise
-        different = record.human_id is not None and record.human_id != human_id
+        except HaasdError as exc:  # the disk said no: the code is spent; revoke the tokens
+            revoked = await self._revoke_answer(answer)
+            note = tokens_note(revoked, self._auth.can_revoke)
+            self._failed(record, "store_error", human_id, revoked)
+            _log.error(
+                "cannot store the new grant", human_id=human_id, error=str(exc), revocation=note
+            )
+            raise StoreError(
+                f"the new grant could not be stored ({exc}); {note}; start a new consent"
+            ) from exc
         result = ConsentResult(
             consent_id=consent_id(record.state_id),
             human_id=human_id,
             scope=grant.scope,
             requested_scope=record.scope,
             replaced=replaced,
-            different_human=different,
+            different_human=False,
             expected_human_id=record.human_id,
             grant=grant,
         )
@@ -437,19 +563,11 @@ class ConsentFlow:
             "consent_id": result.consent_id,
             "scope": " ".join(grant.scope),
             "replaced": replaced,
-            "different_human": different,
+            "different_human": False,
             "refresh_expires_at": rfc3339(grant.refresh_expires_at),
         }
-        if different:
-            details["expected_human_id"] = record.human_id
         self._events.publish(Event("consent.granted", human_id, now, details))
         _log.info("consent granted", human_id=human_id, **details)
-        if different:
-            _log.warning(
-                "a different human approved the consent; the named human's grant is unchanged",
-                human_id=human_id,
-                expected_human_id=record.human_id,
-            )
         if set(grant.scope) != set(record.scope):
             _log.info(
                 "the server granted other scopes than asked for",

@@ -23,9 +23,16 @@ end with any human, so it needs an admin rule that covers every human id (``*``,
 ``usr_*``: :func:`~haasd.server.access.covers_everyone`). The human who approves is the
 authorization server's word, known only after the exchange: finishing needs an admin
 rule, and the approved human must be among the finisher's admin humans — otherwise 403
-and nothing is stored (the tokens the exchange gave are dropped). A consent that names a
-human outside the finisher's rules is refused unused. So every answer names only humans
-the peer administers.
+and nothing is stored (the tokens the exchange gave are dropped, and revoked when
+``haas.revocation_url`` is configured: ``revoked``). A consent that names a human outside
+the finisher's rules is refused unused. So every answer names only humans the peer
+administers.
+
+**The human of a grant.** A server that names no human in its token answers needs the
+consent to name one (``human_id``): it is sent as ``login_hint`` and the grant is stored
+under it. Without one such a consent is refused at finish (502 ``exchange_failed``,
+``server_error`` ``unnamed_human``); once haasd has seen such an answer, ``POST
+/v1/consents`` without ``human_id`` says so in a ``warning`` field.
 
 Bodies are UTF-8 JSON objects without repeated fields; every string field is non-empty,
 bounded and printable (ASCII where RFC 6749 says so): otherwise 400 ``invalid_request``
@@ -40,11 +47,17 @@ invalid_request       400     malformed body, human id, redirect URI or callback
 invalid_scope         400     ``*`` (with the seed's advice), an unknown scope, or none
 scope_not_allowed     400     a scope beyond the configured ones
 invalid_state         400     unknown, expired or used state; nothing was exchanged
-forbidden             403     not an admin, or not for this consent's human (nothing stored)
+forbidden             403     not an admin, or not for this consent's human (nothing stored;
+                              ``exchanged``, and ``revoked`` when tokens were issued)
 consent_denied        403     the redirect carried an error (``error``: ``access_denied``…)
-exchange_failed       502     the server refused the code (``server_error``: its type)
-exchange_unavailable  503     the exchange failed for now: the same callback may be sent
-                              again (``retry_after``) until ``expires_at``
+exchange_failed       502     the code is used up: the server refused it (``server_error``:
+                              its type), or ``exchanged``: the code was sent and the answer
+                              is lost or unusable (no human named, another human, malformed);
+                              ``revoked`` says whether the tokens it issued were revoked.
+                              Start a new consent
+exchange_unavailable  503     the server never saw the code (no connection, 429, 503): the
+                              same callback may be sent again (``retry_after``) until
+                              ``expires_at``
 consent_limit         503     too many consents are pending (``retry_after``)
 ====================  ======  ==============================================================
 """
@@ -130,6 +143,11 @@ def _busy(error_type: str, message: str, seconds: float | None, **extra: Any) ->
     return Problem(503, error_type, message, headers=headers, retry_after=wait, **extra)
 
 
+def _revoked(revoked: bool | None) -> dict[str, Any]:
+    """``revoked`` for an answer, when the server issued tokens haasd did not keep."""
+    return {} if revoked is None else {"revoked": revoked}
+
+
 def consent_problem(exc: ConsentError) -> Problem:
     """The answer to a consent error (the module's table)."""
     message = str(exc)
@@ -140,7 +158,14 @@ def consent_problem(exc: ConsentError) -> Problem:
     if isinstance(exc, InvalidStateError):
         return Problem(400, "invalid_state", message, reason=exc.reason)
     if isinstance(exc, ConsentForbiddenError):
-        return Problem(403, "forbidden", message, exchanged=exc.exchanged, outcome="forbidden")
+        return Problem(
+            403,
+            "forbidden",
+            message,
+            exchanged=exc.exchanged,
+            outcome="forbidden",
+            **_revoked(exc.revoked),
+        )
     if isinstance(exc, ConsentDeniedError):
         return Problem(
             403,
@@ -151,7 +176,13 @@ def consent_problem(exc: ConsentError) -> Problem:
         )
     if isinstance(exc, ExchangeFailedError):
         return Problem(
-            502, "exchange_failed", message, server_error=exc.error_type, server_status=exc.status
+            502,
+            "exchange_failed",
+            message,
+            server_error=exc.error_type,
+            server_status=exc.status,
+            exchanged=exc.exchanged,
+            **_revoked(exc.revoked),
         )
     if isinstance(exc, ExchangeUnavailableError):
         return _busy(
@@ -256,6 +287,8 @@ def _started_json(pending: PendingConsent) -> dict[str, object]:
     }
     if pending.human_id is not None:
         answer["human_id"] = pending.human_id
+    if pending.warning is not None:
+        answer["warning"] = pending.warning
     return answer
 
 
