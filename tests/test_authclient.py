@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from haasd import __version__
 from haasd.authclient import AuthClient, RequestFormat
 from haasd.clock import Activity, ManualClock
-from haasd.config import HaasConfig, SecretSource
+from haasd.config import AuthMethod, HaasConfig, SecretSource
 from haasd.errors import (
     AuthError,
     ClientAuthError,
@@ -24,6 +24,7 @@ from haasd.errors import (
     RequestRejectedError,
     TokenResponseError,
     TransientAuthError,
+    UnnamedHumanError,
 )
 from haasd.grants import Answer, classify
 from haasd.ratelimit import MAX_WAIT, RateBudget
@@ -622,18 +623,19 @@ def test_an_unknown_request_format_is_refused() -> None:
 
 # --- standard OAuth 2.0: client authentication (RFC 6749 §2.3.1) ----------------------------
 
+REVOCATION_URL = "https://auth.haas.test/revoke"
 AWKWARD_ID = "my app:1%+é"
 AWKWARD_SECRET = "s3:cr%t+ pä/="
 #: RFC 6749 §2.3.1 / Appendix B, by hand: each form-urlencoded (UTF-8, space as "+")
 AWKWARD_PAIR = "my+app%3A1%25%2B%C3%A9:s3%3Acr%25t%2B+p%C3%A4%2F%3D"
 
 
-def basic_client(server: Server, **options: Any) -> AuthClient:
+def basic_client(server: Server, budget: RateBudget | None = None, **options: Any) -> AuthClient:
     return AuthClient(
         token_url=TOKEN_URL,
         client_id=AWKWARD_ID,
         client_secret=Secret(AWKWARD_SECRET),
-        budget=RateBudget(60, ManualClock()),
+        budget=budget or RateBudget(60, ManualClock()),
         auth_method="client_secret_basic",
         transport=httpx.MockTransport(server),
         **options,
@@ -690,3 +692,302 @@ async def test_post_auth_sends_the_credentials_in_the_body_and_no_header() -> No
 def test_an_unknown_auth_method_is_refused() -> None:
     with pytest.raises(ValueError, match="client_secret_basic"):
         client_for(Server(httpx.Response(200)), auth_method="private_key_jwt")
+
+
+@pytest.mark.parametrize("status", [200, 302, 400, 401, 429, 500])
+@pytest.mark.usefixtures("debug_logs")
+async def test_basic_auth_and_revocation_leak_nothing_even_to_an_echoing_server(
+    status: int,
+) -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        said = request.content.decode() + " " + request.headers["authorization"]
+        return httpx.Response(
+            status,
+            json={"error": f"bad_{said}", "error_description": f"you sent {said}"},
+            headers={"Location": f"https://x.test/{said}?q={said}"},
+        )
+
+    secrets = (AWKWARD_SECRET, AWKWARD_PAIR, base64.b64encode(AWKWARD_PAIR.encode()).decode())
+    clock = ManualClock()
+    with capture_logs() as logs:
+        async with basic_client(
+            Server(echo), RateBudget(60, clock), revocation_url=REVOCATION_URL
+        ) as client:
+            with pytest.raises(AuthError) as caught:
+                await client.exchange_code(CODE, "https://app.test/callback", VERIFIER)
+            await clock.advance(MAX_WAIT)
+            await client.revoke(Secret(NEW_REFRESH))
+    texts = (str(caught.value), repr(caught.value), caught.value.error_type, repr(logs))
+    for text in texts:
+        assert_nothing_secret(text)
+        assert not any(secret in text for secret in secrets)
+
+
+# --- revocation (RFC 7009) ----------------------------------------------------------------
+
+
+async def test_revocation_posts_the_token_and_is_true_on_200() -> None:
+    server = Server(httpx.Response(200))  # also what it says to a token it never knew
+    budget = RateBudget(60, ManualClock())
+    async with client_for(server, budget, revocation_url=REVOCATION_URL) as client:
+        assert client.can_revoke
+        assert await client.revoke(Secret(NEW_REFRESH)) is True
+        assert client.stats.requests == {("revoke", "ok"): 1}
+    [request] = server.requests
+    assert (request.method, str(request.url)) == ("POST", REVOCATION_URL)
+    assert body_of(request)["token"] == NEW_REFRESH
+    assert budget.remaining == budget.capacity - 1  # inside the one rate budget
+
+
+async def test_revocation_without_an_endpoint_is_false_and_sends_nothing() -> None:
+    server = Server(httpx.Response(200))
+    async with client_for(server) as client:
+        assert not client.can_revoke
+        assert await client.revoke(Secret(NEW_REFRESH)) is False
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome", "said"),
+    [
+        (oauth(400, "unsupported_token_type"), "rejected", "400 unsupported_token_type"),
+        (oauth(401, "invalid_client"), "client_auth", "token_endpoint_auth_method"),
+        (oauth(503, "temporarily_unavailable"), "transient", "503"),
+        (httpx.Response(404, text="<html>no</html>"), "rejected", "404"),
+        (httpx.Response(302, headers={"Location": "https://x.test/r"}), "redirect", "revocation"),
+        (httpx.ConnectError("refused"), "network", "could not connect"),
+        (httpx.ReadTimeout("slow"), "timeout", "did not answer"),
+    ],
+)
+async def test_a_failed_revocation_is_false_with_one_warning_never_an_error(
+    reply: Reply, outcome: str, said: str
+) -> None:
+    with capture_logs() as logs:
+        async with client_for(Server(reply), revocation_url=REVOCATION_URL) as client:
+            assert await client.revoke(Secret(NEW_REFRESH)) is False
+            assert client.stats.requests == {("revoke", outcome): 1}
+    [warning] = [e for e in logs if e["log_level"] == "warning"]
+    assert "not revoked" in warning["event"] and said in warning["error"]
+    assert "revocation endpoint" in warning["error"] or outcome in ("network", "timeout")
+    assert_nothing_secret(repr(logs))
+
+
+async def test_a_429_to_a_revocation_holds_the_budget_back_too() -> None:
+    budget = RateBudget(60, ManualClock())
+    reply = httpx.Response(429, headers={"Retry-After": "40"})
+    async with client_for(Server(reply), budget, revocation_url=REVOCATION_URL) as client:
+        assert await client.revoke(Secret(NEW_REFRESH)) is False
+    assert budget.blocked_until == 40.0
+
+
+# --- answers of a plain RFC 6749 server (§5.1) --------------------------------------------
+
+PLAIN: dict[str, Any] = {
+    "access_token": ACCESS,
+    "token_type": "Bearer",
+    "expires_in": 3600,
+    "refresh_token": NEW_REFRESH,
+}
+
+
+async def exchange(client: AuthClient, **asked: Any) -> Any:
+    return await client.exchange_code(CODE, "https://app.test/callback", VERIFIER, **asked)
+
+
+async def test_a_first_grant_without_scope_or_human_takes_what_the_consent_asked() -> None:
+    async with client_for(Server(httpx.Response(200, json=PLAIN))) as client:
+        answer = await exchange(client, human_id=HUMAN, scope=("status:read",))
+    assert (answer.human_id, answer.scope, answer.expires_in) == (HUMAN, ("status:read",), 3600)
+    assert answer.refresh_token is not None and answer.refresh_token.reveal() == NEW_REFRESH
+
+
+async def test_the_answers_own_human_and_scope_win_over_what_was_asked() -> None:
+    """A different human may approve (the consent reports it); the server may narrow."""
+    answer_for = {**PLAIN, "human_id": "usr_bob_7", "scope": "tasks:read"}
+    async with client_for(Server(httpx.Response(200, json=answer_for))) as client:
+        answer = await exchange(client, human_id=HUMAN, scope=SCOPE)
+    assert (answer.human_id, answer.scope) == ("usr_bob_7", ("tasks:read",))
+
+
+async def test_a_first_grant_naming_no_human_is_unnamed_human_with_its_refresh_token() -> None:
+    async with client_for(Server(httpx.Response(200, json={**PLAIN, "scope": "status:read"}))) as c:
+        with pytest.raises(TransientAuthError) as caught:
+            await exchange(c, scope=SCOPE)
+        assert c.stats.requests == {("exchange", "unnamed_human"): 1}
+    error = caught.value
+    assert (error.error_type, error.status) == ("unnamed_human", 200)
+    assert isinstance(error.__cause__, UnnamedHumanError)
+    assert "--human" in str(error) and "human_id" in str(error)
+    assert error.issued_refresh_token is not None
+    assert error.issued_refresh_token.reveal() == NEW_REFRESH
+    assert_nothing_secret(str(error), repr(error))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"scope": None},  # nothing asked either
+        {"scope": "status:read \x1b[2J"},
+        {"access_token": "bad token"},
+        {"token_type": "mac"},
+        {"expires_in": -1},
+        {"human_id": "Maria"},
+        {"refresh_token_expires_in": "soon"},
+    ],
+)
+async def test_an_unusable_first_grant_hands_over_its_refresh_token(
+    change: dict[str, Any],
+) -> None:
+    """Never orphan a token: the code is spent, so the caller must get what was issued."""
+    body = {k: v for k, v in {**GRANT, **change}.items() if v is not None}
+    async with client_for(Server(httpx.Response(200, json=body))) as client:
+        with pytest.raises(TransientAuthError) as caught:
+            await exchange(client)
+    error = caught.value
+    assert (error.error_type, error.sent) == ("malformed_response", True)
+    assert isinstance(error.__cause__, TokenResponseError)
+    assert error.issued_refresh_token is not None
+    assert error.issued_refresh_token.reveal() == NEW_REFRESH
+    assert_nothing_secret(str(error))
+
+
+async def test_a_first_grant_without_a_usable_refresh_token_hands_over_none() -> None:
+    body = {**GRANT, "refresh_token": "two words"}
+    async with client_for(Server(httpx.Response(200, json=body))) as client:
+        with pytest.raises(TransientAuthError) as caught:
+            await exchange(client)
+    assert caught.value.issued_refresh_token is None
+    assert "refresh_token is not a plausible token" in str(caught.value)
+
+
+@pytest.mark.parametrize("token_type", ["bearer", "BEARER", "BeArEr"])
+async def test_token_type_is_case_insensitive_on_both_paths(token_type: str) -> None:
+    body = {**GRANT, "token_type": token_type}
+    async with client_for(Server(httpx.Response(200, json=body))) as client:
+        first = await exchange(client)
+        again = await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE)
+    assert first.human_id == HUMAN and again.warnings == ()
+
+
+async def test_no_expires_in_means_the_default_lifetime_with_one_warning_per_client() -> None:
+    lean = {k: v for k, v in GRANT.items() if k != "expires_in"}
+    with capture_logs() as logs:
+        async with client_for(
+            Server(httpx.Response(200, json=lean)), default_lifetime=1200
+        ) as client:
+            first = await exchange(client)
+            again = await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE)
+            third = await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE)
+    assert [a.expires_in for a in (first, again, third)] == [1200, 1200, 1200]
+    assert first.lifetime_defaulted and again.lifetime_defaulted and again.warnings == ()
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1
+    assert "expires_in" in warnings[0]["event"]
+    assert warnings[0]["default_token_lifetime"] == 1200
+
+
+async def test_an_answer_with_expires_in_warns_of_nothing() -> None:
+    with capture_logs() as logs:
+        async with client_for(Server(httpx.Response(200, json=GRANT))) as client:
+            answer = await exchange(client)
+    assert not answer.lifetime_defaulted
+    assert [e for e in logs if e["log_level"] == "warning"] == []
+
+
+@pytest.mark.parametrize("lifetime", [0, -5, True])
+def test_a_default_lifetime_that_is_no_lifetime_is_refused(lifetime: int) -> None:
+    with pytest.raises(ValueError, match="default_lifetime"):
+        client_for(Server(httpx.Response(200)), default_lifetime=lifetime)
+
+
+async def test_a_refresh_answer_without_scope_human_or_refresh_token_keeps_the_grants() -> None:
+    lean = {"access_token": ACCESS, "token_type": "bearer", "expires_in": 20}
+    async with client_for(Server(httpx.Response(200, json=lean))) as client:
+        answer = await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE)
+    assert (answer.refresh_token, answer.human_id, answer.scope) == (None, HUMAN, SCOPE)
+    assert (answer.expires_in, answer.warnings) == (20, ())
+
+
+async def test_from_config_takes_the_standard_oauth_keys() -> None:
+    haas = HaasConfig(
+        environment="test",
+        client_id=CLIENT_ID,
+        client_secret=SecretSource("haas.client_secret", "client_secret", "HAASD_CLIENT_SECRET"),
+        authorize_url="https://auth.haas.test/authorize",
+        token_url=TOKEN_URL,
+        redirect_uri="https://app.test/callback",
+        scopes=SCOPE,
+        plan="free",
+        requests_per_minute=60,
+        token_request_format="form",
+        token_endpoint_auth_method="client_secret_basic",
+        revocation_url=REVOCATION_URL,
+        default_token_lifetime=900,
+    )
+    lean = {k: v for k, v in GRANT.items() if k != "expires_in"}
+    server = Server(httpx.Response(200, json=lean))
+    budget = RateBudget(60, ManualClock())
+    async with AuthClient.from_config(
+        haas, Secret(CLIENT_SECRET), budget, transport=httpx.MockTransport(server)
+    ) as client:
+        answer = await exchange(client)
+        assert client.can_revoke and await client.revoke(Secret(NEW_REFRESH))
+    assert answer.expires_in == 900
+    exchanged, revoked = server.requests
+    assert exchanged.headers["authorization"].startswith("Basic ")
+    assert "client_secret" not in body_of(exchanged)
+    assert str(revoked.url) == REVOCATION_URL
+
+
+# --- refusals that point at the setting that fixes them ------------------------------------
+
+
+@pytest.mark.parametrize("code", ["unsupported_grant_type", "invalid_request"])
+async def test_a_json_body_refused_suggests_the_form_format(code: str) -> None:
+    async with client_for(Server(oauth(400, code))) as client:
+        with pytest.raises(RequestRejectedError) as caught:
+            await refresh(client)
+    assert 'haas.token_request_format = "form"' in str(caught.value)
+    assert_nothing_secret(str(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("reply", "request_format"),
+    [
+        (oauth(400, "unsupported_grant_type"), "form"),  # form already: not the cause
+        (oauth(400, "invalid_scope"), "json"),
+        (oauth(400, "invalid_grant"), "json"),
+    ],
+)
+async def test_other_refusals_do_not_suggest_the_form_format(
+    reply: httpx.Response, request_format: RequestFormat
+) -> None:
+    async with client_for(Server(reply), request_format=request_format) as client:
+        with pytest.raises(AuthError) as caught:
+            await refresh(client)
+    assert "token_request_format" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("method", "other"),
+    [("client_secret_post", "client_secret_basic"), ("client_secret_basic", "client_secret_post")],
+)
+@pytest.mark.parametrize("reply", [oauth(401, "invalid_client"), httpx.Response(401)])
+async def test_a_client_refusal_names_the_auth_method_and_the_other_one(
+    method: AuthMethod, other: str, reply: httpx.Response
+) -> None:
+    async with client_for(Server(reply), auth_method=method) as client:
+        with pytest.raises(ClientAuthError) as caught:
+            await exchange(client)
+    message = str(caught.value)
+    assert "haas.token_endpoint_auth_method" in message
+    assert f'"{method}" is in use' in message and f'may want "{other}"' in message
+    assert "haas.client_id" in message and "client secret" in message
+    assert_nothing_secret(message)
+
+
+async def test_unauthorized_client_is_about_the_grant_type_not_the_credentials() -> None:
+    async with client_for(Server(oauth(400, "unauthorized_client"))) as client:
+        with pytest.raises(ClientAuthError) as caught:
+            await refresh(client)
+    assert "token_endpoint_auth_method" not in str(caught.value)

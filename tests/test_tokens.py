@@ -4,8 +4,13 @@ from typing import Any
 
 import pytest
 
-from haasd.errors import TokenResponseError
-from haasd.tokens import parse_token_response
+from haasd.errors import TokenResponseError, UnnamedHumanError
+from haasd.tokens import (
+    DEFAULT_LIFETIME,
+    parse_first_grant,
+    parse_refresh_answer,
+    parse_token_response,
+)
 
 SEED_ANSWER: dict[str, Any] = {
     "access_token": "haas_at_Kj7mNq2xPvL8",
@@ -129,3 +134,96 @@ def test_a_refresh_answer_with_a_bad_access_token_still_hands_over_its_refresh_t
 def test_a_first_grant_must_be_right_in_every_field() -> None:
     with pytest.raises(TokenResponseError, match="malformed scope token"):
         parse_token_response({**SEED_ANSWER, "scope": "status:read \ud800"})
+
+
+# --- a plain RFC 6749 answer (§5.1) ---------------------------------------------------------
+
+PLAIN: dict[str, Any] = {
+    "access_token": "haas_at_Kj7mNq2xPvL8",
+    "token_type": "bearer",
+    "expires_in": 20,
+    "refresh_token": "haas_rt_Xm9pQw4zRtY2",
+}
+
+
+def test_a_plain_first_grant_takes_the_human_and_scope_the_consent_asked_for() -> None:
+    answer = parse_first_grant(PLAIN, human_id="usr_maria_42", scope=("status:read",))
+    assert (answer.human_id, answer.scope, answer.expires_in) == (
+        "usr_maria_42",
+        ("status:read",),
+        20,
+    )
+    assert not answer.lifetime_defaulted
+
+
+def test_the_answers_human_and_scope_win_a_mismatch_is_the_callers_to_report() -> None:
+    data = {**PLAIN, "human_id": "usr_bob_7", "scope": "tasks:read"}
+    answer = parse_first_grant(data, human_id="usr_maria_42", scope=("status:read",))
+    assert (answer.human_id, answer.scope) == ("usr_bob_7", ("tasks:read",))
+
+
+def test_a_first_grant_nobody_names_the_human_of_keeps_its_refresh_token() -> None:
+    with pytest.raises(UnnamedHumanError, match="--human") as info:
+        parse_first_grant(PLAIN, scope=("status:read",))
+    assert isinstance(info.value, TokenResponseError)
+    assert info.value.refresh_token is not None
+    assert info.value.refresh_token.reveal() == "haas_rt_Xm9pQw4zRtY2"
+    assert "haas_rt_" not in str(info.value)
+
+
+def test_no_scope_and_none_asked_is_refused_as_for_an_import() -> None:
+    for parse in (parse_token_response, parse_first_grant):
+        with pytest.raises(TokenResponseError, match="scope is missing") as info:
+            parse({**PLAIN, "human_id": "usr_maria_42"})
+        assert info.value.refresh_token is not None  # handed over all the same
+
+
+def test_no_expires_in_means_the_default_lifetime_on_both_paths() -> None:
+    lean = {k: v for k, v in SEED_ANSWER.items() if k != "expires_in"}
+    first = parse_first_grant(lean, default_lifetime=1200)
+    again = parse_refresh_answer(lean, human_id="usr_maria_42", default_lifetime=1200)
+    assert (first.expires_in, again.expires_in) == (1200, 1200)
+    assert first.lifetime_defaulted and again.lifetime_defaulted
+    assert again.warnings == ()  # an omission is allowed, not a fault (warned once, above)
+    assert parse_token_response(lean).expires_in == DEFAULT_LIFETIME
+
+
+@pytest.mark.parametrize("token_type", ["bearer", "BEARER", "Bearer", "bEaReR"])
+def test_token_type_is_matched_case_insensitively_on_both_paths(token_type: str) -> None:
+    data = {**SEED_ANSWER, "token_type": token_type}
+    assert parse_first_grant(data).human_id == "usr_maria_42"
+    assert parse_refresh_answer(data, human_id="usr_maria_42").warnings == ()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"access_token": "bad token"},
+        {"token_type": "mac"},
+        {"expires_in": "3600"},
+        {"scope": "status:read \ud800"},
+        {"human_id": "Maria"},
+        {"refresh_token_expires_in": 0},
+    ],
+)
+def test_every_malformed_first_grant_carries_its_well_formed_refresh_token(
+    change: dict[str, Any],
+) -> None:
+    with pytest.raises(TokenResponseError) as info:
+        parse_first_grant({**SEED_ANSWER, **change}, human_id="usr_maria_42")
+    assert not isinstance(info.value, UnnamedHumanError)
+    assert info.value.refresh_token is not None
+    assert info.value.refresh_token.reveal() == "haas_rt_Xm9pQw4zRtY2"
+    assert "haas_rt_" not in str(info.value) and "haas_at_" not in str(info.value)
+
+
+def test_a_refresh_answer_without_refresh_token_keeps_the_current_one() -> None:
+    lean = {k: v for k, v in SEED_ANSWER.items() if k != "refresh_token"}
+    answer = parse_refresh_answer(lean, human_id="usr_maria_42", scope=("tasks:dispatch",))
+    assert answer.refresh_token is None  # after_refresh keeps the grant's (RFC 6749 §6)
+
+
+@pytest.mark.parametrize("lifetime", [0, -1, 366 * 86400 + 1])
+def test_a_default_lifetime_out_of_range_is_a_programming_error(lifetime: int) -> None:
+    with pytest.raises(ValueError, match="default_lifetime"):
+        parse_first_grant(SEED_ANSWER, default_lifetime=lifetime)
