@@ -86,16 +86,30 @@ def workdir() -> Iterator[Path]:
 
 @asynccontextmanager
 async def daemon_running(
-    directory: Path, extra: str = "", *, redirect_uri: str | None = None
+    directory: Path,
+    extra: str = "",
+    *,
+    redirect_uri: str | None = None,
+    sim_options: dict[str, Any] | None = None,
+    revocation: bool = False,
+    seed: bool = True,
 ) -> AsyncIterator[Running]:
+    """The daemon on a simulator (with ``sim_options``), holding a grant of MARIA (with
+    ``seed``); with ``revocation`` its config names the simulator's RFC 7009 endpoint."""
     clock = ManualClock(start=time.time())
-    sim = simulator(clock)
+    sim = simulator(clock, **(sim_options or {}))
     async with sim.running():
         config_path = write_config(directory, sim.token_url, extra=extra)
+        text = config_path.read_text()
         if redirect_uri is not None:
-            text = config_path.read_text().replace("http://127.0.0.1:8765/callback", redirect_uri)
-            config_path.write_text(text)
-        await seed_grant(directory, sim, MARIA)
+            text = text.replace("http://127.0.0.1:8765/callback", redirect_uri)
+        if revocation:
+            text = text.replace(
+                'plan = "pro"\n', f'plan = "pro"\nrevocation_url = "{sim.revocation_url}"\n'
+            )
+        config_path.write_text(text)
+        if seed:
+            await seed_grant(directory, sim, MARIA)
         config = load_config(config_path, {})
         async with anyio.create_task_group() as tg:
             d: Daemon = await tg.start(

@@ -54,10 +54,12 @@ exit codes:
   3  the state is unknown, expired or already used: start a new consent
   4  the human declined (or the server ended the consent)
   5  haasd cannot be reached
-  6  try again later: the code exchange failed for now (finish the same URL again
-     before the consent expires), or too many consents are pending
+  6  try again later: the code never reached the HaaS server (finish the same URL
+     again before the consent expires), or too many consents are pending
   7  forbidden: this user has no admin [[access]] rule
-  8  the HaaS server refused the code: start a new consent
+  8  the code is spent: the HaaS server refused it, or its answer was lost or cannot
+     be used (no human named: start with --human ID); the message says whether the
+     tokens it issued were revoked. Start a new consent
   9  `listen`: no redirect arrived in time"""
 
 LISTEN_EPILOG = """\
@@ -133,6 +135,8 @@ def _consent_failed(exc: HaasdError) -> int:
 
 
 def _print_started(started: StartedConsent, out: TextIO) -> None:
+    if started.warning is not None:  # on stderr: `| head -1` still gets the URL alone
+        say_error(f"warning: {started.warning}")
     print(printable(started.authorization_url), file=out)
     time_left = left(started.expires_at - SystemClock().time())
     print(f"expires at {rfc3339(started.expires_at)} (in {time_left})", file=out, flush=True)

@@ -144,10 +144,13 @@ class StartedConsent:
     human_id: str | None
     #: the named human has a grant now, which the consent will replace
     reconsent: bool
+    #: what haasd wants the starter to know first (e.g. a consent without a human id
+    #: will be refused by this server), if anything
+    warning: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StartedConsent:
-        human_id = data.get("human_id")
+        human_id, warning = data.get("human_id"), data.get("warning")
         return cls(
             authorization_url=str(data["authorization_url"]),
             state=str(data["state"]),
@@ -157,6 +160,7 @@ class StartedConsent:
             redirect_uri=str(data["redirect_uri"]),
             human_id=None if human_id is None else str(human_id),
             reconsent=bool(data.get("reconsent", False)),
+            warning=None if warning is None else str(warning),
         )
 
 
