@@ -93,6 +93,7 @@ from haasd.ratelimit import MAX_WAIT, RateBudget
 from haasd.secret import Secret
 from haasd.tokens import (
     DEFAULT_LIFETIME,
+    MAX_LIFETIME,
     TokenResponse,
     parse_first_grant,
     parse_refresh_answer,
@@ -192,8 +193,8 @@ class AuthClient:
             raise ValueError("request_format must be 'json' or 'form'")
         if auth_method not in _AUTH_METHODS:
             raise ValueError("auth_method must be 'client_secret_post' or 'client_secret_basic'")
-        if isinstance(default_lifetime, bool) or default_lifetime <= 0:
-            raise ValueError("default_lifetime must be a positive whole number of seconds")
+        if isinstance(default_lifetime, bool) or not 0 < default_lifetime <= MAX_LIFETIME:
+            raise ValueError(f"default_lifetime must be between 1 and {MAX_LIFETIME} seconds")
         self._token_url = token_url
         self._revocation_url = revocation_url
         self._client_id = client_id

@@ -38,6 +38,7 @@ from haasd.secret import Secret
 __all__ = [
     "DEFAULT_LIFETIME",
     "HUMAN_ID_RE",
+    "MAX_LIFETIME",
     "MAX_TOKEN_LENGTH",
     "TokenResponse",
     "parse_first_grant",
@@ -53,7 +54,7 @@ MAX_TOKEN_LENGTH: Final = 4096
 #: seconds an access token is taken to live when the answer has no ``expires_in``
 DEFAULT_LIFETIME: Final = 3600
 #: an expires_in beyond this is not a HaaS access token (they live an hour)
-_MAX_EXPIRES_IN: Final = 366 * 86400
+MAX_LIFETIME: Final = 366 * 86400
 #: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN: Final = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
 _MAX_SCOPE_LENGTH: Final = 2048
@@ -101,8 +102,8 @@ def _seconds(data: Mapping[str, Any], name: str) -> int:
         raise TokenResponseError(
             f"{name} must be a whole number of seconds, got {type(value).__name__}"
         )
-    if not 0 < value <= _MAX_EXPIRES_IN:
-        raise TokenResponseError(f"{name} must be between 1 and {_MAX_EXPIRES_IN}, got {value}")
+    if not 0 < value <= MAX_LIFETIME:
+        raise TokenResponseError(f"{name} must be between 1 and {MAX_LIFETIME}, got {value}")
     return value
 
 
@@ -287,8 +288,8 @@ def _lifetime(data: Mapping[str, Any], default_lifetime: int) -> int:
 
 
 def _check_lifetime(default_lifetime: int) -> None:
-    if not 0 < default_lifetime <= _MAX_EXPIRES_IN:
-        raise ValueError(f"default_lifetime must be between 1 and {_MAX_EXPIRES_IN} seconds")
+    if not 0 < default_lifetime <= MAX_LIFETIME:
+        raise ValueError(f"default_lifetime must be between 1 and {MAX_LIFETIME} seconds")
 
 
 def _is_bearer(token_type: object) -> bool:

@@ -894,7 +894,7 @@ async def test_an_answer_with_expires_in_warns_of_nothing() -> None:
     assert [e for e in logs if e["log_level"] == "warning"] == []
 
 
-@pytest.mark.parametrize("lifetime", [0, -5, True])
+@pytest.mark.parametrize("lifetime", [0, -5, True, 366 * 86400 + 1])
 def test_a_default_lifetime_that_is_no_lifetime_is_refused(lifetime: int) -> None:
     with pytest.raises(ValueError, match="default_lifetime"):
         client_for(Server(httpx.Response(200)), default_lifetime=lifetime)

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from haasd.config._model import ENV_PREFIX, PLAN_REQUESTS_PER_MINUTE, SCOPES, STAR_SCOPE_ADVICE
 from haasd.errors import ConfigError
+from haasd.tokens import MAX_LIFETIME
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -93,14 +94,10 @@ def _url(value: Any) -> str:
     return text
 
 
-#: the longest default_token_lifetime: a year, as the longest expires_in haasd accepts
-_MAX_LIFETIME: Final = 366 * 86400
-
-
 def _lifetime(value: Any) -> int:
     """A duration of whole seconds, from 1s to 366d (an access token's lifetime)."""
     seconds = parse_duration(value)
-    if not 1 <= seconds <= _MAX_LIFETIME:
+    if not 1 <= seconds <= MAX_LIFETIME:  # as long as an expires_in haasd accepts
         raise ValueError("must be between 1s and 366d")
     return int(seconds)
 
