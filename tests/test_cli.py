@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -262,3 +263,39 @@ def test_check_config_says_when_haasd_access_replaces_the_files_rules(
     note = f"note: HAASD_ACCESS replaces the 1 [[access]] rule(s) of {config_file}\n"
     assert replaced.stdout.endswith(note)
     assert "note:" not in run("check-config", "--config", str(config_file)).stdout
+
+
+def with_haas_keys(config_file: Path, *lines: str) -> Path:
+    text = config_file.read_text().replace("[store]", "\n".join(lines) + "\n[store]", 1)
+    config_file.write_text(text)
+    return config_file
+
+
+def test_import_of_an_answer_without_expires_in_takes_the_default_lifetime(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_haas_keys(config_file, 'default_token_lifetime = "20m"')
+    answer = config_file.parent / "answer.json"
+    answer.write_text(json.dumps({k: v for k, v in ANSWER.items() if k != "expires_in"}))
+    before = datetime.now(UTC)
+    assert main(["import", "--config", str(config_file), str(answer)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--config", str(config_file), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["humans"]
+    expires = datetime.fromisoformat(row["access_expires_at"])
+    assert 1190 <= (expires - before).total_seconds() <= 1260
+
+
+def test_check_config_shows_the_client_auth_method_and_revocation(config_file: Path) -> None:
+    plain = run("check-config", "--config", str(config_file))
+    assert "json bodies, client_secret_post" in plain.stdout
+    assert "revocation       none" in plain.stdout
+    with_haas_keys(
+        config_file,
+        'token_endpoint_auth_method = "client_secret_basic"',
+        'revocation_url = "https://auth.example.com/revoke"',
+    )
+    standard = run("check-config", "--config", str(config_file))
+    assert standard.returncode == 0, standard.stderr
+    assert "client_secret_basic" in standard.stdout
+    assert "revocation       https://auth.example.com/revoke" in standard.stdout

@@ -38,7 +38,12 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     h = config.haas
     print(f"{config.source}: OK", file=out)
     print(f"  environment      {h.environment} (client {h.client_id})", file=out)
-    print(f"  token endpoint   {h.token_url} ({h.token_request_format} bodies)", file=out)
+    print(
+        f"  token endpoint   {h.token_url} ({h.token_request_format} bodies, "
+        f"{h.token_endpoint_auth_method})",
+        file=out,
+    )
+    print(f"  revocation       {h.revocation_url or 'none'}", file=out)
     print(f"  scopes           {' '.join(h.scopes)}", file=out)
     print(f"  plan             {h.plan}: {h.requests_per_minute} requests/min", file=out)
     print(f"  store            {config.store.path}", file=out)
@@ -89,7 +94,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
             f"{source} is not JSON ({exc.msg} at line {exc.lineno}); pass the token "
             "endpoint's answer as the HaaS docs show it"
         ) from None
-    answer = parse_token_response(data)
+    answer = parse_token_response(data, default_lifetime=config.haas.default_token_lifetime)
     policy = policy_of(config)
     grant = new_grant(
         answer, config.haas.environment, SystemClock().time(), policy, random.Random()
