@@ -301,10 +301,19 @@ class AuthClient:
 
     async def revoke(self, token: Secret, *, hint: TokenTypeHint = "refresh_token") -> bool:
         """Ask the server to revoke ``token``; True when it answered 2xx (RFC 7009 §2.2:
-        also for a token it does not know). False when no revocation endpoint is
+        200, also for a token it does not know). False when no revocation endpoint is
         configured, or on any failure — logged once as a warning, never the token; never
-        raises :class:`~haasd.errors.AuthError` (best effort, for tokens haasd drops)."""
+        raises :class:`~haasd.errors.AuthError` (best effort, for tokens haasd drops).
+
+        It waits for the rate budget at most as long as one request may take (the
+        deadline), so that a caller shielding it from cancellation is never held for long.
+        """
         if self._revocation_url is None:
+            return False
+        wait = self._budget.ready_in()
+        if wait > self._deadline:
+            self.stats.requests[("revoke", "rate_limited")] += 1
+            _not_revoked(hint, f"the rate budget allows no request for {wait:.0f}s")
             return False
         value = token.reveal()
         fields = {"token": value, "token_type_hint": hint}
@@ -320,11 +329,7 @@ class AuthClient:
                 raise self._error(status, answer.headers, data, hidden, _REVOCATION_ENDPOINT)
         except AuthError as exc:
             self._record("revoke", _outcome(exc), status, started)
-            _log.warning(
-                "token not revoked; it stays valid at the server until it expires",
-                hint=hint,
-                error=str(exc),
-            )
+            _not_revoked(hint, str(exc))
             return False
         self._record("revoke", "ok", status, started)
         return True
@@ -605,6 +610,14 @@ def _scrub(text: str, hidden: tuple[str, ...]) -> str:
         text = text.replace(secret, REDACTED)
     text = "".join(ch if ch.isprintable() else " " for ch in redact_text(text))
     return text if len(text) <= _DESCRIPTION_MAX else text[: _DESCRIPTION_MAX - 1] + "…"
+
+
+def _not_revoked(hint: TokenTypeHint, reason: str) -> None:
+    _log.warning(
+        "token not revoked; it stays valid at the server until it expires",
+        hint=hint,
+        error=reason,
+    )
 
 
 def _unusable(status: int, exc: TokenResponseError) -> TransientAuthError:

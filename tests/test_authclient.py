@@ -991,3 +991,19 @@ async def test_unauthorized_client_is_about_the_grant_type_not_the_credentials()
         with pytest.raises(ClientAuthError) as caught:
             await refresh(client)
     assert "token_endpoint_auth_method" not in str(caught.value)
+
+
+async def test_a_revocation_never_waits_long_for_the_rate_budget() -> None:
+    """Callers shield revocations from cancellation: an exhausted budget must not hold
+    them (and a shutdown) for up to an hour."""
+    server = Server(httpx.Response(200))
+    budget = RateBudget(60, ManualClock())
+    budget.block_for(600)
+    with capture_logs() as logs:
+        async with client_for(server, budget, revocation_url=REVOCATION_URL) as client:
+            with anyio.fail_after(5):
+                assert await client.revoke(Secret(NEW_REFRESH)) is False
+            assert client.stats.requests == {("revoke", "rate_limited"): 1}
+    assert server.requests == []
+    [warning] = [e for e in logs if e["log_level"] == "warning" and "revoked" in e["event"]]
+    assert "rate budget" in warning["error"]
