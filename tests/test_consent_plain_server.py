@@ -40,10 +40,15 @@ PLAIN = {"name_humans": False, "include_scope": False}
 
 @asynccontextmanager
 async def consenting(
-    tmp_path: Path, *, revocation: bool = True, keeper: Any = None, **sim_options: Any
+    tmp_path: Path,
+    *,
+    revocation: bool = True,
+    revocation_path: str = "/revoke",
+    keeper: Any = None,
+    **sim_options: Any,
 ) -> AsyncIterator[tuple[Harness, ConsentFlow]]:
     """An engine on the simulator and a consent flow whose auth client revokes at the
-    simulator's RFC 7009 endpoint (with ``revocation``)."""
+    simulator's RFC 7009 endpoint (with ``revocation``; at ``revocation_path``)."""
     async with running(tmp_path, sim_options=sim_options) as h:
         activity = Activity()
         h.clock.add_settle_hook(activity.wait_idle)
@@ -52,7 +57,7 @@ async def consenting(
             client_id=CLIENT_ID,
             client_secret=Secret(CLIENT_SECRET),
             budget=h.budget,
-            revocation_url=h.sim.revocation_url if revocation else None,
+            revocation_url=h.sim.base_url + revocation_path if revocation else None,
             activity=activity,
         ) as auth:
             haas = HaasConfig(
@@ -164,6 +169,17 @@ async def test_without_a_revocation_endpoint_the_refusal_says_what_would_revoke(
         assert await h.store.list_grants() == []
         assert h.sim.has_active_grant("usr_q_1"), "orphaned at the server, as the error says"
         assert h.sim.stats.revocations == 0
+
+
+async def test_a_failed_revocation_is_reported_as_such(tmp_path: Path) -> None:
+    async with consenting(tmp_path, revocation_path="/not-revoke", **PLAIN) as (h, flow):
+        h.sim.queue_human("usr_q_1")
+        location = await approve(h, await flow.start())
+        with pytest.raises(ExchangeFailedError) as refused:
+            await flow.finish_url(location)
+        assert (refused.value.exchanged, refused.value.revoked) == (True, False)
+        assert "could not be revoked (the revocation request failed)" in str(refused.value)
+        assert h.sim.has_active_grant("usr_q_1")
 
 
 async def test_after_an_answer_without_a_human_start_warns_unless_a_human_is_named(

@@ -12,16 +12,10 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from haasd.authclient import AuthClient, TokenTypeHint
+from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, rfc3339
 from haasd.config import HaasConfig
-from haasd.consent._advice import (
-    UNNAMED_WARNING,
-    retry_message,
-    spent_message,
-    tokens_note,
-    unnamed_message,
-)
+from haasd.consent._advice import UNNAMED_WARNING, retry_message, spent_message, unnamed_message
 from haasd.consent._oauth import (
     Callback,
     authorization_url,
@@ -38,6 +32,7 @@ from haasd.consent._oauth import (
     state_id,
     with_port,
 )
+from haasd.consent._revoke import revoke_answer, revoke_token
 from haasd.errors import (
     AuthError,
     ConsentDeniedError,
@@ -71,9 +66,6 @@ DEFAULT_PENDING_TTL: Final = 15 * 60.0
 DEFAULT_MAX_PENDING: Final = 1000
 #: the longest the expiry loop sleeps without looking again (wall-clock steps)
 MAX_SLEEP: Final = 600.0
-#: the longest a revocation of tokens haasd cannot keep may take (it is shielded from
-#: the request's own timeout: an orphaned token matters more than a late answer)
-REVOKE_DEADLINE: Final = 15.0
 #: the TransientAuthError type of an answer that names no human for a consent naming none
 UNNAMED_HUMAN: Final = "unnamed_human"
 #: the error of an answer naming another human than the consent did
@@ -432,87 +424,65 @@ class ConsentFlow:
         unnamed = exc.error_type == UNNAMED_HUMAN
         if unnamed:
             self._names_humans = False
-        revoked = await self._revoke(exc.issued_refresh_token, "refresh_token")
-        note = tokens_note(revoked, self._auth.can_revoke)
+        gone = await revoke_token(self._auth, exc.issued_refresh_token, "refresh_token")
         answered = exc.status is not None and 200 <= exc.status < 300
         message = (
-            unnamed_message(note)
+            unnamed_message(gone.note)
             if unnamed
-            else spent_message(str(exc), answered=answered, note=note)
+            else spent_message(str(exc), answered=answered, note=gone.note)
         )
-        self._failed(record, exc.error_type, record.human_id, revoked)
+        self._failed(record, exc.error_type, record.human_id, gone.revoked)
         _log.warning(
             "code exchange failed after the code was sent; consent used up",
             consent_id=consent_id(record.state_id),
             human_id=record.human_id,
             error=str(exc),
-            revocation=note or "no token reached haasd",
+            revocation=gone.note or "no token reached haasd",
         )
         raise ExchangeFailedError(
-            exc.error_type, message, status=exc.status, exchanged=True, revoked=revoked
+            exc.error_type, message, status=exc.status, exchanged=True, revoked=gone.revoked
         ) from exc
 
     async def _mismatch(self, record: PendingRecord, answer: TokenResponse) -> NoReturn:
         """The server says another human approved than the consent named: keep nothing
         (the finisher asked for that human, not this one), revoke, and say so. The other
         human is named in the log only: the finisher may not administer them."""
-        revoked = await self._revoke_answer(answer)
-        note = tokens_note(revoked, self._auth.can_revoke)
-        self._failed(record, HUMAN_MISMATCH, record.human_id, revoked)
+        gone = await revoke_answer(self._auth, answer)
+        self._failed(record, HUMAN_MISMATCH, record.human_id, gone.revoked)
         _log.warning(
             "consent refused: the server says another human approved than the one named; "
             "nothing was stored",
             human_id=answer.human_id,
             consent_id=consent_id(record.state_id),
             expected_human_id=record.human_id,
-            revocation=note,
+            revocation=gone.note,
         )
         message = spent_message(
             f"the server says another human approved, not {record.human_id}; nothing was stored",
             answered=True,
-            note=note,
+            note=gone.note,
         )
-        raise ExchangeFailedError(HUMAN_MISMATCH, message, exchanged=True, revoked=revoked)
+        raise ExchangeFailedError(HUMAN_MISMATCH, message, exchanged=True, revoked=gone.revoked)
 
     async def _refuse(self, record: PendingRecord, answer: TokenResponse) -> NoReturn:
         """The human who approved is outside the finisher's rules: revoke what the exchange
         gave, store nothing, and say so (raises ConsentForbiddenError)."""
-        revoked = await self._revoke_answer(answer)
-        note = tokens_note(revoked, self._auth.can_revoke)
-        self._failed(record, "human_not_allowed", record.human_id, revoked)
+        gone = await revoke_answer(self._auth, answer)
+        self._failed(record, "human_not_allowed", record.human_id, gone.revoked)
         _log.warning(
             "consent refused: the human who approved is outside the finishing peer's "
             "rules; nothing was stored",
             human_id=answer.human_id,
             consent_id=consent_id(record.state_id),
             expected_human_id=record.human_id,
-            revocation=note,
+            revocation=gone.note,
         )
         raise ConsentForbiddenError(
-            f"the consent was for a human outside your rules; nothing was stored ({note}; an "
-            "admin of that human may run a new consent)",
+            f"the consent was for a human outside your rules; nothing was stored ({gone.note}; "
+            "an admin of that human may run a new consent)",
             exchanged=True,
-            revoked=revoked,
+            revoked=gone.revoked,
         )
-
-    async def _revoke_answer(self, answer: TokenResponse) -> bool | None:
-        """Revoke a token answer haasd will not keep: its refresh token (which ends the
-        grant's access tokens too, RFC 7009 §2.1), else its access token."""
-        if answer.refresh_token is not None:
-            return await self._revoke(answer.refresh_token, "refresh_token")
-        return await self._revoke(answer.access_token, "access_token")
-
-    async def _revoke(self, token: Secret | None, hint: TokenTypeHint) -> bool | None:
-        """Revoke ``token`` at the server: True done, False not (no endpoint configured,
-        or the request failed), None when there is no token. Shielded and bounded: a
-        request's timeout must not leave a token orphaned halfway."""
-        if token is None:
-            return None
-        if not self._auth.can_revoke:
-            return False
-        with anyio.CancelScope(shield=True), anyio.move_on_after(REVOKE_DEADLINE):
-            return await self._auth.revoke(token, hint=hint)
-        return False
 
     def _failed(
         self,
@@ -540,14 +510,16 @@ class ConsentFlow:
         try:
             await self._refresher.add(grant)  # one INSERT OR REPLACE: the old grant goes at once
         except HaasdError as exc:  # the disk said no: the code is spent; revoke the tokens
-            revoked = await self._revoke_answer(answer)
-            note = tokens_note(revoked, self._auth.can_revoke)
-            self._failed(record, "store_error", human_id, revoked)
+            gone = await revoke_answer(self._auth, answer)
+            self._failed(record, "store_error", human_id, gone.revoked)
             _log.error(
-                "cannot store the new grant", human_id=human_id, error=str(exc), revocation=note
+                "cannot store the new grant",
+                human_id=human_id,
+                error=str(exc),
+                revocation=gone.note,
             )
             raise StoreError(
-                f"the new grant could not be stored ({exc}); {note}; start a new consent"
+                f"the new grant could not be stored ({exc}); {gone.note}; start a new consent"
             ) from exc
         result = ConsentResult(
             consent_id=consent_id(record.state_id),
