@@ -35,7 +35,7 @@ from haasd.secret import Secret
 REDIRECT = "https://app.example/callback"
 CONFIGURED = ("tasks:dispatch", "status:read")
 #: a plain RFC 6749 server: its answers name neither the human nor the scope
-PLAIN = {"name_humans": False, "include_scope": False}
+PLAIN: dict[str, Any] = {"name_humans": False, "include_scope": False}
 
 
 @asynccontextmanager
