@@ -15,7 +15,10 @@ browser names the user it logs in as) — and the settings a real deployment cho
 
 Token answers are Authlib's own: RFC 6749 §5.1 fields, never a ``human_id``. Authlib
 always sends ``scope``; ``omit_scope=True`` is the one tweak, and a small one: the token
-generator drops ``scope`` when it is the scope requested, as §5.1 allows.
+generator drops ``scope`` when it is the scope requested, as §5.1 allows. Two more stock
+settings other deployments choose: ``rotate=False`` is Authlib's default refresh grant
+(the refresh token stays, answers carry none: §6), and ``access_lifetime=0`` issues
+tokens that do not expire, whose answers carry no ``expires_in``.
 
 It serves over real loopback HTTP — werkzeug's server in a thread, 127.0.0.1, an
 ephemeral port — and records what it saw of every request to its token and revocation
@@ -133,7 +136,7 @@ class Token(TokenMixin):  # type: ignore[misc]
     access_token: str
     refresh_token: str | None
     scope: str
-    expires_in: int
+    expires_in: int  # 0: never expires
     issued_at: float = field(default_factory=time.time)
     revoked_at: float | None = None
 
@@ -147,7 +150,7 @@ class Token(TokenMixin):  # type: ignore[misc]
         return self.expires_in
 
     def is_expired(self) -> bool:
-        return self.issued_at + self.expires_in < time.time()
+        return bool(self.expires_in) and self.issued_at + self.expires_in < time.time()
 
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
@@ -220,6 +223,7 @@ class AuthlibServer:
         clients: tuple[Client, ...] = (),
         access_lifetime: int = ACCESS_LIFETIME,
         omit_scope: bool = False,
+        rotate: bool = True,
     ) -> None:
         self.users: set[str] = set(users)
         self.clients = {c.client_id: c for c in clients}
@@ -232,6 +236,7 @@ class AuthlibServer:
         self.token_requests: list[TokenRecord] = []
         self.revocations: list[RevocationRecord] = []
         self.omit_scope = omit_scope
+        self.rotate = rotate
         self._lock = threading.Lock()
         self.app = self._app(access_lifetime)
         self.base_url = ""
@@ -335,7 +340,10 @@ class AuthlibServer:
         return next((t for t in self.tokens if t.access_token == access_token), None)
 
     def _by_refresh(self, refresh_token: str) -> Token | None:
-        return next((t for t in self.tokens if t.refresh_token == refresh_token), None)
+        """The newest token answer holding ``refresh_token`` (without rotation, each
+        refresh hands it on to the next answer's record)."""
+        held = [t for t in self.tokens if t.refresh_token == refresh_token]
+        return held[-1] if held else None
 
     def _query_client(self, client_id: str) -> Client | None:
         return self.clients.get(client_id)
@@ -350,9 +358,10 @@ class AuthlibServer:
                 user_id=req.user.id,
                 grant_id=grant_id,
                 access_token=token["access_token"],
-                refresh_token=token.get("refresh_token"),
+                # not rotated: the refresh token stays, and moves on to this answer
+                refresh_token=token.get("refresh_token", old.refresh_token if old else None),
                 scope=token.get("scope", old.scope if old else code.scope if code else ""),
-                expires_in=token["expires_in"],
+                expires_in=token.get("expires_in", 0),
             )
         )
 
@@ -484,7 +493,7 @@ class AuthlibServer:
         owner = self
 
         class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
-            INCLUDE_NEW_REFRESH_TOKEN = True  # rotation
+            INCLUDE_NEW_REFRESH_TOKEN = owner.rotate
 
             def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
                 token = owner._by_refresh(refresh_token)
@@ -518,9 +527,8 @@ class AuthlibServer:
                     "username": token.user_id,
                     "sub": token.user_id,
                     "scope": token.scope,
-                    "exp": int(token.issued_at + token.expires_in),
                     "iat": int(token.issued_at),
-                }
+                } | ({"exp": int(token.issued_at + token.expires_in)} if token.expires_in else {})
 
             def check_permission(self, token: Token, client: Client, req: Any) -> bool:
                 return client.may_introspect

@@ -68,6 +68,7 @@ def write_config(
     *,
     auth_method: str = "client_secret_basic",
     request_format: str = "form",
+    haas: str = "",
     extra: str = "",
 ) -> Path:
     key = directory / "store.key"
@@ -88,6 +89,7 @@ redirect_uri = "{REDIRECT_URI}"
 token_request_format = "{request_format}"
 token_endpoint_auth_method = "{auth_method}"
 plan = "pro"
+{haas}
 [store]
 path = "haasd.db"
 key_file = "store.key"
@@ -267,7 +269,37 @@ async def test_an_answer_without_scope_means_the_scope_requested(short_dir: Path
         assert (info["active"], info["scope"]) == (True, "status:read")
 
 
+async def test_an_answer_without_expires_in_lives_the_configured_default(short_dir: Path) -> None:
+    server = stock_server(access_lifetime=0)  # tokens that do not expire: no expires_in
+    async with haasd_against(short_dir, server, haas='default_token_lifetime = "10m"') as run_:
+        assert (await run_.onboard()).status_code == 201
+        (exchange,) = exchanges(run_.server)
+        assert "expires_in" not in exchange.body
+        served = (await run_.token()).json()
+        assert 590 <= served["expires_in"] <= 600
+        assert (await run_.server.introspect(served["access_token"]))["active"] is True
+
+
 # --- rotation, reuse, revocation ---------------------------------------------------------------
+
+
+async def test_a_server_that_does_not_rotate_keeps_the_refresh_token(short_dir: Path) -> None:
+    """Authlib's default refresh grant: answers carry no refresh token (RFC 6749 §6), so
+    haasd presents the one it has, again."""
+    quick = "[refresh]\non_demand_cooldown = 0.001\n"  # refreshes one after another
+    async with haasd_against(short_dir, stock_server(rotate=False), extra=quick) as run_:
+        assert (await run_.onboard()).status_code == 201
+        issued = exchanges(run_.server)[0].body["refresh_token"]
+        for _ in range(2):
+            refreshed = await run_.http.post(f"/v1/humans/{ADA}/refresh")
+            assert refreshed.status_code == 200, refreshed.text
+        refreshes = run_.server.refreshes()
+        assert [(r.refresh_token, r.status, "refresh_token" in r.body) for r in refreshes] == [
+            (issued, 200, False)
+        ] * 2
+        served = (await run_.token()).json()["access_token"]
+        assert served == refreshes[-1].body["access_token"]
+        assert (await run_.server.introspect(served))["active"] is True
 
 
 async def test_a_replayed_refresh_token_is_refused_and_the_human_must_reconsent(
