@@ -142,8 +142,14 @@ class Refresher(_Flights):
         self._place(grant, self.clock.time())
 
     async def delete(self, human_id: str) -> bool:
+        """Erase the grant from the store and memory; False if there was none. Its refresh
+        token is then revoked at the server (RFC 7009, when configured), in the background:
+        a grant haasd no longer holds must not live on at HaaS."""
         with anyio.CancelScope(shield=True), self._activity.busy():
             existed = await self.store.delete_grant(human_id)
+        grant = self._grants.get(human_id)
+        if grant is not None:
+            self._revoke_later(human_id, grant.refresh_token, "the grant was deleted")
         self._grants.pop(human_id, None)
         self._schedule.drop(human_id)
         self._last_served.pop(human_id, None)

@@ -39,6 +39,7 @@ from haasd.grants import (
     failure_retry_at,
 )
 from haasd.refresher._core import _Core, _Flight
+from haasd.secret import Secret
 from haasd.tokens import TokenResponse
 
 _log = structlog.get_logger("haasd.refresher")
@@ -145,6 +146,21 @@ class _Flights(_Core):
             self._hook("written", human_id)
             return None
 
+    def _revoke_later(self, human_id: str, token: Secret, why: str) -> None:
+        """Revoke a refresh token haasd will not keep, at the server, in the background."""
+        if not token or not self.auth.can_revoke or self._tg is None:
+            return
+        self._tg.start_soon(self._revoke, human_id, token, why)
+
+    async def _revoke(self, human_id: str, token: Secret, why: str) -> None:
+        with anyio.CancelScope(shield=True), self._activity.busy():
+            revoked = await self.auth.revoke(token, hint="refresh_token")
+        _log.info(
+            "refresh token revoked at the server" if revoked else "refresh token not revoked",
+            human_id=human_id,
+            why=why,
+        )
+
     def _hook(self, point: str, human_id: str) -> None:
         if self._checkpoint is not None:
             self._checkpoint(point, human_id)
@@ -160,6 +176,8 @@ class _Flights(_Core):
                 "refresh outcome dropped: the grant was replaced or deleted meanwhile",
                 human_id=grant.human_id,
             )
+            if new.refresh_token != grant.refresh_token:  # rotated, for a grant now gone
+                self._revoke_later(grant.human_id, new.refresh_token, "its grant was replaced")
             return False
         self._grants[grant.human_id] = new
         return True

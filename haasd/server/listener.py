@@ -60,9 +60,7 @@ class SocketInUseError(SocketPathError):
     """A live process answers on the socket path: another haasd is running."""
 
 
-def bind_socket(
-    path: Path, mode: int = 0o660, *, backlog: int = socket.SOMAXCONN
-) -> socket.socket:
+def bind_socket(path: Path, mode: int = 0o660, *, backlog: int = socket.SOMAXCONN) -> socket.socket:
     """A listening, non-blocking Unix socket at ``path`` with exactly ``mode``.
 
     Linux gives a new socket file the mode of the socket's own inode less the umask, and
