@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import anyio
+import anyio.to_thread
 import httpx
 from authlib.integrations.flask_oauth2 import (  # type: ignore[import-untyped]
     AuthorizationServer,
@@ -238,6 +240,7 @@ class AuthlibServer:
         self.omit_scope = omit_scope
         self.rotate = rotate
         self._lock = threading.Lock()
+        self._revoked = threading.Condition(self._lock)
         self.app = self._app(access_lifetime)
         self.base_url = ""
 
@@ -290,6 +293,18 @@ class AuthlibServer:
                 if r.refresh_token == token.refresh_token and r.status == 200
             ]
             return spent[0] if spent else None
+
+    async def revocations_seen(self, count: int, within: float = 10.0) -> list[RevocationRecord]:
+        """The revocation requests, once at least ``count`` have been answered (a client
+        may revoke in the background); AssertionError if not ``within`` seconds."""
+
+        def wait() -> bool:
+            with self._revoked:
+                return self._revoked.wait_for(lambda: len(self.revocations) >= count, within)
+
+        assert await anyio.to_thread.run_sync(wait), f"fewer than {count} revocations"
+        with self._lock:
+            return list(self.revocations)
 
     async def approve(self, authorization_url: str, user_id: str, *, confirm: bool = True) -> str:
         """Be the human's browser: open the authorization page, log in as ``user_id`` and
@@ -418,6 +433,7 @@ class AuthlibServer:
                         status=response.status_code,
                     )
                 )
+                self._revoked.notify_all()
                 return response
 
         return app

@@ -245,7 +245,7 @@ async def test_a_consent_naming_no_one_is_refused_and_what_was_issued_is_revoked
         assert "human id" in message and "revoked" in message
         (exchange,) = exchanges(run_.server)
         assert exchange.status == 200  # the code is spent: a retry could not work
-        (revocation,) = run_.server.revocations
+        (revocation,) = await run_.server.revocations_seen(1)
         assert revocation.token == exchange.body["refresh_token"]
         assert (revocation.credentials, revocation.status) == ("basic", 200)
         for issued in ("access_token", "refresh_token"):
@@ -337,6 +337,23 @@ async def test_a_replayed_refresh_token_is_refused_and_the_human_must_reconsent(
             (first, 400),
             (rotated, 400),
         ]
+
+
+async def test_deleting_a_human_revokes_its_grant_at_the_server(short_dir: Path) -> None:
+    async with haasd_against(short_dir, stock_server()) as run_:
+        assert (await run_.onboard()).status_code == 201
+        assert (await run_.http.post(f"/v1/humans/{ADA}/refresh")).status_code == 200
+        held = run_.server.refreshes()[-1].body
+        served = (await run_.token()).json()["access_token"]
+        assert served == held["access_token"]
+
+        assert (await run_.http.delete(f"/v1/humans/{ADA}")).status_code == 204
+        (revocation,) = await run_.server.revocations_seen(1)
+        assert revocation.token == held["refresh_token"]
+        assert (revocation.credentials, revocation.status) == ("basic", 200)
+        for issued in (served, held["refresh_token"]):
+            assert (await run_.server.introspect(issued))["active"] is False
+        assert (await run_.token()).status_code == 404
 
 
 # --- the "done when": rotations on real time ----------------------------------------
