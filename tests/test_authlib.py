@@ -235,7 +235,7 @@ async def test_an_answer_without_human_id_belongs_to_the_human_the_consent_named
         assert (info["active"], info["sub"]) == (True, ADA)
 
 
-async def test_a_consent_naming_no_one_is_refused_and_what_was_issued_is_revoked(
+async def test_a_consent_naming_no_one_is_refused_its_tokens_revoked_and_the_next_warned(
     short_dir: Path,
 ) -> None:
     async with haasd_against(short_dir, stock_server()) as run_:
@@ -251,6 +251,10 @@ async def test_a_consent_naming_no_one_is_refused_and_what_was_issued_is_revoked
         for issued in ("access_token", "refresh_token"):
             assert (await run_.server.introspect(exchange.body[issued]))["active"] is False
         assert (await run_.http.get("/v1/humans")).json()["humans"] == []
+        # now haasd knows this server names no one: the next such consent is warned
+        unnamed = (await run_.start()).json()
+        assert "human id" in unnamed["warning"]
+        assert "warning" not in (await run_.start(human_id=ADA)).json()
 
 
 async def test_an_answer_without_scope_means_the_scope_requested(short_dir: Path) -> None:
