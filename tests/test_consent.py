@@ -450,9 +450,7 @@ async def test_re_consent_of_a_flagged_human_replaces_the_grant(tmp_path: Path) 
         assert h.refresher.grant("usr_maria_42").state is State.ACTIVE  # type: ignore[union-attr]
 
 
-async def test_another_human_approving_a_re_consent_is_refused_and_nothing_stored(
-    tmp_path: Path,
-) -> None:
+async def test_another_human_approving_a_re_consent_gets_a_new_grant(tmp_path: Path) -> None:
     async with consenting(tmp_path) as (h, flow):
         await h.consent("usr_maria_42")  # whether flagged or not: the same path
         old = h.refresher.grant("usr_maria_42")
@@ -463,23 +461,17 @@ async def test_another_human_approving_a_re_consent_is_refused_and_nothing_store
         h.sim.queue_human("usr_bob_7")
         location = await h.sim.visit(rewrite(pending.authorization_url, login_hint=None))
         assert location is not None
-        with pytest.raises(ExchangeFailedError) as refused:
-            await flow.finish_url(location)
+        result = await flow.finish_url(location)
 
-        assert (refused.value.error_type, refused.value.exchanged) == ("human_mismatch", True)
-        assert "another human approved, not usr_maria_42" in str(refused.value)
-        assert "start a new consent" in str(refused.value)
-        assert "usr_bob_7" not in str(refused.value)
-        assert h.refresher.grant("usr_bob_7") is None
+        assert result.human_id == "usr_bob_7"
+        assert result.different_human
+        assert result.expected_human_id == "usr_maria_42"
+        assert not result.replaced
         assert h.refresher.grant("usr_maria_42") == old  # untouched
         assert await h.store.get_grant("usr_maria_42") == old
-        assert await h.store.list_pending() == []  # the code is spent: used up
-        failed = consent_events(h)[-1]
-        assert (failed.type, failed.human_id, failed.details["error"]) == (
-            "consent.failed",
-            "usr_maria_42",
-            "human_mismatch",
-        )
+        granted = consent_events(h)[-1]
+        assert (granted.type, granted.human_id) == ("consent.granted", "usr_bob_7")
+        assert granted.details["expected_human_id"] == "usr_maria_42"
 
 
 async def test_a_refresh_in_flight_does_not_undo_a_re_consent(tmp_path: Path) -> None:

@@ -69,7 +69,6 @@ MAX_SLEEP: Final = 600.0
 #: the TransientAuthError type of an answer that names no human for a consent naming none
 UNNAMED_HUMAN: Final = "unnamed_human"
 #: the error of an answer naming another human than the consent did
-HUMAN_MISMATCH: Final = "human_mismatch"
 
 _log = structlog.get_logger("haasd.consent")
 
@@ -130,8 +129,8 @@ class ConsentResult:
     requested_scope: tuple[str, ...]
     #: an earlier grant of ``human_id`` was replaced (atomically)
     replaced: bool
-    #: always False: a consent naming one human that the server says another approved is
-    #: refused (ExchangeFailedError ``human_mismatch``); kept for readers of the answer
+    #: the consent named a human and another one approved: a new grant for that other
+    #: human (if the finisher may hold them); the named human's grant is untouched
     different_human: bool
     expected_human_id: str | None
     grant: Grant = field(repr=False)
@@ -338,8 +337,6 @@ class ConsentFlow:
         answer = await self._exchange(record, verifier, code)
         if may_hold is not None and not may_hold(answer.human_id):
             await self._refuse(record, answer)
-        if record.human_id is not None and answer.human_id != record.human_id:
-            await self._mismatch(record, answer)
         return await self._granted(record, answer)
 
     @staticmethod
@@ -443,27 +440,6 @@ class ConsentFlow:
             exc.error_type, message, status=exc.status, exchanged=True, revoked=gone.revoked
         ) from exc
 
-    async def _mismatch(self, record: PendingRecord, answer: TokenResponse) -> NoReturn:
-        """The server says another human approved than the consent named: keep nothing
-        (the finisher asked for that human, not this one), revoke, and say so. The other
-        human is named in the log only: the finisher may not administer them."""
-        gone = await revoke_answer(self._auth, answer)
-        self._failed(record, HUMAN_MISMATCH, record.human_id, gone.revoked)
-        _log.warning(
-            "consent refused: the server says another human approved than the one named; "
-            "nothing was stored",
-            human_id=answer.human_id,
-            consent_id=consent_id(record.state_id),
-            expected_human_id=record.human_id,
-            revocation=gone.note,
-        )
-        message = spent_message(
-            f"the server says another human approved, not {record.human_id}; nothing was stored",
-            answered=True,
-            note=gone.note,
-        )
-        raise ExchangeFailedError(HUMAN_MISMATCH, message, exchanged=True, revoked=gone.revoked)
-
     async def _refuse(self, record: PendingRecord, answer: TokenResponse) -> NoReturn:
         """The human who approved is outside the finisher's rules: revoke what the exchange
         gave, store nothing, and say so (raises ConsentForbiddenError)."""
@@ -504,6 +480,7 @@ class ConsentFlow:
     async def _granted(self, record: PendingRecord, answer: TokenResponse) -> ConsentResult:
         now = self._clock.time()
         human_id = answer.human_id
+        different = record.human_id is not None and human_id != record.human_id
         replaced = self._refresher.grant(human_id) is not None
         policy = self._refresher.policy  # the one in force now, after any reload
         grant = new_grant(answer, self._haas.environment, now, policy, self._rng)
@@ -527,7 +504,7 @@ class ConsentFlow:
             scope=grant.scope,
             requested_scope=record.scope,
             replaced=replaced,
-            different_human=False,
+            different_human=different,
             expected_human_id=record.human_id,
             grant=grant,
         )
@@ -535,11 +512,19 @@ class ConsentFlow:
             "consent_id": result.consent_id,
             "scope": " ".join(grant.scope),
             "replaced": replaced,
-            "different_human": False,
+            "different_human": different,
             "refresh_expires_at": rfc3339(grant.refresh_expires_at),
         }
+        if different:
+            details["expected_human_id"] = record.human_id
         self._events.publish(Event("consent.granted", human_id, now, details))
         _log.info("consent granted", human_id=human_id, **details)
+        if different:
+            _log.warning(
+                "a different human approved the consent; the named human's grant is unchanged",
+                human_id=human_id,
+                expected_human_id=record.human_id,
+            )
         if set(grant.scope) != set(record.scope):
             _log.info(
                 "the server granted other scopes than asked for",
