@@ -137,6 +137,10 @@ _OWN_LABELS: Final = frozenset(
 )
 _TOKEN_ENDPOINT: Final = ("token endpoint", "haas.token_url")
 _REVOCATION_ENDPOINT: Final = ("revocation endpoint", "haas.revocation_url")
+_FORM_HINT: Final = (
+    "; a server that reads only form bodies answers a JSON body so: "
+    'try haas.token_request_format = "form"'
+)
 
 _log = structlog.get_logger(__name__)
 
@@ -501,10 +505,7 @@ class AuthClient:
             return ClientAuthError(code or "unauthorized", msg, status=status)
         if status >= 400:
             if self._format == "json" and code in ("unsupported_grant_type", "invalid_request"):
-                msg += (
-                    "; a server that reads only form bodies answers a JSON body so: try haas."
-                    'token_request_format = "form"'
-                )
+                msg += _FORM_HINT
             return RequestRejectedError(code or f"http_{status}", msg, status=status)
         return TransientAuthError(code or f"http_{status}", msg, status=status)  # 1xx: odd
 
