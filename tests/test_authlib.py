@@ -169,34 +169,34 @@ async def next_event(lines: AsyncIterator[str], parser: EventParser, kind: str) 
 # --- client authentication and the request body ----------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("method", "sent"), [("client_secret_basic", "basic"), ("client_secret_post", "body")]
-)
-async def test_the_stock_server_takes_basic_credentials_and_refuses_them_in_the_body(
-    short_dir: Path, method: str, sent: str
-) -> None:
-    async with haasd_against(short_dir, stock_server(), auth_method=method) as run_:
+async def test_basic_credentials_are_taken_for_the_code_and_every_refresh(short_dir: Path) -> None:
+    async with haasd_against(short_dir, stock_server()) as run_:
+        finished = await run_.onboard()
+        assert finished.status_code == 201, finished.text
+        refreshed = await run_.http.post(f"/v1/humans/{ADA}/refresh")
+        assert refreshed.status_code == 200, refreshed.text
+        seen = [
+            (r.grant_type, r.credentials, r.content_type, r.status) for r in run_.server.requests()
+        ]
+        form = "application/x-www-form-urlencoded"
+        assert seen == [
+            ("authorization_code", "basic", form, 200),
+            ("refresh_token", "basic", form, 200),
+        ]
+
+
+async def test_credentials_in_the_body_are_refused_and_haasd_names_the_key(short_dir: Path) -> None:
+    async with haasd_against(short_dir, stock_server(), auth_method="client_secret_post") as run_:
         finished = await run_.onboard()
         (exchange,) = exchanges(run_.server)
-        assert (exchange.credentials, exchange.content_type) == (
-            sent,
-            "application/x-www-form-urlencoded",
-        )
-        if method == "client_secret_basic":
-            assert finished.status_code == 201, finished.text
-            assert exchange.status == 200
-            refreshed = await run_.http.post(f"/v1/humans/{ADA}/refresh")
-            assert refreshed.status_code == 200, refreshed.text
-            (refresh,) = run_.server.refreshes()
-            assert (refresh.credentials, refresh.status) == ("basic", 200)
-            return
-        # the stock server wants Basic: the code is refused unspent, and haasd says which
-        # key to change
+        assert exchange.credentials == "body"
         assert (exchange.status, exchange.error) == (401, "invalid_client")
+        assert len(run_.server.codes) == 1, "the server refused the code unspent"
         assert finished.status_code == 502, finished.text
         error = error_of(finished)
-        assert error["server_error"] == "invalid_client"
+        assert (error["server_error"], error["exchanged"]) == ("invalid_client", False)
         assert "token_endpoint_auth_method" in error["message"]
+        assert "client_secret_basic" in error["message"]
         assert (await run_.token()).status_code == 404
 
 
