@@ -299,3 +299,33 @@ def test_check_config_shows_the_client_auth_method_and_revocation(config_file: P
     assert standard.returncode == 0, standard.stderr
     assert "client_secret_basic" in standard.stdout
     assert "revocation       https://auth.example.com/revoke" in standard.stdout
+
+
+def test_import_takes_the_human_and_scope_a_plain_rfc6749_answer_leaves_out(
+    config_file: Path,
+) -> None:
+    answer = {
+        "access_token": "at-plain-1",
+        "token_type": "bearer",
+        "expires_in": 3600,
+        "refresh_token": "rt-plain-1",
+    }
+    text = json.dumps(answer)
+    unnamed = run("import", "--config", str(config_file), "-", stdin=text)
+    assert unnamed.returncode != 0
+    assert "pass it with --human ID" in unnamed.stderr and "Traceback" not in unnamed.stderr
+    named = run(
+        "import",
+        "--config",
+        str(config_file),
+        "-",
+        "--human",
+        "usr_plain_1",
+        "--scope",
+        "status:read",
+        stdin=text,
+    )
+    assert named.returncode == 0, named.stderr
+    assert named.stdout == "imported a grant for usr_plain_1 (scope: status:read)\n"
+    bad = run("import", "--config", str(config_file), "--human", "maria", "-", stdin=text)
+    assert bad.returncode != 0 and "not a human id" in bad.stderr

@@ -21,12 +21,18 @@ from haasd.client import HumanStatus
 from haasd.clock import SystemClock
 from haasd.config import access_override_note
 from haasd.crypto import Key
-from haasd.errors import HaasdError, StoreError, TokenResponseError, UnknownHumanError
+from haasd.errors import (
+    HaasdError,
+    StoreError,
+    TokenResponseError,
+    UnknownHumanError,
+    UnnamedHumanError,
+)
 from haasd.grants import Grant, new_grant, status_of
 from haasd.parts import policy_of, sealer_of
 from haasd.store import Store
 from haasd.text import printable
-from haasd.tokens import parse_token_response
+from haasd.tokens import HUMAN_ID_RE, parse_first_grant
 
 __all__ = ["cmd_check_config", "cmd_import", "cmd_keygen", "cmd_status"]
 
@@ -94,7 +100,19 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
             f"{source} is not JSON ({exc.msg} at line {exc.lineno}); pass the token "
             "endpoint's answer as the HaaS docs show it"
         ) from None
-    answer = parse_token_response(data, default_lifetime=config.haas.default_token_lifetime)
+    if args.human is not None and not HUMAN_ID_RE.fullmatch(args.human):
+        raise HaasdError(f"--human: {printable(args.human)!r} is not a human id (usr_...)")
+    try:
+        answer = parse_first_grant(
+            data,
+            human_id=args.human,
+            scope=tuple(args.scope) if args.scope else config.haas.scopes,
+            default_lifetime=config.haas.default_token_lifetime,
+        )
+    except UnnamedHumanError:
+        raise TokenResponseError(
+            f"{source} does not name the human (no human_id): pass it with --human ID"
+        ) from None
     policy = policy_of(config)
     grant = new_grant(
         answer, config.haas.environment, SystemClock().time(), policy, random.Random()

@@ -71,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("import", cmd_import, "store a grant from a token-exchange answer (JSON)")
     config_arg(p)
     p.add_argument("json", metavar="JSON", help="a file holding the answer, or - for stdin")
+    p.add_argument(
+        "--human",
+        metavar="ID",
+        help="the human, when the answer does not name one (a plain RFC 6749 server)",
+    )
+    p.add_argument(
+        "--scope",
+        nargs="+",
+        metavar="SCOPE",
+        help="the scopes asked for, when the answer lists none (default: haas.scopes)",
+    )
     p = command("rekey", cmd_rekey, "re-seal the store under a new key (haasd stopped)")
     config_arg(p)
     p.add_argument("--new-key", required=True, metavar="FILE", help="a key from haasd keygen")
