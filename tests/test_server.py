@@ -570,6 +570,9 @@ async def test_refresh_now_failures(error: HaasdError, status: int, error_type: 
     assert (status, error_type) == (reply.status, reply.error_type)
     if status == 502:
         assert str(error) == reply.json()["error"]["last_error"]
+        revoked = isinstance(error, InvalidGrantError)
+        assert ("must consent again" in reply.json()["error"]["message"]) is revoked
+        assert ("tokens are unchanged" in reply.json()["error"]["message"]) is not revoked
 
 
 async def test_refresh_and_delete_need_an_admin() -> None:

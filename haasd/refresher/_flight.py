@@ -176,8 +176,11 @@ class _Flights(_Core):
                 "refresh outcome dropped: the grant was replaced or deleted meanwhile",
                 human_id=grant.human_id,
             )
-            if new.refresh_token != grant.refresh_token:  # rotated, for a grant now gone
-                self._revoke_later(grant.human_id, new.refresh_token, "its grant was replaced")
+            if new.refresh_token != grant.refresh_token and grant.human_id not in self._grants:
+                # rotated, for a grant deleted meanwhile. (Not for one replaced by a
+                # re-consent: a server may revoke every token of the client and human
+                # alike, the new consent's too.)
+                self._revoke_later(grant.human_id, new.refresh_token, "its grant was deleted")
             return False
         self._grants[grant.human_id] = new
         return True

@@ -37,6 +37,7 @@ import structlog
 from haasd.config import AccessRule
 from haasd.errors import (
     HaasdError,
+    InvalidGrantError,
     NeedsReconsentError,
     TokenUnavailableError,
     UnknownHumanError,
@@ -384,8 +385,18 @@ class PeerContext:
         except (HaasdError, TimeoutError) as exc:
             current = service.grant(human_id)
             last_error = (current.last_error if current else None) or str(exc) or "timed out"
-            message = "the refresh failed; the stored tokens are unchanged"
-            return Problem(502, "refresh_failed", message, last_error=last_error).answer()
+            message = (
+                "the refresh failed: the server refused the grant, so the human must consent again"
+                if isinstance(exc, InvalidGrantError)
+                else "the refresh failed; the stored tokens are unchanged"
+            )
+            state = None
+            if current is not None:
+                now = service.clock.time()
+                policy = service.policy
+                state = state_at(current.state, current.refresh_expires_at, now, policy).value
+            problem = Problem(502, "refresh_failed", message, last_error=last_error, state=state)
+            return problem.answer()
         _audit.info("grant.refreshed_by_admin", human_id=human_id, peer_uid=self.peer.uid)
         return json_response(200, status_of(grant, service.clock.time(), service.policy))
 
