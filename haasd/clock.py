@@ -9,6 +9,9 @@ are stored or shown — token expiries, the 30-day limit. Monotonic time
 * :class:`ScaledClock` — time runs ``speed`` times faster (``haasd demo``).
 * :class:`ManualClock` — time moves only when a test calls :meth:`ManualClock.advance`,
   so a 31-day grant life runs in milliseconds.
+
+Formatting an instant (:func:`rfc3339`, :func:`utc`) is :mod:`haasd.timefmt`'s, also
+importable from here.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import time as _time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
 import anyio
+
+from haasd.timefmt import rfc3339, utc  # their old home: imported from here too
 
 __all__ = ["Activity", "Clock", "ManualClock", "ScaledClock", "SystemClock", "rfc3339", "utc"]
 
@@ -46,16 +50,6 @@ class Clock(Protocol):
     async def sleep_until(self, deadline: float) -> None:
         """Wait until ``monotonic()`` reaches ``deadline``."""
         ...
-
-
-def utc(epoch: float) -> datetime:
-    """Epoch seconds as an aware UTC datetime."""
-    return datetime.fromtimestamp(epoch, UTC)
-
-
-def rfc3339(epoch: float) -> str:
-    """Epoch seconds as RFC 3339 UTC with a ``Z``, to the second."""
-    return utc(epoch).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class SystemClock:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
-from haasd.clock import rfc3339
 from haasd.errors import (
     ClientAuthError,
     HaasdError,
@@ -36,6 +35,7 @@ from haasd.errors import (
     TransientAuthError,
 )
 from haasd.secret import Secret
+from haasd.timefmt import rfc3339
 from haasd.tokens import TokenResponse
 
 __all__ = [

@@ -87,3 +87,14 @@ async def test_activity_drains_before_manual_time_moves() -> None:
         await clock.advance(120)
     assert order == ["answered", "timer"]
     assert activity.count == 0
+
+
+def test_time_formatting_lives_in_a_module_without_clocks() -> None:
+    import haasd.clock
+    import haasd.timefmt
+
+    assert haasd.timefmt.rfc3339(1_800_000_000.5) == "2027-01-15T08:00:00Z"
+    assert haasd.timefmt.utc(0).isoformat() == "1970-01-01T00:00:00+00:00"
+    # the old home still names the same functions
+    assert haasd.clock.rfc3339 is haasd.timefmt.rfc3339
+    assert haasd.clock.utc is haasd.timefmt.utc

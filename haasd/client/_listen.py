@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from haasd.client._async import AsyncHaasdClient
 from haasd.client._errors import ConsentDenied, DaemonUnreachable, HaasdClientError
 from haasd.client._model import FinishedConsent, StartedConsent
-from haasd.clock import rfc3339
 from haasd.consent._listen import Page, listen_on_loopback
 from haasd.errors import HaasdError
+from haasd.timefmt import rfc3339
 
 __all__ = ["listen_for_consent"]
 

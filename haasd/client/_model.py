@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from haasd.clock import rfc3339
 from haasd.secret import Secret
+from haasd.timefmt import rfc3339
 
 __all__ = [
     "ConsentSettings",

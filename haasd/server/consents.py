@@ -74,7 +74,6 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import structlog
 
-from haasd.clock import rfc3339
 from haasd.config import AccessRule
 from haasd.consent._oauth import CALLBACK_FIELDS, loopback_port, text_field
 from haasd.errors import (
@@ -94,6 +93,7 @@ from haasd.server.access import covers_everyone, is_admin
 from haasd.server.answers import Problem, check_method, invalid
 from haasd.server.http import Limits, json_response
 from haasd.server.service import TokenService
+from haasd.timefmt import rfc3339
 
 if TYPE_CHECKING:
     from haasd.consent import ConsentFlow, ConsentResult, PendingConsent
