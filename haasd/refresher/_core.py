@@ -26,7 +26,7 @@ from haasd.grants import Grant, Policy, State, after_clock
 from haasd.ratelimit import RateBudget
 from haasd.refresher._stats import RefresherStats
 from haasd.schedule import Schedule
-from haasd.store import Store
+from haasd.grantstore import GrantStore
 
 _log = structlog.get_logger("haasd.refresher")
 
@@ -49,7 +49,7 @@ class _Core:
     def __init__(
         self,
         *,
-        store: Store,
+        store: GrantStore,
         auth: AuthClient,
         clock: Clock,
         policy: Policy,

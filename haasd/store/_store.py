@@ -77,6 +77,7 @@ class Store:
         "_scopes",
         "_sealer",
         "_served",
+        "_unflushed",
         "_unreadable",
     )
 
@@ -85,7 +86,10 @@ class Store:
         self._sealer = sealer
         self._path = path
         self._lock = anyio.Lock()
+        # the latest served time of each human, as this process knows it (the one copy),
+        # and the humans whose time is not written yet
         self._served: dict[str, float] = {}
+        self._unflushed: set[str] = set()
         self._scopes: dict[str, tuple[str, ...]] = {}
         # human id -> why its row is unreadable (as last read), see _grants.why_unreadable
         self._unreadable: dict[str, str] = {}
@@ -180,6 +184,7 @@ class Store:
     async def delete_grant(self, human_id: str) -> bool:
         """Forget the grant of ``human_id`` (quarantined or not); False if there was none."""
         self._served.pop(human_id, None)
+        self._unflushed.discard(human_id)
         sql = "DELETE FROM grants WHERE human_id = ?"
         existed = await self._write(sql, [(human_id,)], "delete grant") > 0
         self._unreadable.pop(human_id, None)
@@ -262,19 +267,22 @@ class Store:
         self._check_open()
         self._note_served(human_id, at)
 
+    def served_at(self, human_id: str) -> float | None:
+        """The latest time :meth:`mark_served` noted for ``human_id`` (written or not), or
+        None; no I/O. The engine judges a grant dormant by it (``refresh_idle``)."""
+        return self._served.get(human_id)
+
     async def flush_served(self) -> int:
-        """Write the pending ``last_served_at`` times in one transaction; how many."""
-        if not self._served:
+        """Write the ``last_served_at`` times not written yet, in one transaction; how many."""
+        if not self._unflushed:
             return 0
-        pending, self._served = self._served, {}
-        for human_id in self._unreadable.keys() & pending.keys():
-            del pending[human_id]  # never served; and the row is evidence
-        rows = [(at, hid) for hid, at in pending.items()]
+        unflushed, self._unflushed = self._unflushed, set()
+        unflushed -= self._unreadable.keys()  # never served; and the row is evidence
+        rows = [(self._served[hid], hid) for hid in unflushed if hid in self._served]
         try:
             await self._write(SET_SERVED, rows, "write last_served_at")
         except BaseException:
-            for hid, at in pending.items():
-                self._note_served(hid, at)
+            self._unflushed |= unflushed  # the next flush tries again
             raise
         return len(rows)
 
@@ -349,6 +357,7 @@ class Store:
     def _note_served(self, human_id: str, at: float) -> None:
         if at > self._served.get(human_id, -math.inf):
             self._served[human_id] = at
+            self._unflushed.add(human_id)
 
     def _refuse_quarantined(self, human_id: str) -> None:
         reason = self._unreadable.get(human_id)
