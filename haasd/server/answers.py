@@ -22,7 +22,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -280,16 +280,19 @@ class _Entry:
 class AuditLedger:
     """One connection's ``token.served`` lines, coalesced per token (see the module)."""
 
-    __slots__ = ("_entries", "_log", "_window")
+    __slots__ = ("_entries", "_log", "_now", "_window")
 
-    def __init__(self, log: Any, window: float) -> None:
+    def __init__(
+        self, log: Any, window: float, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._log = log  # a structlog logger bound to the peer
         self._window = window
+        self._now = monotonic
         #: fingerprint -> handouts not yet in a line, and when the last line was written
         self._entries: dict[str, _Entry] = {}
 
     def served(self, human_id: str, body: TokenBody) -> None:
-        at = time.monotonic()
+        at = self._now()
         entry = self._entries.get(body.fingerprint)
         if entry is not None and at - entry.logged_at < self._window:
             entry.pending += 1

@@ -12,8 +12,9 @@ body, the time from a request's first byte to its last and the idle time between
 requests. A request that breaks one is answered 400/413/414/431 and the connection
 closes. All timeouts here are real time: they protect sockets, not tokens.
 
-Connection deadlines are a float per connection (:attr:`HttpConnection.deadline`,
-``time.monotonic``) that the server's watchdog checks a few times a second, cancelling
+Connection deadlines are a float per connection (:attr:`HttpConnection.deadline`, on the
+connection's monotonic clock, ``time.monotonic`` unless a test passes a manual one) that
+the server's watchdog checks a few times a second, cancelling
 :attr:`HttpConnection.scope` when one passes. Moving an anyio cancel-scope deadline on
 every request re-arms an event-loop timer each time, which measured at about half the
 throughput under uvloop; a float store costs nothing. Waits off the hot path (the refresh
@@ -237,6 +238,7 @@ class HttpConnection:
         "_in_head",
         "_in_message",
         "_limits",
+        "_now",
         "_parser",
         "_partial",
         "_progress",
@@ -259,6 +261,7 @@ class HttpConnection:
         *,
         tally: Tally | None = None,
         uid: int = -1,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stream = stream
         self._handler = handler
@@ -278,8 +281,10 @@ class HttpConnection:
         self.busy = False
         #: set by the server when it stops: close after the answer in flight
         self.closing = False
-        #: ``time.monotonic()`` past which the watchdog closes the connection
-        self.deadline = time.monotonic() + limits.idle_timeout
+        #: real seconds on this clock: the deadlines protect sockets, not tokens
+        self._now = monotonic
+        #: the ``monotonic()`` instant past which the watchdog closes the connection
+        self.deadline = monotonic() + limits.idle_timeout
         self.scope = anyio.CancelScope()
 
     # --- httptools callbacks (synchronous, inside feed_data) --------------------------------
@@ -378,7 +383,7 @@ class HttpConnection:
                 if self._begun:
                     self._begun = False
                     if self._in_message:
-                        self.deadline = time.monotonic() + limits.request_timeout
+                        self.deadline = self._now() + limits.request_timeout
 
     async def _answer_all(self) -> bool:
         """Answer every complete request in order; False when the connection must close."""
@@ -415,7 +420,7 @@ class HttpConnection:
                     return False
                 if head:
                     answer = head_only(answer)
-                self.deadline = time.monotonic() + self._limits.write_timeout
+                self.deadline = self._now() + self._limits.write_timeout
                 if not keep_alive or self.closing:
                     await stream.send(_with_close(answer))
                     return False
@@ -428,7 +433,7 @@ class HttpConnection:
         if self.closing:
             return False
         self._begun = self._in_message  # a pipelined request already begun: its own clock
-        self.deadline = time.monotonic() + self._limits.idle_timeout
+        self.deadline = self._now() + self._limits.idle_timeout
         return True
 
     async def _reject(self, status: int) -> None:

@@ -27,6 +27,7 @@ engine awaited. Refusals are audited as ``access.denied``; every token handed ou
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final
@@ -108,6 +109,7 @@ class Router:
         "generation",
         "limits",
         "metrics",
+        "monotonic",
         "outcomes",
         "served",
         "service",
@@ -124,9 +126,12 @@ class Router:
         human_id_pattern: re.Pattern[str],
         metrics: Callable[[], bytes],
         consents: ConsentFlow | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.service = service
         self.limits = limits
+        #: the server's clock for log windows (real seconds)
+        self.monotonic = monotonic
         self._daemon_uid = daemon_uid
         self._pattern = human_id_pattern
         self._rules = effective_rules(rules, daemon_uid)
@@ -141,7 +146,7 @@ class Router:
         self.metrics = metrics
         self.consents = ConsentRoutes(consents, service, limits, human_id_pattern)
         #: refusal and error lines, counted per peer (see :mod:`haasd.server.tally`)
-        self.tally = Tally(limits.refusal_window)
+        self.tally = Tally(limits.refusal_window, clock=monotonic)
 
     def update_rules(self, rules: Sequence[AccessRule]) -> None:
         self._rules = effective_rules(rules, self._daemon_uid)
@@ -172,7 +177,7 @@ class PeerContext:
         self._matched = router.match(peer)
         self._decisions: dict[tuple[str, frozenset[str]], Decision] = {}
         audit = _audit.bind(peer_uid=peer.uid, peer_pid=peer.pid)
-        self._ledger = AuditLedger(audit, router.limits.audit_window)
+        self._ledger = AuditLedger(audit, router.limits.audit_window, monotonic=router.monotonic)
 
     def close(self) -> None:
         """The connection ended: write the audit lines still pending."""

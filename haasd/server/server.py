@@ -28,7 +28,6 @@ import os
 import re
 import socket
 import struct
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Final
@@ -40,6 +39,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
+from haasd.clock import Clock, SystemClock
 from haasd.config import AccessRule
 from haasd.server.access import Peer, is_admin
 from haasd.server.http import HttpConnection, Limits, error_body, json_response, linger_close
@@ -99,6 +99,10 @@ class TokenServer:
 
     With ``consents`` it also takes consents (``/v1/consents``, see
     :mod:`haasd.server.consents`); without, those routes answer 404 ``not_found``.
+
+    ``clock`` times the connections (deadlines, the watchdog) and the log windows: real
+    seconds, the machine's clock by default — also in ``haasd demo``, whose own clock
+    runs fast. Tests pass a manual clock to step through a timeout instead of waiting.
     """
 
     def __init__(
@@ -111,10 +115,12 @@ class TokenServer:
         human_id_pattern: re.Pattern[str] = HUMAN_ID_RE,
         collectors: Iterable[Collector] = (),
         consents: ConsentFlow | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if not hasattr(socket, "SO_PEERCRED"):
             raise RuntimeError("haasd's token server needs SO_PEERCRED (Linux)")
         self.limits = limits
+        self._clock: Clock = SystemClock() if clock is None else clock
         #: this server's own registry (never prometheus-client's global one)
         self.registry = CollectorRegistry(auto_describe=True)
         self._router = Router(
@@ -125,6 +131,7 @@ class TokenServer:
             human_id_pattern=human_id_pattern,
             metrics=exposition(self.registry),
             consents=consents,
+            monotonic=self._clock.monotonic,
         )
         #: open connections, and the peer context each serves
         self._connections: dict[HttpConnection, PeerContext] = {}
@@ -205,9 +212,10 @@ class TokenServer:
         """Close connections past their deadline (idle, slow request, stalled reader)."""
         tick = self.limits.watchdog_tick
         tally = self._router.tally
+        clock = self._clock
         while True:
-            await anyio.sleep(tick)
-            now = time.monotonic()
+            await clock.sleep(tick)
+            now = clock.monotonic()
             for conn in list(self._connections):
                 conn.expire(now)
             tally.flush(now)
@@ -242,7 +250,14 @@ class TokenServer:
             else:
                 context = self._router.connect(peer)
                 tally = self._router.tally
-                conn = HttpConnection(stream, context.handle, limits, tally=tally, uid=peer.uid)
+                conn = HttpConnection(
+                    stream,
+                    context.handle,
+                    limits,
+                    tally=tally,
+                    uid=peer.uid,
+                    monotonic=self._clock.monotonic,
+                )
                 self._connections[conn] = context
                 self._per_uid[peer.uid] += 1
                 conns.start_soon(self._run, conn, stream, context)
