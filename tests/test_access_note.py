@@ -12,8 +12,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from test_daemon import write_config
-from test_server import short_dir
+from support import socket_dir
+from support_daemon import write_config
 
 RULES = """
 [[access]]
@@ -27,7 +27,7 @@ humans = ["usr_maria_42"]
 
 @pytest.fixture
 def directory() -> Iterator[Path]:
-    path = Path(short_dir())  # the socket's path must fit AF_UNIX's 108 bytes
+    path = Path(socket_dir())  # the socket's path must fit AF_UNIX's 108 bytes
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

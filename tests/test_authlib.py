@@ -24,14 +24,11 @@ import anyio
 import httpx
 import pytest
 from authlib_server import AuthlibServer, Client, TokenRecord
-from test_daemon import short_dir
 
 from haasd.app import Daemon, run
 from haasd.client._model import EventParser
 from haasd.config import load_config
 from haasd.crypto import Key
-
-__all__ = ["short_dir"]  # the fixture, re-used from test_daemon
 
 ADA = "usr_ada_1"
 BOB = "usr_bob_2"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from test_server import MARIA, TOKEN, FakeService, make_grant, rule, serving, short_dir
+from support import MARIA, TOKEN, FakeService, make_grant, rule, serving, socket_dir
 
 from haasd.cli import main
 from haasd.grants import State
@@ -34,7 +34,7 @@ async def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[in
 
 
 def missing_socket() -> str:
-    return str(Path(short_dir()) / "missing.sock")
+    return str(Path(socket_dir()) / "missing.sock")
 
 
 # --- haasd token ----------------------------------------------------------------------------

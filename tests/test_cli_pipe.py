@@ -9,8 +9,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from test_consent_api import cli_env, daemon_running, workdir  # noqa: F401 - a fixture
-from test_server import FakeService, make_grant, serving
+from support import FakeService, make_grant, serving
+from support_daemon import cli_env, daemon_running
 
 from haasd.cli import main
 from haasd.cli._common import EXIT_CLOSED_OUTPUT, is_closed_output
@@ -29,7 +29,7 @@ async def into_closed_pipe(*args: str) -> tuple[int, str]:
 
 
 async def test_consent_start_into_a_closed_pipe_exits_141_without_a_traceback(
-    workdir: Path,  # noqa: F811 - the fixture imported above
+    workdir: Path,
 ) -> None:
     async with daemon_running(workdir) as api:
         api.sim.queue_human("usr_pipe_1")

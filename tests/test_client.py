@@ -19,18 +19,18 @@ import anyio.abc
 import httpx
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from test_server import (
+from support import (
     MARIA,
     NOW,
     TOKEN,
     FakeService,
     Served,
-    _isort_order,
     eventually,
+    isort_order,
     make_grant,
     rule,
     serving,
-    short_dir,
+    socket_dir,
 )
 
 import haasd.client
@@ -246,7 +246,7 @@ async def test_error_answers_map_to_exceptions(
 
 
 async def test_a_missing_socket_is_daemon_unreachable_naming_it_and_what_to_check() -> None:
-    path = str(Path(short_dir()) / "missing.sock")
+    path = str(Path(socket_dir()) / "missing.sock")
     async with AsyncHaasdClient(path) as client:
         with pytest.raises(DaemonUnreachable) as caught:
             await client.token(MARIA)
@@ -260,7 +260,7 @@ async def test_a_missing_socket_is_daemon_unreachable_naming_it_and_what_to_chec
 def raw_server(answer: bytes | None) -> Iterator[str]:
     """A socket that answers every connection with ``answer`` (None: accepts, never
     answers; b"": nothing listens)."""
-    directory = short_dir()
+    directory = socket_dir()
     path = str(Path(directory) / "s.sock")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
@@ -693,9 +693,9 @@ def test_default_socket_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
 
 def test_public_surface_is_complete_and_sorted() -> None:
     exported = haasd.client.__all__
-    assert sorted(exported, key=_isort_order) == list(exported)
+    assert sorted(exported, key=isort_order) == list(exported)
     assert all(hasattr(haasd.client, name) for name in exported)
     for name in ("_async", "_auth", "_cache", "_errors", "_model", "_sync", "_wire"):
         module = getattr(haasd.client, name)
-        assert sorted(module.__all__, key=_isort_order) == list(module.__all__)
+        assert sorted(module.__all__, key=isort_order) == list(module.__all__)
         assert all(hasattr(module, n) for n in module.__all__)

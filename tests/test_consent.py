@@ -16,6 +16,7 @@ import httpx
 import pytest
 from harness import DAY, HOUR, Harness, running, simulator
 from structlog.testing import capture_logs
+from support import isort_order
 
 import haasd.consent
 import haasd.consent._flow
@@ -730,15 +731,10 @@ def test_a_callback_must_be_a_redirect_to_the_redirect_uri(
     assert redirect_matches(url, redirect_uri) is matches
 
 
-def _isort_order(name: str) -> tuple[int, str]:
-    """ruff's RUF022 order: CONSTANTS, then Classes, then functions."""
-    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name)
-
-
 def test_public_names_are_sorted_and_exist() -> None:
     modules = (haasd.consent, haasd.consent._flow, haasd.consent._oauth, haasd.consent._listen)
     for module in (*modules, haasd.errors):
-        assert sorted(module.__all__, key=_isort_order) == list(module.__all__)
+        assert sorted(module.__all__, key=isort_order) == list(module.__all__)
         for name in module.__all__:
             assert hasattr(module, name)
 

@@ -4,29 +4,31 @@ simulator (as in test_daemon), the CLI as subprocesses against it."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import httpx
 import pytest
-from harness import simulator
-from test_daemon import seed_grant, write_config
-from test_server import serving
+from support import isort_order, serving
+from support_daemon import (
+    MARIA,
+    Running,
+    cli_env,
+    daemon_running,
+    error_of,
+    haasd_cli,
+    query,
+    without,
+)
 
 import haasd.client
 import haasd.client._listen
 import haasd.server.consents
-from haasd.app import Daemon, run
 from haasd.client import (
     AsyncHaasdClient,
     ConsentDenied,
@@ -35,114 +37,17 @@ from haasd.client import (
     InvalidConsentState,
 )
 from haasd.client._model import EventParser
-from haasd.clock import ManualClock
-from haasd.config import STAR_SCOPE_ADVICE, AccessRule, load_config
-from haasd.simulator import Simulator
+from haasd.config import STAR_SCOPE_ADVICE, AccessRule
 
-MARIA = "usr_maria_42"
 CONSENT = "/v1/consents"
 #: the warning comes 5 minutes after a consent: a re-consent is due within a test's reach
 EARLY_WARNING = "[refresh]\nreconsent_warning = 2591700\n"
-
-
-@dataclass
-class Running:
-    daemon: Daemon
-    sim: Simulator
-    http: httpx.AsyncClient
-    socket: str
-
-    @property
-    def clock(self) -> ManualClock:
-        clock = self.daemon.clock
-        assert isinstance(clock, ManualClock)
-        return clock
-
-    async def start(self, **body: Any) -> httpx.Response:
-        return await self.http.post("/v1/consents", json=body)
-
-    async def callback(self, **body: Any) -> httpx.Response:
-        return await self.http.post("/v1/consents/callback", json=body)
-
-    async def approve(self, url: str) -> str:
-        """The human's browser approves; the URL it is sent back to."""
-        location = await self.sim.visit(url)
-        assert location is not None
-        return location
-
-    def non_admin(self) -> None:
-        """From now on, this test's uid may see every human but administer none."""
-        rule = AccessRule(uid=os.geteuid(), gid=None, humans=("usr_*",), scopes=None, admin=False)
-        self.daemon.server.update_rules([rule])
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    """A directory whose socket paths fit AF_UNIX's 108 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="hc", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@asynccontextmanager
-async def daemon_running(
-    directory: Path,
-    extra: str = "",
-    *,
-    redirect_uri: str | None = None,
-    sim_options: dict[str, Any] | None = None,
-    revocation: bool = False,
-    seed: bool = True,
-) -> AsyncIterator[Running]:
-    """The daemon on a simulator (with ``sim_options``), holding a grant of MARIA (with
-    ``seed``); with ``revocation`` its config names the simulator's RFC 7009 endpoint."""
-    clock = ManualClock(start=time.time())
-    sim = simulator(clock, **(sim_options or {}))
-    async with sim.running():
-        config_path = write_config(directory, sim.token_url, extra=extra)
-        text = config_path.read_text()
-        if redirect_uri is not None:
-            text = text.replace("http://127.0.0.1:8765/callback", redirect_uri)
-        if revocation:
-            text = text.replace(
-                'plan = "pro"\n', f'plan = "pro"\nrevocation_url = "{sim.revocation_url}"\n'
-            )
-        config_path.write_text(text)
-        if seed:
-            await seed_grant(directory, sim, MARIA)
-        config = load_config(config_path, {})
-        async with anyio.create_task_group() as tg:
-            d: Daemon = await tg.start(
-                lambda task_status: run(
-                    config, clock=clock, environ={}, signals=False, task_status=task_status
-                )
-            )
-            transport = httpx.AsyncHTTPTransport(uds=str(d.socket_path))
-            async with httpx.AsyncClient(transport=transport, base_url="http://haasd") as http:
-                yield Running(d, sim, http, str(d.socket_path))
-            tg.cancel_scope.cancel()
 
 
 @pytest.fixture
 async def api(workdir: Path) -> AsyncIterator[Running]:
     async with daemon_running(workdir) as running:
         yield running
-
-
-def query(url: str) -> dict[str, str]:
-    return dict(parse_qsl(urlsplit(url).query))
-
-
-def without(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    kept = {k: v for k, v in query(url).items() if k != name}
-    return urlunsplit(parts._replace(query=urlencode(kept)))
-
-
-def error_of(response: httpx.Response) -> dict[str, Any]:
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == response.status_code
-    return error
 
 
 # --- the socket API -------------------------------------------------------------------------
@@ -541,17 +446,6 @@ async def test_the_clients_start_and_finish_consents(api: Running) -> None:
 # --- from a terminal ------------------------------------------------------------------------
 
 
-def cli_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in {"HAASD_SOCKET", "HAASD_CONFIG"}}
-
-
-async def haasd_cli(*args: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``python -m haasd ARGS``; the loop keeps serving."""
-    argv = [sys.executable, "-m", "haasd", *args]
-    done = await anyio.run_process(argv, env=cli_env(), check=False)
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
-
-
 async def test_consent_start_and_finish_from_a_terminal(api: Running) -> None:
     api.sim.queue_human("usr_cli_1")
     socket = ("--socket", api.socket)
@@ -668,14 +562,9 @@ async def test_listen_needs_a_loopback_redirect_uri(workdir: Path) -> None:
     assert err.startswith("haasd: the redirect URI https://app.example/callback is not a loopback")
 
 
-def _isort_order(name: str) -> tuple[int, str]:
-    """ruff's RUF022 order: CONSTANTS, then Classes, then functions."""
-    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name)
-
-
 def test_the_new_modules_name_what_they_export() -> None:
     for module in (haasd.client._listen, haasd.server.consents):
-        assert sorted(module.__all__, key=_isort_order) == list(module.__all__)
+        assert sorted(module.__all__, key=isort_order) == list(module.__all__)
         assert all(hasattr(module, name) for name in module.__all__)
     assert haasd.client.listen_for_consent is haasd.client._listen.listen_for_consent
     with pytest.raises(AttributeError):

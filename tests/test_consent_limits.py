@@ -13,12 +13,11 @@ from typing import Any
 
 import anyio
 import pytest
-from test_consent_api import MARIA, Running, daemon_running, query, without, workdir
+from support import MARIA
+from support_daemon import Running, daemon_running, query, without
 
 from haasd.config import AccessRule
 from haasd.grants import Grant
-
-__all__ = ["workdir"]  # the fixture, shared
 
 NOBODY = 65534
 ZZ = "usr_zz_1"

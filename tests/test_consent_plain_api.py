@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from test_consent_api import Running, daemon_running, error_of, haasd_cli, query
+from support_daemon import Running, daemon_running, error_of, haasd_cli, query
 
 PLAIN = {"name_humans": False, "include_scope": False}
 

@@ -4,79 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
-from harness import CLIENT_ID, CLIENT_SECRET, simulator
+from harness import simulator
+from support_daemon import seed_grant, write_config
 
 from haasd.app import Daemon, run
 from haasd.clock import ManualClock
 from haasd.config import load_config
-from haasd.crypto import Key, Sealer
-from haasd.grants import Policy, new_grant
 from haasd.simulator import Simulator
-from haasd.store import Store
-from haasd.tokens import parse_token_response
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory whose socket paths fit AF_UNIX's 108 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="hd", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def write_config(directory: Path, token_url: str, *, extra: str = "") -> Path:
-    key = directory / "store.key"
-    if not key.exists():
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(Key.generate().to_text())
-    config = directory / "haasd.toml"
-    config.write_text(
-        f"""
-[haas]
-environment = "test"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-token_url = "{token_url}"
-authorize_url = "{token_url.rsplit("/", 1)[0]}/authorize"
-redirect_uri = "http://127.0.0.1:8765/callback"
-plan = "pro"
-[store]
-path = "haasd.db"
-key_file = "store.key"
-[socket]
-path = "haasd.sock"
-[log]
-level = "info"
-format = "json"
-{extra}
-"""
-    )
-    return config
-
-
-async def seed_grant(directory: Path, sim: Simulator, human_id: str) -> str:
-    """A human consents through the simulator; the grant is stored as `haasd import` does."""
-    answer = parse_token_response(await sim.consent(human_id))
-    key = Key.from_text((directory / "store.key").read_text())
-    async with await Store.open(directory / "haasd.db", Sealer(key)) as store:
-        grant = new_grant(answer, "test", sim.clock.time(), Policy(), random.Random(1))
-        await store.put_grant(grant)
-    return answer.access_token.reveal()
 
 
 @pytest.fixture

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import anyio
 from harness import simulator
-from test_daemon import seed_grant, short_dir, write_config
-from test_fairness import daemon_at
+from support_daemon import daemon_at, seed_grant, write_config
 
 from haasd.clock import ManualClock
-
-__all__ = ["short_dir"]  # the fixture, re-used from test_daemon
 
 
 async def test_deleting_a_grant_revokes_its_refresh_token_at_the_server(short_dir: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
@@ -17,18 +17,15 @@ import httpx
 import pytest
 from harness import simulator
 from prometheus_client.parser import text_string_to_metric_families
-from test_daemon import seed_grant, short_dir, write_config
+from support_daemon import daemon_at, seed_grant, write_config
 
-from haasd.app import Daemon, run
+from haasd.app import Daemon
 from haasd.clock import ManualClock
-from haasd.config import load_config
 from haasd.crypto import Key, Sealer
 from haasd.grants import Policy, new_grant
 from haasd.simulator import Simulator, TokenRequestRecord
 from haasd.store import Store
 from haasd.tokens import parse_token_response
-
-__all__ = ["short_dir"]  # the fixture, re-used from test_daemon
 
 A, B = "usr_abused_1", "usr_other_2"
 
@@ -58,24 +55,6 @@ async def live(short_dir: Path) -> AsyncIterator[Running]:
             await seed_grant(short_dir, sim, human)
         async with daemon_at(config_path, clock) as (daemon, client):
             yield Running(daemon, sim, client, clock)
-
-
-@asynccontextmanager
-async def daemon_at(
-    config_path: Path, clock: ManualClock
-) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
-    """The whole daemon on ``config_path``, in this process, and a client of its socket."""
-    config = load_config(config_path, {})
-    async with anyio.create_task_group() as tg:
-        daemon: Daemon = await tg.start(
-            lambda task_status: run(
-                config, clock=clock, environ={}, signals=False, task_status=task_status
-            )
-        )
-        transport = httpx.AsyncHTTPTransport(uds=str(daemon.socket_path))
-        async with httpx.AsyncClient(transport=transport, base_url="http://haasd") as client:
-            yield daemon, client
-        tg.cancel_scope.cancel()
 
 
 def error(reply: httpx.Response) -> dict[str, object]:

@@ -1,8 +1,5 @@
-"""The token server's routes over a real Unix socket, with an in-memory TokenService.
-
-The helpers at the top (:class:`FakeService`, :func:`serving`, :class:`RawClient`) are
-shared by the other ``test_server_*`` modules.
-"""
+"""The token server's routes over a real Unix socket, with an in-memory TokenService
+(the helpers are in tests/support.py)."""
 
 from __future__ import annotations
 
@@ -10,18 +7,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
 
 import anyio
 import anyio.abc
-import httptools
 import httpx
 import pytest
+from support import MARIA, NOW, FakeService, RawClient, get, isort_order, make_grant, rule, serving
 
 import haasd.server
 import haasd.server.answers
@@ -29,8 +21,6 @@ import haasd.server.metrics
 import haasd.server.routes
 import haasd.server.server
 import haasd.server.stream
-from haasd.clock import ManualClock
-from haasd.config import AccessRule, SocketConfig
 from haasd.errors import (
     HaasdError,
     InvalidGrantError,
@@ -39,262 +29,9 @@ from haasd.errors import (
     TransientAuthError,
     UnknownHumanError,
 )
-from haasd.events import EventBus
-from haasd.grants import Grant, Policy, State
+from haasd.grants import State
 from haasd.secret import Secret
-from haasd.server import Limits, TokenServer, open_listener
-from haasd.tokens import HUMAN_ID_RE
-
-NOW = 1_800_000_000.0
-MARIA = "usr_maria_42"
-SCOPES = ("tasks:dispatch", "status:read")
-TOKEN = "fake-access-maria-1"  # not token-shaped: the log redaction cannot hide a leak
-
-
-def make_grant(
-    human_id: str = MARIA,
-    *,
-    token: str = TOKEN,
-    ttl: float = 3600.0,
-    scope: tuple[str, ...] = SCOPES,
-    state: State = State.ACTIVE,
-    refresh_in: float = 30 * 86400.0,
-    last_error: str | None = None,
-) -> Grant:
-    return Grant(
-        human_id=human_id,
-        environment="test",
-        scope=scope,
-        access_token=Secret(token),
-        access_expires_at=NOW + ttl,
-        refresh_token=Secret(f"fake-refresh-{human_id}"),
-        refresh_expires_at=NOW + refresh_in,
-        consented_at=NOW - 3600,
-        last_refresh_at=NOW - 60,
-        state=state,
-        last_error=last_error,
-    )
-
-
-class FakeService:
-    """The TokenService protocol over a dict; records what the server asked of it."""
-
-    def __init__(self, grants: Iterable[Grant] = (), *, policy: Policy | None = None) -> None:
-        self.events = EventBus()
-        self.clock = ManualClock(start=NOW)
-        self.policy = policy or Policy()
-        self._grants = {g.human_id: g for g in grants}
-        self.served: list[tuple[str, float]] = []
-        self.ensured: list[tuple[str, float]] = []
-        self.refreshed: list[str] = []
-        #: what ensure_fresh / refresh_now do: a new grant, or an error to raise
-        self.outcome: dict[str, Grant | HaasdError] = {}
-        #: when set, ensure_fresh / refresh_now wait for it first
-        self.gate: anyio.Event | None = None
-        self.reasons: list[str] = []
-        self.health_error: Exception | None = None
-
-    def grant(self, human_id: str) -> Grant | None:
-        return self._grants.get(human_id)
-
-    def grants(self) -> Iterable[Grant]:
-        return self._grants.values()
-
-    def mark_served(self, grant: Grant, now: float) -> None:
-        self.served.append((grant.human_id, now))
-
-    async def _outcome(self, human_id: str) -> Grant:
-        if self.gate is not None:
-            await self.gate.wait()
-        await anyio.lowlevel.checkpoint()
-        if human_id not in self._grants:
-            raise UnknownHumanError(human_id)
-        outcome = self.outcome.get(human_id)
-        if isinstance(outcome, HaasdError):
-            raise outcome
-        if outcome is None:
-            raise TokenUnavailableError(human_id, "refresh failing", 42.0)
-        self._grants[human_id] = outcome
-        return outcome
-
-    async def ensure_fresh(
-        self, human_id: str, min_ttl: float, *, wait: float, peer: int | None
-    ) -> Grant:
-        self.ensured.append((human_id, min_ttl))
-        return await self._outcome(human_id)
-
-    async def refresh_now(self, human_id: str, *, wait: float, peer: int | None) -> Grant:
-        self.refreshed.append(human_id)
-        return await self._outcome(human_id)
-
-    async def delete(self, human_id: str) -> bool:
-        await anyio.lowlevel.checkpoint()
-        return self._grants.pop(human_id, None) is not None
-
-    def health(self) -> dict[str, object]:
-        if self.health_error is not None:
-            raise self.health_error
-        return {"status": "degraded" if self.reasons else "ok", "reasons": list(self.reasons)}
-
-
-def admin_rule(uid: int = os.geteuid(), humans: tuple[str, ...] = ("usr_*",)) -> AccessRule:
-    return AccessRule(uid=uid, gid=None, humans=humans, scopes=None, admin=True)
-
-
-def rule(
-    uid: int | None = os.geteuid(),
-    humans: tuple[str, ...] = ("usr_*",),
-    *,
-    gid: int | None = None,
-    scopes: tuple[str, ...] | None = None,
-) -> AccessRule:
-    return AccessRule(uid=uid, gid=gid, humans=humans, scopes=scopes, admin=False)
-
-
-@dataclass
-class Served:
-    server: TokenServer
-    path: str
-    service: FakeService
-    #: cancel it to stop the server
-    stop: anyio.CancelScope
-
-
-def short_dir() -> str:
-    """A directory short enough for AF_UNIX's 108-byte paths (pytest's tmp_path is not)."""
-    return tempfile.mkdtemp(prefix="h", dir="/tmp")
-
-
-@asynccontextmanager
-async def serving(
-    service: FakeService | None = None,
-    rules: Sequence[AccessRule] = (),
-    *,
-    limits: Limits | None = None,
-    mode: int = 0o660,
-    human_id_pattern: re.Pattern[str] = HUMAN_ID_RE,
-) -> AsyncIterator[Served]:
-    """A TokenServer on a fresh socket, stopped (and its directory removed) on exit."""
-    service = service or FakeService([make_grant()])
-    directory = short_dir()
-    path = Path(directory) / "s.sock"
-    server = TokenServer(
-        service, rules, limits=limits or Limits(), human_id_pattern=human_id_pattern
-    )
-    listener = await open_listener(SocketConfig(path, mode), environ={})
-    stop = anyio.CancelScope()
-
-    async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-        with stop:
-            await server.serve(listener, task_status=task_status)
-
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(run)
-            yield Served(server, str(path), service, stop)
-            stop.cancel()
-    finally:
-        await listener.aclose()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def error_type(self) -> str:
-        return str(self.json()["error"]["type"])
-
-
-class _ReplyParser:
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.headers: dict[str, str] = {}
-        self.body = b""
-        self.done = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode().lower()] = value.decode()
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-
-class RawClient:
-    """HTTP/1.1 by hand on one connection: exact bytes out, one reply at a time back."""
-
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self.stream = stream
-        self._buffer = b""
-
-    @classmethod
-    @asynccontextmanager
-    async def connect(cls, path: str) -> AsyncIterator[RawClient]:
-        stream = await anyio.connect_unix(path)
-        async with stream:
-            yield cls(stream)
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send(data)
-
-    async def request(
-        self, method: str, target: str, headers: Sequence[tuple[str, str]] = ()
-    ) -> Reply:
-        lines = [f"{method} {target} HTTP/1.1", "Host: haasd"]
-        lines += [f"{name}: {value}" for name, value in headers]
-        await self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
-        return await self.reply()
-
-    async def reply(self, seconds: float = 5.0) -> Reply:
-        parser = _ReplyParser()
-        with anyio.fail_after(seconds):
-            while True:
-                if self._buffer:
-                    data, self._buffer = self._buffer, b""
-                else:
-                    data = await self.stream.receive()
-                try:
-                    parser.parser.feed_data(data)
-                except httptools.HttpParserUpgrade:  # pragma: no cover - never sent
-                    raise
-                if parser.done:
-                    break
-        # a reply's bytes beyond its end are not expected in these tests (no pipelining
-        # of replies is read ahead: httptools consumed exactly one message or raised)
-        return Reply(parser.parser.get_status_code(), parser.headers, parser.body)
-
-    async def closed(self, seconds: float = 5.0) -> bool:
-        """True once the server has closed the connection (data before EOF is dropped)."""
-        with anyio.fail_after(seconds):
-            while True:
-                try:
-                    await self.stream.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    return True
-
-
-async def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Wait (polling) until ``condition()`` holds; fail after ``seconds``."""
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await anyio.sleep(0.01)
-    raise AssertionError("the condition never held")
-
-
-async def get(path: str, target: str, method: str = "GET") -> Reply:
-    async with RawClient.connect(path) as client:
-        return await client.request(method, target)
-
+from haasd.server import Limits
 
 # --- health and tokens ---------------------------------------------------------------------
 
@@ -723,14 +460,9 @@ async def test_a_server_serves_once() -> None:
             await s.server.serve(another)
 
 
-def _isort_order(name: str) -> tuple[int, str]:
-    """ruff's RUF022 order: CONSTANTS, then Classes, then functions."""
-    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name)
-
-
 def test_public_surface_is_complete_and_sorted() -> None:
     exported = haasd.server.__all__
-    assert sorted(exported, key=_isort_order) == list(exported)
+    assert sorted(exported, key=isort_order) == list(exported)
     assert all(hasattr(haasd.server, name) for name in exported)
     for module in (
         haasd.server.access,
@@ -742,7 +474,7 @@ def test_public_surface_is_complete_and_sorted() -> None:
         haasd.server.server,
         haasd.server.stream,
     ):
-        assert sorted(module.__all__, key=_isort_order) == list(module.__all__)
+        assert sorted(module.__all__, key=isort_order) == list(module.__all__)
         assert all(hasattr(module, name) for name in module.__all__)
 
 

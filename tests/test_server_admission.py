@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.abc
 import pytest
-from test_server import MARIA, RawClient, admin_rule, eventually, get, rule, serving
+from support import MARIA, RawClient, admin_rule, eventually, get, rule, serving
 
 from haasd.server import Limits
 

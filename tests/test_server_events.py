@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from structlog.testing import capture_logs
-from test_server import (
+from support import (
     MARIA,
     NOW,
     FakeService,
@@ -22,6 +21,8 @@ from test_server import (
     eventually,
     get,
     make_grant,
+    open_stream,
+    read_events,
     rule,
     serving,
 )
@@ -35,32 +36,6 @@ NOBODY = 65534
 CLIENTS = 4242  # a supplementary group of the child, not its primary one
 
 # --- events -----------------------------------------------------------------------------------
-
-
-async def read_events(client: RawClient, count: int) -> list[tuple[str, dict[str, object]]]:
-    """The next ``count`` events (comments skipped)."""
-    events: list[tuple[str, dict[str, object]]] = []
-    buffer = b""
-    with anyio.fail_after(5):
-        while len(events) < count:
-            buffer += await client.stream.receive()
-            *blocks, buffer = buffer.split(b"\n\n")
-            for block in blocks:
-                lines = dict(
-                    line.split(": ", 1) for line in block.decode().splitlines() if line[:1] != ":"
-                )
-                if "event" in lines:
-                    events.append((lines["event"], json.loads(lines["data"])))
-    return events
-
-
-async def open_stream(client: RawClient) -> bytes:
-    await client.send(b"GET /v1/events HTTP/1.1\r\nHost: haasd\r\n\r\n")
-    head = b""
-    with anyio.fail_after(5):
-        while b": haasd events\n\n" not in head:
-            head += await client.stream.receive()
-    return head
 
 
 async def test_events_reach_a_peer_only_for_humans_it_may_see() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from test_server import short_dir
+from support import socket_dir
 
 from haasd.config import SocketConfig
 from haasd.server import SocketInUseError, SocketPathError, bind_socket, open_listener
@@ -24,7 +24,7 @@ from haasd.server.listener import inherited_socket
 
 @pytest.fixture
 def where() -> Iterator[Path]:
-    directory = Path(short_dir())
+    directory = Path(socket_dir())
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
 

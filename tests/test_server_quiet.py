@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 from structlog.testing import capture_logs
-from test_server import MARIA, RawClient, eventually, rule, serving
+from support import MARIA, RawClient, eventually, rule, serving
 
 from haasd.server import Limits
 from haasd.server.tally import Tally

@@ -8,14 +8,10 @@ import os
 from pathlib import Path
 
 import anyio
-from test_consent_api import MARIA, Running, daemon_running, workdir
-from test_daemon import write_config
-from test_server import RawClient, eventually
-from test_server_events import open_stream, read_events
+from support import MARIA, RawClient, eventually, open_stream, read_events
+from support_daemon import Running, daemon_running, write_config
 
 from haasd.events import Event
-
-__all__ = ["workdir"]  # the fixture, used by name
 
 UID = os.geteuid()
 

@@ -6,7 +6,7 @@ import time
 
 import anyio
 import pytest
-from test_server import MARIA, FakeService, RawClient, eventually, get, make_grant, serving
+from support import MARIA, FakeService, RawClient, eventually, get, make_grant, serving
 
 from haasd.server import Limits
 
