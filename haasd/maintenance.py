@@ -39,7 +39,6 @@ from urllib.parse import quote
 import aiosqlite
 import anyio
 
-from haasd.app import instance_lock
 from haasd.config import Config, SecretSource
 from haasd.crypto import Key, Sealer, sealed_key_id
 from haasd.errors import (
@@ -53,7 +52,7 @@ from haasd.errors import (
     WrongKeyError,
 )
 from haasd.parts import sealer_of
-from haasd.store import Store
+from haasd.store import Store, instance_lock, store_error_of
 from haasd.store.schema import APPLICATION_ID, BOUND, KEY_CHECK_COLUMN, SEALED, bound_values
 
 __all__ = [
@@ -278,7 +277,7 @@ def main_restore(config: Config, backup: Path, out: TextIO) -> int:
 
 @asynccontextmanager
 async def _stopped_daemon(path: Path, command: str) -> AsyncIterator[None]:
-    """Hold haasd's instance lock on ``path`` (see :func:`haasd.app.instance_lock`)."""
+    """Hold haasd's instance lock on ``path`` (see :func:`haasd.store.instance_lock`)."""
     if not path.parent.is_dir():
         raise StoreError(f"no directory {path.parent} for the store {path.name}")
     lock = instance_lock(path)
@@ -355,7 +354,7 @@ def _copy_live(source: Path, target: Path) -> None:
         ):
             src.backup(dst)  # in one step: one read transaction, one snapshot
     except sqlite3.Error as exc:
-        raise _store_error(source, "copy", exc) from exc
+        raise store_error_of(source, "copy", exc) from exc
     _fsync(target)
 
 
@@ -390,7 +389,7 @@ def _inspect(path: Path) -> Contents:
             sql = "SELECT value FROM meta WHERE name = ?"
             check = conn.execute(sql, (KEY_CHECK_COLUMN,)).fetchone()
     except sqlite3.Error as exc:
-        raise _store_error(path, "check", exc) from exc
+        raise store_error_of(path, "check", exc) from exc
     key_id = sealed_key_id(check[0]) if check and isinstance(check[0], bytes) else None
     return Contents(int(grants), int(pending), path.stat().st_size, key_id)
 
@@ -451,15 +450,6 @@ def _about(exc: HaasdError, copy: Path, backup: Path) -> StoreError:
         if isinstance(exc, kind):
             return kind(text)
     return StoreCorruptError(text) if isinstance(exc, DecryptError) else StoreError(text)
-
-
-def _store_error(path: Path, what: str, exc: sqlite3.Error) -> StoreError:
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-        return StoreCorruptError(f"{path}: {what} failed: {exc}; not a usable haasd store")
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return StoreLockedError(f"{path}: {what} failed: {exc} (busy; try again)")
-    return StoreError(f"{path}: {what} failed: {exc}")
 
 
 def _size(size: int) -> str:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from haasd.app import instance_lock, lock_file_problem
 from haasd.cli import main
 from haasd.errors import StoreError, StoreLockedError
+from haasd.store import instance_lock, lock_file_problem
 
 VICTIM = b"root:x:0:0:root:/root:/bin/bash\n"
 

@@ -20,7 +20,6 @@ from factories import T0, make_grant
 from previous_schema import write_previous_store
 
 import haasd.maintenance
-from haasd.app import instance_lock
 from haasd.cli import main
 from haasd.config import Config, load_config
 from haasd.crypto import Key, Sealer
@@ -40,7 +39,7 @@ from haasd.maintenance import (
     restore_store,
 )
 from haasd.secret import Secret
-from haasd.store import PendingRecord, Store
+from haasd.store import PendingRecord, Store, instance_lock
 from haasd.store.schema import MIGRATIONS, SEALED
 
 # A child that runs `haasd rekey` and dies (os._exit: no cleanup, as a SIGKILL) at POINT:

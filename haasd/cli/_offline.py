@@ -119,7 +119,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     )
 
     async def store_it() -> bool:
-        from haasd.app import instance_lock  # not while a daemon, rekey or restore runs
+        from haasd.store import instance_lock  # not while a daemon, rekey or restore runs
 
         async with (
             instance_lock(config.store.path),

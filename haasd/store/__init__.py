@@ -22,10 +22,13 @@ is it opened read-write, checked again, ``quick_check``-ed and migrated.
 The modules: :mod:`haasd.store.schema` (public: what is on disk — migrations,
 application id, key check, the sealed columns that ``haasd rekey`` re-seals), ``_open``
 (opening a file), ``_grants`` and ``_pending`` (their tables' SQL and rows), ``_sqlite``
-(error translation, transactions) and ``_store`` (:class:`Store`).
+(error translation, transactions), ``_lock`` (:func:`instance_lock`: one haasd per store)
+and ``_store`` (:class:`Store`).
 """
 
+from haasd.store._lock import instance_lock, lock_file_problem
 from haasd.store._pending import PendingRecord
+from haasd.store._sqlite import store_error_of
 from haasd.store._store import Store
 
-__all__ = ["PendingRecord", "Store"]
+__all__ = ["PendingRecord", "Store", "instance_lock", "lock_file_problem", "store_error_of"]

@@ -13,19 +13,27 @@ import aiosqlite
 from haasd.errors import StoreCorruptError, StoreError, StoreLockedError
 
 
+def store_error_of(path: Path, what: str, exc: sqlite3.Error) -> StoreError:
+    """The :class:`StoreError` a sqlite3/aiosqlite error stands for — the one mapping of
+    SQLite's result codes, for the store and for ``haasd backup``/``restore``/``rekey``:
+    busy or locked is :class:`StoreLockedError`, corrupt or not a database
+    :class:`StoreCorruptError`, anything else :class:`StoreError`."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    message = f"store {path}: {what} failed: {exc}"
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreLockedError(f"{message} (busy: is another haasd using it?)")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreCorruptError(f"{message}; not a usable haasd store")
+    return StoreError(message)
+
+
 @contextmanager
 def translate(path: Path, what: str) -> Iterator[None]:
     """Turn sqlite3/aiosqlite errors into :class:`StoreError` subclasses, ``from`` them."""
     try:
         yield
     except sqlite3.Error as exc:
-        code = exc.sqlite_errorcode & 0xFF
-        message = f"store {path}: {what} failed: {exc}"
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            raise StoreLockedError(f"{message} (is another haasd using it?)") from exc
-        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-            raise StoreCorruptError(f"{message}; refusing to use it") from exc
-        raise StoreError(message) from exc
+        raise store_error_of(path, what, exc) from exc
 
 
 @asynccontextmanager
