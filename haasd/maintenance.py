@@ -26,19 +26,18 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TextIO
-from urllib.parse import quote
+from typing import TextIO
 
 import aiosqlite
 import anyio
 
+from haasd import storefiles
 from haasd.config import Config, SecretSource
 from haasd.crypto import Key, Sealer, sealed_key_id
 from haasd.errors import (
@@ -65,8 +64,6 @@ __all__ = [
     "rekey_store",
     "restore_store",
 ]
-
-_BUSY_TIMEOUT: Final = 5.0  # seconds, as the store's own connection waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,26 +118,26 @@ async def rekey_store(path: Path, old: Sealer, new: Sealer) -> Contents:
             "write a new one with `haasd keygen --out FILE`"
         )
     _require_store(path)
-    copy = _beside(path, "rekey")
+    copy = storefiles.beside(path, "rekey")
     async with _stopped_daemon(path, "rekey"):
-        _remove_database(copy)  # a left-over from a crashed rekey: ours, under the lock
+        storefiles.remove_database(copy)  # a left-over from a crashed rekey: ours, under the lock
         try:
             async with await Store.open(path, old):
                 pass  # the key, integrity and schema are checked; closing checkpoints
-            await anyio.to_thread.run_sync(_copy_live, path, copy)
+            await anyio.to_thread.run_sync(storefiles.copy_live, path, copy)
             async with await Store.open(copy, old) as store, store.resealing(new) as conn:
                 for table, id_column, columns in SEALED:
                     await _reseal_table(conn, old, new, table, id_column, columns)
             contents = await _verify(copy, new)
-            await anyio.to_thread.run_sync(_install, copy, path, False)
+            await anyio.to_thread.run_sync(storefiles.install, copy, path, False)
         except (DecryptError, ValueError) as exc:  # a row the current key does not open
-            _remove_database(copy)
+            storefiles.remove_database(copy)
             raise DecryptError(
                 f"{exc}; nothing was re-sealed, the store is unchanged (re-consent or delete"
                 " that human first: `haasd status --config` shows the unreadable rows)"
             ) from exc
         except BaseException:
-            _remove_database(copy)
+            storefiles.remove_database(copy)
             raise
     return contents
 
@@ -214,7 +211,7 @@ def backup_store(path: Path, target: Path) -> Contents:
         raise HaasdError(f"{target} exists; haasd backup never overwrites a file")
     copy = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
-        _copy_live(path, copy)
+        storefiles.copy_live(path, copy)
         contents = _inspect(copy)
         try:
             os.link(copy, target)  # unlike rename, refuses to replace
@@ -222,9 +219,9 @@ def backup_store(path: Path, target: Path) -> Contents:
             raise HaasdError(f"{target} exists; haasd backup never overwrites a file") from None
         except OSError as exc:
             raise HaasdError(f"cannot write {target}: {exc.strerror}") from exc
-        _fsync_directory(target.parent)
+        storefiles.fsync_directory(target.parent)
     finally:
-        _remove_database(copy)
+        storefiles.remove_database(copy)
     return contents
 
 
@@ -243,18 +240,18 @@ def main_backup(config: Config, target: Path, out: TextIO) -> int:
 async def restore_store(path: Path, backup: Path, sealer: Sealer) -> Contents:
     """Replace the store at ``path`` by ``backup``, once ``sealer`` is seen to open it."""
     _check_backup(path, backup)
-    copy = _beside(path, "restore")
+    copy = storefiles.beside(path, "restore")
     async with _stopped_daemon(path, "restore"):
-        _remove_database(copy)
+        storefiles.remove_database(copy)
         try:
-            await anyio.to_thread.run_sync(_copy_file, backup, copy)
+            await anyio.to_thread.run_sync(storefiles.copy_file, backup, copy)
             try:
                 contents = await _verify(copy, sealer)  # before anything of the store changes
             except (StoreError, DecryptError) as exc:
                 raise _about(exc, copy, backup) from exc
-            await anyio.to_thread.run_sync(_install, copy, path, True)
+            await anyio.to_thread.run_sync(storefiles.install, copy, path, True)
         except BaseException:
-            _remove_database(copy)
+            storefiles.remove_database(copy)
             raise
     return contents
 
@@ -272,7 +269,7 @@ def main_restore(config: Config, backup: Path, out: TextIO) -> int:
     return 0
 
 
-# --- files -------------------------------------------------------------------------------
+# --- checks ------------------------------------------------------------------------------
 
 
 @asynccontextmanager
@@ -318,63 +315,13 @@ def _require_store(path: Path) -> None:
         raise StoreError(f"no store at {path}")
 
 
-def _beside(path: Path, what: str) -> Path:
-    """The work file of ``what`` beside the store: one name, used under the lock only."""
-    return path.with_name(f".{path.name}.{what}.tmp")
-
-
-def _sidecars(path: Path) -> tuple[Path, Path]:
-    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
-
-
-def _uri(path: Path, query: str) -> str:
-    return f"file:{quote(str(path.absolute()))}?{query}"
-
-
-def _create_private(path: Path) -> int:
-    """A new file at ``path``, mode 0600 from its creation, never through a link: its
-    descriptor, for writing."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        return os.open(path, flags, 0o600)
-    except OSError as exc:
-        raise HaasdError(f"cannot create {path}: {exc.strerror}") from exc
-
-
-def _copy_live(source: Path, target: Path) -> None:
-    """A consistent copy of the database ``source`` (and its -wal) into a new file."""
-    os.close(_create_private(target))
-    try:
-        # mode=rw: never create a store; read only, yet it tidies the -wal up if last out
-        with (
-            closing(
-                sqlite3.connect(_uri(source, "mode=rw"), uri=True, timeout=_BUSY_TIMEOUT)
-            ) as src,
-            closing(sqlite3.connect(_uri(target, "mode=rw"), uri=True)) as dst,
-        ):
-            src.backup(dst)  # in one step: one read transaction, one snapshot
-    except sqlite3.Error as exc:
-        raise store_error_of(source, "copy", exc) from exc
-    _fsync(target)
-
-
-def _copy_file(source: Path, target: Path) -> None:
-    """Copy ``source`` to a new private file ``target``, through the descriptor that
-    created it (never ``target`` opened again by its path)."""
-    dst = os.fdopen(_create_private(target), "wb")
-    try:
-        with dst, source.open("rb") as src:
-            shutil.copyfileobj(src, dst)
-    except OSError as exc:
-        raise HaasdError(f"cannot copy {source} to {target}: {exc.strerror}") from exc
-    _fsync(target)
-
-
 def _inspect(path: Path) -> Contents:
     """Check a single-file database (no -wal) read-only, without the key: a haasd store,
     undamaged; how many grants and pending consents, and the key it needs."""
     try:
-        with closing(sqlite3.connect(_uri(path, "mode=ro&immutable=1"), uri=True)) as conn:
+        with closing(
+            sqlite3.connect(storefiles.sqlite_uri(path, "mode=ro&immutable=1"), uri=True)
+        ) as conn:
             if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                 raise StoreCorruptError(f"{path} is not a haasd store")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
@@ -392,55 +339,6 @@ def _inspect(path: Path) -> Contents:
         raise store_error_of(path, "check", exc) from exc
     key_id = sealed_key_id(check[0]) if check and isinstance(check[0], bytes) else None
     return Contents(int(grants), int(pending), path.stat().st_size, key_id)
-
-
-def _install(copy: Path, path: Path, replace_stale: bool) -> None:
-    """Rename ``copy`` over ``path``, after removing ``path``'s -wal and -shm.
-
-    They go first (the -wal before the -shm): a -wal left beside the new file would be
-    replayed into it. For a rekey, a -wal left after our last connection closed means
-    another process has the store open; then nothing changes.
-    """
-    if any(p.exists() for p in _sidecars(copy)):
-        raise StoreError(f"{copy} is still in use; nothing was replaced")
-    _fsync(copy)
-    wal, shm = _sidecars(path)
-    if not replace_stale and wal.exists():
-        raise StoreLockedError(
-            f"another process has the store open ({wal.name} exists); close it and retry"
-        )
-    try:
-        if path.exists():
-            st = path.stat()
-            if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
-                os.chown(copy, st.st_uid, st.st_gid)  # run as root: still the daemon's
-        wal.unlink(missing_ok=True)
-        shm.unlink(missing_ok=True)
-        os.replace(copy, path)
-    except OSError as exc:
-        raise HaasdError(f"cannot replace {path}: {exc.strerror}") from exc
-    _fsync_directory(path.parent)
-
-
-def _remove_database(path: Path) -> None:
-    for p in (path, *_sidecars(path), path.with_name(path.name + "-journal")):
-        p.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _about(exc: HaasdError, copy: Path, backup: Path) -> StoreError:

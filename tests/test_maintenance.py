@@ -48,18 +48,19 @@ from haasd.store.schema import MIGRATIONS, SEALED
 CHILD = """
 import os, sys
 import haasd.maintenance as m
+import haasd.storefiles as files
 from haasd.cli import main
 from haasd.config import load_config
 from pathlib import Path
 
 point, args = sys.argv[1], sys.argv[2:]
-reseal_table, install = m._reseal_table, m._install
+reseal_table, install = m._reseal_table, files.install
 
 async def dying_reseal(conn, old, new, table, id_column, columns):
     await conn.execute("PRAGMA cache_size = 2")
     done = await reseal_table(conn, old, new, table, id_column, columns)
     if point == "transaction" and table == "grants":
-        copy = m._beside(load_config(Path(args[2])).store.path, "rekey")
+        copy = files.beside(load_config(Path(args[2])).store.path, "rekey")
         print("wal", os.stat(str(copy) + "-wal").st_size, flush=True)
         os._exit(137)
     return done
@@ -69,7 +70,7 @@ def dying_install(copy, path, replace_stale):
         os._exit(137)
     install(copy, path, replace_stale)
 
-m._reseal_table, m._install = dying_reseal, dying_install
+m._reseal_table, files.install = dying_reseal, dying_install
 sys.exit(main(args))
 """
 
