@@ -8,8 +8,9 @@ from typing import Any
 import anyio
 import pytest
 from structlog.testing import capture_logs
-from support import MARIA, RawClient, eventually, rule, serving
+from support import MARIA, RawClient, rule, serving
 
+from haasd.clock import ManualClock
 from haasd.server import Limits
 from haasd.server.tally import Tally
 
@@ -159,17 +160,18 @@ async def test_a_flood_of_forbidden_requests_writes_a_handful_of_lines() -> None
 @pytest.mark.usefixtures("debug_logs")
 async def test_the_count_is_written_when_the_window_ends_while_serving() -> None:
     request = f"GET /v1/humans/{MARIA} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
-    limits = Limits(refusal_window=0.2)
+    limits = Limits(refusal_window=2.0)  # longer than a watchdog tick (1 s)
+    clock = ManualClock()
+    rules = [rule(humans=("usr_team_*",))]
     with capture_logs() as logs:
-        async with serving(rules=[rule(humans=("usr_team_*",))], limits=limits) as s:
+        async with serving(rules=rules, limits=limits, clock=clock) as s:
             await _flood(s.path, request, 1000, b"HTTP/1.1 403 ")
-
-            def counted() -> int:
-                return sum(e["count"] for e in logs if e["event"] == "access.denied")
-
-            await eventually(lambda: counted() == 1000)
-            lines = len([e for e in logs if e["event"] == "access.denied"])
-    assert lines < 20
+            await clock.advance(limits.refusal_window - 0.01)
+            denied = [e["count"] for e in logs if e["event"] == "access.denied"]
+            assert denied == [1], "the repeats wait for the end of the window"
+            await clock.advance(0.01 + limits.watchdog_tick)
+            denied = [e["count"] for e in logs if e["event"] == "access.denied"]
+            assert denied == [1, 999], "written by the watchdog, while serving"
 
 
 @pytest.mark.usefixtures("debug_logs")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import anyio
 import pytest
 from support import MARIA, FakeService, RawClient, eventually, get, make_grant, serving
 
+from haasd.clock import ManualClock
 from haasd.server import Limits
 
 SMALL = Limits(
@@ -46,7 +45,7 @@ async def test_one_header_line_dribbled_past_the_limit_is_431() -> None:
         await client.send(b"GET /v1/health HTTP/1.1\r\nX-Long: ")
         for _ in range(6):  # never a newline: httptools would buffer it all
             await client.send(b"b" * 300)
-            await anyio.sleep(0.01)
+            await anyio.sleep(0.01)  # real time: each chunk reaches the server as a read
         assert (await client.reply()).status == 431
         assert await client.closed()
 
@@ -118,38 +117,37 @@ async def test_an_upgrade_is_answered_then_the_connection_closes() -> None:
 
 
 async def test_a_head_that_never_completes_is_closed_after_the_limit() -> None:
-    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
-        started = time.monotonic()
+    clock = ManualClock()
+    async with serving(limits=SMALL, clock=clock) as s, RawClient.connect(s.path) as client:
         await client.send(b"GET /v1/health HTTP/1.1\r\nHost: h\r\n")
         for _ in range(3):  # a byte now and then does not buy more time
-            await anyio.sleep(0.05)
+            await clock.advance(0.05)
             await client.send(b"X")
-        assert await client.closed(seconds=3)
-        elapsed = time.monotonic() - started
+        await clock.advance(SMALL.request_timeout - 0.16)
+        assert s.server.connections == 1, "closed before the limit"
+        await clock.advance(0.01 + 2 * SMALL.watchdog_tick)
+        assert await client.closed()
         assert await still_serving(s.path)
-    assert 0.3 <= elapsed < 1.5
 
 
 async def test_an_idle_connection_is_closed_after_the_idle_limit() -> None:
-    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
+    clock = ManualClock()
+    async with serving(limits=SMALL, clock=clock) as s, RawClient.connect(s.path) as client:
         assert (await client.request("GET", "/v1/health")).status == 200
-        started = time.monotonic()
-        assert await client.closed(seconds=3)
-    assert 0.25 <= time.monotonic() - started < 1.5
+        await clock.advance(SMALL.idle_timeout - 0.01)
+        assert s.server.connections == 1, "closed before the limit"
+        await clock.advance(0.01 + 2 * SMALL.watchdog_tick)
+        assert await client.closed()
 
 
 async def test_blank_lines_do_not_keep_an_idle_connection_open() -> None:
-    async with serving(limits=SMALL) as s, RawClient.connect(s.path) as client:
-        started = time.monotonic()
-        with anyio.move_on_after(3):
-            try:
-                while True:
-                    await client.send(b"\r\n")
-                    await anyio.sleep(0.05)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
-        assert await client.closed(seconds=1)
-    assert time.monotonic() - started < 1.5
+    clock = ManualClock()
+    async with serving(limits=SMALL, clock=clock) as s, RawClient.connect(s.path) as client:
+        for _ in range(6):  # a blank line every 50 ms, up to the limit
+            await client.send(b"\r\n")
+            await clock.advance(0.05)
+        await clock.advance(2 * SMALL.watchdog_tick)
+        assert await client.closed()
 
 
 async def test_connections_beyond_the_per_uid_cap_get_503() -> None:
