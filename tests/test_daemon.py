@@ -133,7 +133,7 @@ async def test_haasd_run_as_a_process_reloads_and_stops_cleanly(short_dir: Path)
             # an invalid new config is refused on SIGHUP; the daemon carries on
             config.write_text(config.read_text() + "\n[refresh]\nrefresh_fraction = 7\n")
             proc.send_signal(signal.SIGHUP)
-            await anyio.sleep(0.5)
+            await anyio.sleep(0.5)  # a real process: time to read the config and refuse it
             assert proc.poll() is None
             again = await anyio.run_process(
                 [
