@@ -8,7 +8,7 @@ free one), starts the consent with the redirect URI on the bound port
 (``POST /v1/consents``), waits for the browser's redirect, hands its URL to haasd
 (``POST /v1/consents/callback``), shows the browser the outcome and closes the port.
 
-The listening and the browser's pages are :mod:`haasd.consent._listen`'s (a small
+The listening and the browser's pages are :mod:`haasd.client._loopback`'s (a small
 HTTP/1.1 server): a callback haasd refuses as not this consent's (400) or cannot finish
 for now (503: "reload this page") leaves the listener waiting; a grant, a refusal or a
 failed exchange ends it.
@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from haasd.client._async import AsyncHaasdClient
 from haasd.client._errors import ConsentDenied, DaemonUnreachable, HaasdClientError
+from haasd.client._loopback import Page, listen_on_loopback
 from haasd.client._model import FinishedConsent, StartedConsent
-from haasd.consent._listen import Page, listen_on_loopback
 from haasd.errors import HaasdError
 from haasd.timefmt import rfc3339
 

@@ -28,8 +28,8 @@ import anyio
 import anyio.abc
 import h11
 
-from haasd.consent._oauth import loopback_port, with_port
 from haasd.errors import ConsentError, HaasdError, ListenTimeoutError
+from haasd.loopback import loopback_port, with_port
 
 __all__ = ["WAITING", "Granted", "Page", "RedirectListener", "listen_on_loopback"]
 

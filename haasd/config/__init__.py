@@ -30,7 +30,8 @@ from haasd.config._model import (
 )
 from haasd.config._model import STAR_SCOPE_ADVICE as STAR_SCOPE_ADVICE  # not in __all__
 from haasd.config._secrets import SecretSource
-from haasd.config._values import is_loopback, known_keys, parse_duration
+from haasd.config._values import known_keys, parse_duration
+from haasd.loopback import is_loopback
 
 __all__ = [
     "PLAN_REQUESTS_PER_MINUTE",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -10,6 +9,7 @@ from urllib.parse import urlsplit
 
 from haasd.config._model import ENV_PREFIX, PLAN_REQUESTS_PER_MINUTE, SCOPES, STAR_SCOPE_ADVICE
 from haasd.errors import ConfigError
+from haasd.loopback import is_loopback
 from haasd.tokens import MAX_LIFETIME
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -100,16 +100,6 @@ def _lifetime(value: Any) -> int:
     if not 1 <= seconds <= MAX_LIFETIME:  # as long as an expires_in haasd accepts
         raise ValueError("must be between 1s and 366d")
     return int(seconds)
-
-
-def is_loopback(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1: where plain http is acceptable."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _scopes(value: Any) -> tuple[str, ...]:

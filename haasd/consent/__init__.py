@@ -58,8 +58,10 @@ Decisions a caller must know:
 * **Bounded:** at most ``max_pending`` (1000) consents wait at once. When full, expired
   ones are pruned first; if none has expired, ConsentLimitError (``retry_after`` until
   the first expires). Live consents are never evicted.
-* :func:`~haasd.consent._listen.listen_on_loopback` catches the loopback redirect of
-  ``haasd consent listen``; :func:`haasd.client.listen_for_consent` has the daemon finish it.
+* **Callback fields** for other front ends (the socket API): :data:`CALLBACK_FIELDS` and
+  :func:`text_field` check them as :meth:`ConsentFlow.finish` does.
+* ``haasd consent listen`` catches the loopback redirect with
+  :func:`haasd.client.listen_for_consent`, which has the daemon finish it.
 """
 
 from haasd.consent._flow import (
@@ -71,8 +73,10 @@ from haasd.consent._flow import (
     MayHold,
     PendingConsent,
 )
+from haasd.consent._oauth import CALLBACK_FIELDS, text_field
 
 __all__ = [
+    "CALLBACK_FIELDS",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_PENDING_TTL",
     "ConsentFlow",
@@ -80,4 +84,5 @@ __all__ = [
     "GrantKeeper",
     "MayHold",
     "PendingConsent",
+    "text_field",
 ]

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from haasd.config import SCOPES, STAR_SCOPE_ADVICE, is_loopback
+from haasd.config import SCOPES, STAR_SCOPE_ADVICE
 from haasd.errors import ConsentRequestError, ScopeError
+from haasd.loopback import loopback_port, with_port
 from haasd.secret import Secret
 from haasd.tokens import HUMAN_ID_RE
 
@@ -247,26 +248,6 @@ def redirect_matches(url: str, redirect_uri: str) -> bool:
         and (got.path or "/") == (want.path or "/")
         and own <= set(parse_qsl(got.query, keep_blank_values=True))
     )
-
-
-def loopback_port(redirect_uri: str) -> int:
-    """The port of a loopback ``http`` redirect URI (RFC 8252 §7.3), or ConsentRequestError."""
-    parts = urlsplit(redirect_uri)
-    host = parts.hostname or ""
-    if parts.scheme != "http" or not is_loopback(host):
-        raise ConsentRequestError(
-            f"the redirect URI {redirect_uri} is not a loopback http URI (such as "
-            "http://127.0.0.1:8765/callback): only a loopback redirect can be listened for"
-        )
-    return parts.port or 80
-
-
-def with_port(redirect_uri: str, port: int) -> str:
-    """``redirect_uri`` (a loopback one) with its port replaced."""
-    parts = urlsplit(redirect_uri)
-    host = parts.hostname or ""
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _default_port(scheme: str) -> int:

@@ -75,7 +75,7 @@ import anyio
 import structlog
 
 from haasd.config import AccessRule
-from haasd.consent._oauth import CALLBACK_FIELDS, loopback_port, text_field
+from haasd.consent import CALLBACK_FIELDS, text_field
 from haasd.errors import (
     ConsentDeniedError,
     ConsentError,
@@ -89,6 +89,7 @@ from haasd.errors import (
     ScopeError,
 )
 from haasd.grants import status_of
+from haasd.loopback import loopback_port
 from haasd.server.access import covers_everyone, is_admin
 from haasd.server.answers import Problem, check_method, invalid
 from haasd.server.http import Limits, json_response
