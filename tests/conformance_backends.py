@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import aiosqlite
 
 from haasd.crypto import Key, Sealer
+from haasd.grantstore import GrantStore
 from haasd.store import Store
 
 #: how a child process (tests/conformance_child.py) finds the backend and its storage
@@ -32,7 +33,7 @@ class Backend(Protocol):
 
     name: str
 
-    async def open(self) -> Store:
+    async def open(self) -> GrantStore:
         """A store on this storage; each call a new one, as a restart would make."""
         ...
 
