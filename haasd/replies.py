@@ -69,7 +69,7 @@ from haasd.errors import (
     UnnamedHumanError,
 )
 from haasd.logs import REDACTED, redact_text
-from haasd.ratelimit import MAX_WAIT
+from haasd.ratewindow import MAX_WAIT
 from haasd.tokens import DEFAULT_LIFETIME, TokenResponse, parse_first_grant, parse_refresh_answer
 
 __all__ = [

@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from haasd.clock import ManualClock
 from haasd.ratelimit import MAX_WAIT, WINDOW, RateBudget
+from haasd.ratewindow import RateWindow
 
 
 def most_in_any_window(instants: list[float]) -> int:
@@ -257,3 +258,19 @@ def test_nonsense_budgets_are_refused(
 
 def test_a_tiny_plan_still_allows_one_request() -> None:
     assert RateBudget(1, ManualClock(), safety=0.5).capacity == 1
+
+
+def test_the_window_is_arithmetic_over_the_instants_it_is_given() -> None:
+    """RateWindow reads no clock: the same instants give the same answers."""
+    window = RateWindow(10, safety=1.0)
+    for t in range(10):
+        assert window.ready_at(float(t)) == float(t)
+        window.spend(float(t))
+    assert window.ready_at(10.0) == WINDOW  # the first send leaves the window at 60
+    assert (window.remaining(10.0), window.remaining(60.0)) == (0, 1)
+    assert window.block_for(100.0, now=10.0) is False
+    assert window.ready_at(10.0) == window.blocked_until(10.0) == 110.0
+    assert window.block_for(MAX_WAIT + 1, now=0.0) is True  # capped, and says so
+    fresh = RateWindow(10, safety=1.0)
+    absurd = fresh.observe(5, 0, 1_000_030.0, now=200.0, wall=1_000_000.0)
+    assert (absurd, fresh.limit, fresh.ready_at(200.0)) == (False, 5, 230.0)
