@@ -168,7 +168,8 @@ async def test_unruled_uids_holding_connections_cost_admins_and_apps_nothing() -
             answers += await peers.connect(uid, "/v1/health", 8)
         assert s.server.connections == 0
         # refusals linger briefly for the client to read them; beyond 64 at once, a close
-        assert {"403", "closed"} == set(answers)
+        # (how many of each depends on the machine's pace; never anything else)
+        assert set(answers) <= {"403", "closed"} and "403" in answers
         assert await peers.connect(APP, f"/v1/tokens/{MARIA}", 6) == ["200"] * 6
         # the rest is for admins: a 503 (or a bare close while 64 refusals still linger)
         assert await peers.connect(APP, "/v1/health", 1) in (["503"], ["closed"])
