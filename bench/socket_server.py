@@ -52,6 +52,7 @@ from haasd.config import SocketConfig
 from haasd.errors import TokenUnavailableError, UnknownHumanError
 from haasd.events import EventBus
 from haasd.grants import Grant, Policy
+from haasd.health import Health
 from haasd.logs import configure_logging
 from haasd.secret import Secret
 from haasd.server import Limits, TokenServer, open_listener
@@ -121,8 +122,8 @@ class BenchService:
         await anyio.lowlevel.checkpoint()
         return self._grants.pop(human_id, None) is not None
 
-    def health(self) -> dict[str, object]:
-        return {"status": "ok", "reasons": []}
+    def health(self) -> Health:
+        return Health()
 
 
 def bench_grant(now: float) -> Grant:

@@ -68,7 +68,7 @@ class Daemon:
         grants = list(self.refresher.grants())
         health = self.refresher.health()
         nexts = [g.next_refresh_at for g in grants if g.next_refresh_at is not None]
-        line = f"{len(grants)} grants, {health['status']}"
+        line = f"{len(grants)} grants, {health.status}"
         if nexts:
             line += f"; next refresh in {max(0, int(min(nexts) - self.clock.time()))}s"
         return line

@@ -143,7 +143,9 @@ TRANSITIONS: Final[dict[tuple[State, Answer], State]] = {
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The numbers behind refresh timing. Defaults follow the design."""
+    """The numbers behind refresh timing. Their defaults are declared here only: the
+    configuration's ``[refresh]`` keys (:class:`haasd.config.RefreshConfig`) take theirs
+    from this class."""
 
     refresh_fraction: float = 0.75
     refresh_token_lifetime: float = 30 * 86400.0

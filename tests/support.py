@@ -28,6 +28,7 @@ from haasd.config import AccessRule, SocketConfig
 from haasd.errors import HaasdError, TokenUnavailableError, UnknownHumanError
 from haasd.events import EventBus
 from haasd.grants import Grant, Policy, State
+from haasd.health import Health
 from haasd.secret import Secret
 from haasd.server import Limits, TokenServer, open_listener
 from haasd.tokens import HUMAN_ID_RE
@@ -118,10 +119,10 @@ class FakeService:
         await anyio.lowlevel.checkpoint()
         return self._grants.pop(human_id, None) is not None
 
-    def health(self) -> dict[str, object]:
+    def health(self) -> Health:
         if self.health_error is not None:
             raise self.health_error
-        return {"status": "degraded" if self.reasons else "ok", "reasons": list(self.reasons)}
+        return Health(reasons=tuple(self.reasons))
 
 
 def admin_rule(uid: int = os.geteuid(), humans: tuple[str, ...] = ("usr_*",)) -> AccessRule:

@@ -125,8 +125,8 @@ async def test_invalid_client_stops_refreshing_without_blaming_humans(tmp_path: 
         sent = h.sim.stats.token_requests["refresh_token"]
         assert sent == 1, "one rejected request, then no more"
         health = h.refresher.health()
-        assert health["status"] == "degraded"
-        assert any("rejects haasd's client" in str(r) for r in health["reasons"])  # type: ignore[attr-defined]
+        assert health.status == "degraded"
+        assert any("rejects haasd's client" in str(r) for r in health.reasons)
         for human in ("usr_a", "usr_b"):
             grant = h.refresher.grant(human)
             assert grant is not None and grant.state is State.ACTIVE
@@ -367,7 +367,7 @@ async def test_a_thousand_grants_for_a_day_on_the_pro_budget(tmp_path: Path) -> 
         assert h.sim.stats.rate_limited == 0
         assert h.sim.max_requests_in_window(60.0) <= 300
         assert h.refresher.stats.late == 0
-        assert h.refresher.health()["status"] == "ok"
+        assert h.refresher.health().status == "ok"
 
 
 async def test_no_token_reaches_disk_or_log_in_the_clear(tmp_path: Path) -> None:
@@ -415,8 +415,8 @@ async def test_beyond_the_budget_earliest_expiry_goes_first_and_risk_is_reported
                 await h.clock.advance(1)  # each expires a second after the one before
             await h.clock.advance(0.8 * HOUR)
             health = h.refresher.health()
-            assert health["status"] == "degraded", health
-            assert any("may expire before the rate budget" in str(r) for r in health["reasons"])  # type: ignore[attr-defined]
+            assert health.status == "degraded", health
+            assert any("may expire before the rate budget" in str(r) for r in health.reasons)
             await h.clock.advance(HOUR)
             first_round = [r.human_id for r in refresh_requests(h)][:20]
             assert first_round == [f"usr_{i:02d}" for i in range(20)], "earliest expiry first"
@@ -465,9 +465,8 @@ async def test_an_unexpected_error_costs_one_grant_a_retry_never_the_engine(
             await h.clock.advance(0.1)
         assert any(e["event"].startswith("unexpected error") for e in logs)
         health = h.refresher.health()
-        assert health["status"] == "degraded"
-        reasons = health["reasons"]
-        assert isinstance(reasons, list)
+        assert health.status == "degraded"
+        reasons = health.reasons
         assert any("internal error" in r and "usr_a" in r for r in reasons)
         b = h.refresher.grant("usr_b")
         assert b is not None and b.access_expires_at - h.clock.time() > 0.5 * HOUR
@@ -475,4 +474,4 @@ async def test_an_unexpected_error_costs_one_grant_a_retry_never_the_engine(
         a = h.refresher.grant("usr_a")
         assert a is not None and a.access_expires_at - h.clock.time() > 0.5 * HOUR
         assert h.sim.validate_access_token(a.access_token.reveal()) == "usr_a"
-        assert h.refresher.health()["status"] == "ok"
+        assert h.refresher.health().status == "ok"

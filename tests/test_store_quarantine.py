@@ -482,9 +482,8 @@ async def test_the_engine_serves_the_others_and_refuses_the_quarantined_human(
             with pytest.raises(NeedsReconsentError, match=UNREADABLE):
                 await h.refresher.ensure_fresh("usr_b")
             health = h.refresher.health()
-            assert health["status"] == "degraded"
-            reasons = health["reasons"]
-            assert isinstance(reasons, list)
+            assert health.status == "degraded"
+            reasons = health.reasons
             assert any("usr_b" in reason for reason in reasons)
             await h.clock.advance(2 * HOUR)  # refreshes and flushes go on around it
             assert (await h.refresher.ensure_fresh("usr_a", min_ttl=60)).human_id == "usr_a"

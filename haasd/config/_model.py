@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from haasd.config._secrets import SecretSource
+from haasd.grants import Policy
 
 #: The scopes the HaaS docs list.
 SCOPES: Final = (
@@ -58,15 +59,21 @@ class StoreConfig:
     key: SecretSource
 
 
+#: the refresh policy's defaults, declared once (:class:`haasd.grants.Policy`)
+_POLICY: Final = Policy()
+
+
 @dataclass(frozen=True, slots=True)
 class RefreshConfig:
-    refresh_fraction: float = 0.75
-    refresh_token_lifetime: float = 30 * 86400.0
-    reconsent_warning: float = 7 * 86400.0
-    refresh_idle: float = 86400.0
-    serve_margin: float = 2.0
-    on_demand_cooldown: float = 300.0
-    on_demand_share: float = 0.25
+    """The ``[refresh]`` keys; each defaults to the refresh policy's own default."""
+
+    refresh_fraction: float = _POLICY.refresh_fraction
+    refresh_token_lifetime: float = _POLICY.refresh_token_lifetime
+    reconsent_warning: float = _POLICY.reconsent_warning
+    refresh_idle: float = _POLICY.refresh_idle
+    serve_margin: float = _POLICY.serve_margin
+    on_demand_cooldown: float = _POLICY.on_demand_cooldown
+    on_demand_share: float = _POLICY.on_demand_share
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,8 +48,9 @@ from haasd.errors import (
 )
 from haasd.events import Event, EventBus
 from haasd.grants import Grant, Policy, new_grant
+from haasd.grantstore import GrantStore
 from haasd.secret import Secret
-from haasd.store import PendingRecord, Store
+from haasd.store import PendingRecord
 from haasd.tokens import TokenResponse
 
 __all__ = [
@@ -145,7 +146,7 @@ class ConsentFlow:
 
     def __init__(
         self,
-        store: Store,
+        store: GrantStore,
         auth: AuthClient,
         refresher: GrantKeeper,
         clock: Clock,

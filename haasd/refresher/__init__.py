@@ -14,19 +14,26 @@ It holds every grant in memory (tokens decrypted once at start) and keeps them c
   written before the request; the answer's tokens are written, synced and shielded from
   cancellation before memory — and so any reader — sees them.
 
-Policy (when, what an answer means) is :mod:`haasd.grants`; this package does the I/O.
-
-The modules: ``_stats`` (:class:`RefresherStats`, the latency histogram), ``_core``
-(the engine's state; placing a grant's one deadline, moving its state as the clock says,
-the backlog and the grants at risk), ``_flight`` (one refresh: the intent, the request,
-the outcome written only while the intent is still the grant's) and ``_engine``
-(:class:`Refresher`: what the server reads, loading at start, the schedule loop and the
-workers).
+What a grant is and what an answer does to it is :mod:`haasd.grants`; when and whether
+to refresh is :mod:`haasd.refresh_policy` (pure decisions); storage is any
+:class:`~haasd.grantstore.GrantStore`; who may refresh a grant now is a
+:class:`~haasd.coordination.Coordination`. This package does the I/O, in parts composed
+by :class:`Refresher` (``_engine``): ``_memory`` (the grants and the notes about them,
+and the one policy in force), ``_scheduler`` (deadlines, ready queue, workers),
+``_flight`` (single flight in the engine's task group), ``_asking`` (whether a refresh a
+caller asked for may start), ``_refresh`` (one refresh: permit, intent, request),
+``_outcome`` (written, then kept, scheduled and announced), ``_risk`` (grants at risk)
+and ``_stats`` (the figures for /metrics); :meth:`Refresher.health` is a
+:class:`haasd.health.Health`.
 """
 
-from haasd.refresher._core import RISK_CHECK_EVERY, STARTUP_SPREAD, Checkpoint
-from haasd.refresher._engine import MAX_SLEEP, SERVED_FLUSH_EVERY, Refresher
-from haasd.refresher._flight import LOST_ANSWER_DELAY, LOST_ANSWER_RETRIES
+from haasd.health import Health
+from haasd.refresh_policy import STARTUP_SPREAD
+from haasd.refresher._engine import SERVED_FLUSH_EVERY, Refresher
+from haasd.refresher._flight import Flight
+from haasd.refresher._refresh import LOST_ANSWER_DELAY, LOST_ANSWER_RETRIES, Checkpoint
+from haasd.refresher._risk import RISK_CHECK_EVERY
+from haasd.refresher._scheduler import MAX_SLEEP
 from haasd.refresher._stats import LATENCY_BUCKETS, RefresherStats
 
 __all__ = [
@@ -38,6 +45,8 @@ __all__ = [
     "SERVED_FLUSH_EVERY",
     "STARTUP_SPREAD",
     "Checkpoint",
+    "Flight",
+    "Health",
     "Refresher",
     "RefresherStats",
 ]

@@ -1,7 +1,17 @@
-"""The refresh engine's public class: what the server reads, and running the schedule."""
+"""The refresh engine: :class:`Refresher` wires the parts and answers the server.
+
+Its parts: :class:`~haasd.refresher._memory.Memory` (the grants and notes about them),
+the :class:`~haasd.refresher._scheduler.Scheduler` (deadlines, ready queue, workers),
+:class:`~haasd.refresher._flight.SingleFlight` (one refresh per grant),
+:class:`~haasd.refresher._refresh.Refreshing` (one refresh: permit, intent, request) and
+:class:`~haasd.refresher._outcome.Outcomes` (written, then kept and announced). What to
+decide — when to refresh, whether a caller's refresh may go — is
+:mod:`haasd.refresh_policy`'s, given the figures read here.
+"""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Final
@@ -10,38 +20,122 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from haasd.demand import DEFAULT_WAIT, MAX_WAIT, Refusal, RefusalReason, impossible_min_ttl
-from haasd.errors import (
-    NeedsReconsentError,
-    StoreError,
-    TokenUnavailableError,
-    UnknownHumanError,
-)
-from haasd.grants import Grant, Serve, State, after_clock, serve_decision, state_at
-from haasd.refresher._core import _Flight
-from haasd.refresher._flight import _Flights
+from haasd import refresh_policy as decide
+from haasd.authclient import AuthClient
+from haasd.clock import Activity, Clock
+from haasd.coordination import Coordination, InProcess
+from haasd.demand import DEFAULT_WAIT, MAX_WAIT, OnDemand
+from haasd.errors import NeedsReconsentError, StoreError, TokenUnavailableError, UnknownHumanError
+from haasd.events import EventBus
+from haasd.grants import Grant, Policy, Serve, State, after_clock, serve_decision, state_at
+from haasd.grantstore import GrantStore
+from haasd.health import Health, health_reasons
+from haasd.ratelimit import RateBudget
+from haasd.refresher._asking import Gate
+from haasd.refresher._flight import Background, Flight, SingleFlight
+from haasd.refresher._memory import Memory
+from haasd.refresher._outcome import Outcomes, state_reason
+from haasd.refresher._refresh import Checkpoint, Refreshing
+from haasd.refresher._risk import RiskWatch, log_loaded
+from haasd.refresher._scheduler import Scheduler
+from haasd.refresher._stats import RefresherStats
 
 _log = structlog.get_logger("haasd.refresher")
 
-#: the longest the scheduler sleeps without looking again (wall-clock steps, reloads)
-MAX_SLEEP: Final = 600.0
 #: how often the times tokens were served are written (real seconds): a crash loses
 #: at most this much of them
 SERVED_FLUSH_EVERY: Final = 5.0
-#: peers (and faulty grants) named in one health reason at most
-_PEERS_SHOWN: Final = 3
 
 
-class Refresher(_Flights):
+class Refresher:
     """Owns the in-memory grants and keeps them fresh. Run it with ``tg.start(r.run)``."""
 
-    # --- what the server reads ----------------------------------------------------------
+    def __init__(
+        self,
+        *,
+        store: GrantStore,
+        auth: AuthClient,
+        clock: Clock,
+        policy: Policy,
+        events: EventBus,
+        budget: RateBudget,
+        rng: random.Random | None = None,
+        activity: Activity | None = None,
+        workers: int = 4,
+        checkpoint: Checkpoint | None = None,
+        coordination: Coordination | None = None,
+    ) -> None:
+        self.store = store
+        self.auth = auth
+        self.clock = clock
+        self.events = events
+        self.budget = budget
+        #: refreshes asked for outside the schedule: cooldowns, the share, refusals
+        self.demand = OnDemand()
+        self._rng = rng or random.Random()
+        self._activity = activity or Activity()
+        self._memory = Memory(policy)
+        self._background = Background()
+        self._flights = SingleFlight(self._background)
+        self._scheduler = Scheduler(clock, workers=workers, due=self._due, work=self._work)
+        self._outcomes = Outcomes(
+            self._memory,
+            store=store,
+            auth=auth,
+            clock=clock,
+            events=events,
+            background=self._background,
+            place=self._place,
+            drop=self._scheduler.drop,
+            rng=self._rng,
+            activity=self._activity,
+        )
+        self._refreshing = self._compose_refreshing(coordination or InProcess(), checkpoint)
+        self._gate = Gate(
+            self._memory, demand=self.demand, budget=budget, clock=clock, idle=self._idle
+        )
+        self._risk = RiskWatch(
+            self._memory.stats,
+            budget=budget,
+            clock=clock,
+            ready_expiries=self._scheduler.ready_expiries,
+            in_flight=self._flights.__len__,
+        )
+
+    def _compose_refreshing(
+        self, coordination: Coordination, checkpoint: Checkpoint | None
+    ) -> Refreshing:
+        return Refreshing(
+            self._memory,
+            auth=self.auth,
+            clock=self.clock,
+            coordination=coordination,
+            outcomes=self._outcomes,
+            place=self._place,
+            rng=self._rng,
+            activity=self._activity,
+            checkpoint=checkpoint,
+        )
+
+    @property
+    def policy(self) -> Policy:
+        """The refresh policy in force: a reload replaces it, for every part at once."""
+        return self._memory.policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._memory.policy = policy
+
+    @property
+    def stats(self) -> RefresherStats:
+        """Figures for health and /metrics."""
+        return self._memory.stats
 
     def grant(self, human_id: str) -> Grant | None:
-        return self._grants.get(human_id)
+        return self._memory.grants.get(human_id)
 
     def grants(self) -> Iterable[Grant]:
-        return self._grants.values()
+        return self._memory.grants.values()
 
     async def ensure_fresh(
         self,
@@ -66,9 +160,9 @@ class Refresher(_Flights):
             return grant
         flight = self._flights.get(human_id)
         if flight is None:
-            self._admit(grant, now, min_ttl, wait, peer)
+            self._gate.admit(grant, now, min_ttl, wait, peer)
             flight = self._fly(human_id)
-        await self._await_flight(flight, human_id, wait)
+        await _await_flight(flight, human_id, wait)
         grant, now = self._current(human_id), self.clock.time()
         if self._servable(grant, now, min_ttl):
             return grant
@@ -76,7 +170,7 @@ class Refresher(_Flights):
             f"the server grants tokens of {grant.access_expires_at - now:.0f}s, "
             f"less than the {min_ttl:.0f}s asked for"
         )
-        raise TokenUnavailableError(human_id, reason, self._retry_after(grant, now))
+        raise TokenUnavailableError(human_id, reason, decide.retry_after(grant, now, self.policy))
 
     async def refresh_now(
         self, human_id: str, *, wait: float = MAX_WAIT, peer: int | None = None
@@ -88,56 +182,30 @@ class Refresher(_Flights):
         """
         grant = self._current(human_id)
         now = self.clock.time()
-        if (
-            state_at(grant.state, grant.refresh_expires_at, now, self.policy)
-            is State.NEEDS_RECONSENT
-        ):
+        state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
+        if state is State.NEEDS_RECONSENT:
             raise NeedsReconsentError(human_id, grant.last_error)
         flight = self._flights.get(human_id)
         if flight is None:
-            self._refuse_unless_budget(grant, wait)
-            self._refuse_on_demand(grant, peer)
+            self._gate.admit_admin(grant, wait, peer)
             flight = self._fly(human_id, force=True)
-        await self._await_flight(flight, human_id, wait)
+        await _await_flight(flight, human_id, wait)
         if flight.error is not None:
             raise flight.error
         return self._current(human_id)
 
-    def _current(self, human_id: str) -> Grant:
-        grant = self._grants.get(human_id)
-        if grant is None:
-            raise UnknownHumanError(human_id)
-        return grant
-
-    def _servable(self, grant: Grant, now: float, min_ttl: float) -> bool:
-        """True (and counted as served) if the token in hand has ``min_ttl`` left; False
-        if a refresh could give one; NeedsReconsentError if nothing can."""
-        state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
-        decision = serve_decision(
-            state, grant.access_expires_at, now, min_ttl, self.policy.serve_margin
-        )
-        if decision is Serve.NEEDS_RECONSENT:
-            raise NeedsReconsentError(grant.human_id, grant.last_error)
-        if decision is Serve.SERVE:
-            self._served(grant, now)
-            return True
-        return False
-
-    async def _await_flight(self, flight: _Flight, human_id: str, wait: float) -> None:
-        with anyio.move_on_after(wait):
-            await flight.done.wait()
-            return
-        raise TokenUnavailableError(
-            human_id, f"the refresh is still under way after {wait:g}s; ask again shortly", 1.0
-        )
+    def mark_served(self, grant: Grant, now: float) -> None:
+        """The server handed out ``grant``'s access token (the fast path, from memory)."""
+        current = self._memory.grants.get(grant.human_id)
+        if current is not None:
+            self._served(current, now)
 
     async def add(self, grant: Grant) -> None:
         """Store a new or replaced grant (a consent) and schedule it."""
         with anyio.CancelScope(shield=True), self._activity.busy():
             await self.store.put_grant(grant)
-        self._grants[grant.human_id] = grant
-        self._interrupted.discard(grant.human_id)
-        self._faults.pop(grant.human_id, None)
+        self._memory.grants[grant.human_id] = grant
+        self._memory.forget(grant.human_id)
         self.demand.forget(grant.human_id)
         self._place(grant, self.clock.time())
 
@@ -147,167 +215,98 @@ class Refresher(_Flights):
         a grant haasd no longer holds must not live on at HaaS."""
         with anyio.CancelScope(shield=True), self._activity.busy():
             existed = await self.store.delete_grant(human_id)
-        grant = self._grants.get(human_id)
+        grant = self._memory.grants.pop(human_id, None)
         if grant is not None:
-            self._revoke_later(human_id, grant.refresh_token, "the grant was deleted")
-        self._grants.pop(human_id, None)
-        self._schedule.drop(human_id)
-        self._last_served.pop(human_id, None)
-        self._faults.pop(human_id, None)
+            self._outcomes.revoke_later(human_id, grant.refresh_token, "the grant was deleted")
+        self._scheduler.drop(human_id)
+        self._memory.forget(human_id)
         self.demand.forget(human_id)
         return existed
 
-    def health(self) -> dict[str, object]:
-        reasons: list[str] = []
-        if self.stats.client_fault:
-            reasons.append(f"refreshing stopped: {self.stats.client_fault}")
-        if self.stats.store_error:
-            reasons.append(f"store not writable: {self.stats.store_error}")
-        at_risk = self.at_risk()
-        if at_risk:
-            reasons.append(f"{at_risk} grant(s) may expire before the rate budget reaches them")
-        monotonic = self.clock.monotonic()
-        for peer, reason, count in self.demand.refused_peers(monotonic)[:_PEERS_SHOWN]:
-            who = "an unknown peer" if peer is None else f"peer uid {peer}"
-            reasons.append(
-                f"on-demand refreshes refused for {who}: {count} in the last minute "
-                f"(last: {reason.value})"
-            )
-        unreadable = self.store.unreadable
-        if unreadable:
-            names = ", ".join(sorted(unreadable)[:_PEERS_SHOWN])
-            reasons.append(
-                f"{len(unreadable)} grant(s) quarantined, store row unreadable: {names}; "
-                "re-consent them (haasd consent start --human ID)"
-            )
-        if self._faults:
-            first = sorted(self._faults.items())[:_PEERS_SHOWN]
-            shown = ", ".join(f"{human} ({what})" for human, what in first)
-            reasons.append(f"{len(self._faults)} grant(s) met an internal error: {shown}")
+    def health(self) -> Health:
+        """Ok, or degraded and why, with the engine's figures."""
+        stats, monotonic = self._memory.stats, self.clock.monotonic()
+        reasons = health_reasons(
+            client_fault=stats.client_fault,
+            store_error=stats.store_error,
+            at_risk=self.at_risk(),
+            refused_peers=self.demand.refused_peers(monotonic),
+            unreadable=self.store.unreadable,
+            faults=self._memory.faults,
+        )
         blocked = self.budget.blocked_until
-        return {
-            "status": "degraded" if reasons else "ok",
-            "reasons": reasons,
-            "grants": len(self._grants),
-            "refresh_backlog": self.backlog,
-            "in_flight": len(self._flights),
-            "rate_budget_remaining": self.budget.remaining,
-            "rate_blocked_for": None if blocked is None else max(0.0, blocked - monotonic),
-        }
+        return Health(
+            reasons=reasons,
+            grants=len(self._memory.grants),
+            refresh_backlog=self.backlog,
+            in_flight=len(self._flights),
+            rate_budget_remaining=self.budget.remaining,
+            rate_blocked_for=None if blocked is None else max(0.0, blocked - monotonic),
+        )
 
-    # --- served, or refused while backing off -------------------------------------------
+    @property
+    def backlog(self) -> int:
+        """Grants due for a refresh and waiting for a worker."""
+        return self._scheduler.backlog
 
-    def mark_served(self, grant: Grant, now: float) -> None:
-        """The server handed out ``grant``'s access token (the fast path, from memory)."""
-        current = self._grants.get(grant.human_id)
-        if current is not None:
-            self._served(current, now)
+    def at_risk(self) -> int:
+        """Waiting grants whose token ends before the budget can reach them (earliest first)."""
+        return self._risk.at_risk()
+
+    def _idle(self, grant: Grant, now: float) -> bool:
+        return decide.is_idle(grant, self.store.served_at(grant.human_id), now, self.policy)
+
+    def _place(self, grant: Grant, now: float, *, startup: bool = False) -> None:
+        """(Re)place the grant's one deadline."""
+        when = decide.deadline(
+            grant,
+            now,
+            self.policy,
+            client_fault=self._memory.stats.client_fault,
+            idle=self._idle(grant, now),
+            startup=self._rng if startup else None,
+        )
+        self._scheduler.place(grant.human_id, when)
 
     def _served(self, grant: Grant, now: float) -> None:
-        # the hot path: two dict writes, and a reschedule only when waking a dormant grant
+        # the hot path: a dict write, and a reschedule only when waking a dormant grant
         was_idle = self._idle(grant, now)
-        self._last_served[grant.human_id] = now
         self.store.mark_served(grant.human_id, now)
         if was_idle:
             self._place(grant, now)
 
-    # --- whether a refresh asked for may go now ------------------------------------------
+    def _current(self, human_id: str) -> Grant:
+        grant = self._memory.grants.get(human_id)
+        if grant is None:
+            raise UnknownHumanError(human_id)
+        return grant
 
-    def _admit(
-        self, grant: Grant, now: float, min_ttl: float, wait: float, peer: int | None
-    ) -> None:
-        """Raise :class:`TokenUnavailableError` unless a refresh for this request may
-        start now and can finish within ``wait``."""
-        human_id = grant.human_id
-        if self.stats.client_fault is not None:
-            raise TokenUnavailableError(human_id, self.stats.client_fault, 60.0)
-        lifetime = self._lifetime_of(grant)
-        if impossible_min_ttl(min_ttl, lifetime, self.policy.serve_margin):
-            assert lifetime is not None  # noqa: S101 - impossible_min_ttl says so
-            most = max(0, int(lifetime - self.policy.serve_margin) - 1)
-            refusal = Refusal(
-                RefusalReason.IMPOSSIBLE,
-                f"the server grants tokens of {lifetime:.0f}s, so no token can have "
-                f"{min_ttl:.0f}s left; ask for a min_ttl of at most {most}",
-                self.policy.on_demand_cooldown,
-            )
-            raise self._refused(
-                grant, self.demand.refuse(peer, self.clock.monotonic(), refusal), peer
-            )
-        retry_at = grant.next_refresh_at or 0.0
-        if grant.consecutive_failures > 0 and retry_at > now:
-            raise TokenUnavailableError(
-                human_id, grant.last_error or "refresh failing", retry_at - now
-            )
-        self._refuse_unless_budget(grant, wait)
-        if not self._due_anyway(grant, now):
-            self._refuse_on_demand(grant, peer)
+    def _servable(self, grant: Grant, now: float, min_ttl: float) -> bool:
+        """True (and counted as served) if the token in hand has ``min_ttl`` left; False
+        if a refresh could give one; NeedsReconsentError if nothing can."""
+        policy = self.policy
+        state = state_at(grant.state, grant.refresh_expires_at, now, policy)
+        decision = serve_decision(state, grant.access_expires_at, now, min_ttl, policy.serve_margin)
+        if decision is Serve.NEEDS_RECONSENT:
+            raise NeedsReconsentError(grant.human_id, grant.last_error)
+        if decision is Serve.SERVE:
+            self._served(grant, now)
+            return True
+        return False
 
-    def _refuse_unless_budget(self, grant: Grant, wait: float) -> None:
-        """No refresh is started that the rate budget would hold back beyond ``wait``."""
-        ready_in = self.budget.ready_in()
-        if ready_in > wait:
-            reason = (
-                "HaaS asked haasd to wait (Retry-After or its rate limit)"
-                if self.budget.blocked_until is not None
-                else "the plan's rate budget is spent for the moment"
-            )
-            raise TokenUnavailableError(grant.human_id, reason, ready_in)
-
-    def _refuse_on_demand(self, grant: Grant, peer: int | None) -> None:
-        refusal = self.demand.admit(
-            grant.human_id,
-            peer,
-            self.clock.monotonic(),
-            capacity=self.budget.capacity,
-            share=self.policy.on_demand_share,
-            cooldown=self.policy.on_demand_cooldown,
-        )
-        if refusal is not None:
-            raise self._refused(grant, refusal, peer)
-
-    def _refused(self, grant: Grant, refusal: Refusal, peer: int | None) -> TokenUnavailableError:
-        count = self.demand.refusals_of(peer, self.clock.monotonic())
-        if _milestone(count):  # the first, the 10th, the 100th, ...: a flood is a few lines
-            _log.warning(
-                "on-demand refreshes refused for a peer",
-                peer_uid=peer,
-                count=count,
-                human_id=grant.human_id,
-                reason=refusal.reason.value,
-                detail=refusal.message,
-            )
-        return TokenUnavailableError(grant.human_id, refusal.message, refusal.retry_after)
-
-    def _due_anyway(self, grant: Grant, now: float) -> bool:
-        """Would the schedule refresh this grant now anyway (so asking costs nothing)?"""
-        due = grant.next_refresh_at
-        return due is not None and due <= now and not self._idle(grant, now)
-
-    def _lifetime_of(self, grant: Grant) -> float | None:
-        """The access-token lifetime the server last granted this grant (or any)."""
-        issued = grant.last_refresh_at
-        if issued is not None and grant.access_expires_at > issued:
-            return grant.access_expires_at - issued
-        return self._lifetime
-
-    def _retry_after(self, grant: Grant, now: float) -> float:
-        if grant.next_refresh_at is not None and grant.next_refresh_at > now:
-            return grant.next_refresh_at - now
-        return self.policy.backoff_base
-
-    # --- running ------------------------------------------------------------------------
+    def _fly(self, human_id: str, *, force: bool = False) -> Flight:
+        """The refresh in flight for ``human_id``, starting one if there is none."""
+        return self._flights.fly(human_id, lambda: self._refreshing.refresh(human_id, force=force))
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Load every grant, then keep them fresh until cancelled."""
         await self._load()
         async with anyio.create_task_group() as tg:
-            self._tg = tg
-            for _ in range(self._workers):
-                tg.start_soon(self._worker)
+            self._background.bind(tg)
+            self._scheduler.start_workers(tg)
             tg.start_soon(self._flush_served_loop)
             task_status.started()
-            await self._schedule_loop()
+            await self._scheduler.loop()
 
     async def _flush_served_loop(self) -> None:
         """Write the times tokens were served every few seconds (and the store writes
@@ -321,106 +320,67 @@ class Refresher(_Flights):
                 _log.warning("cannot write the served times yet", error=str(exc))
 
     async def _load(self) -> None:
+        memory = self._memory
         with self._activity.busy():
             grants = await self.store.list_grants()
         now = self.clock.time()
         for grant in grants:
             if grant.intent is not None:
                 # the last attempt's answer may have been lost: retry promptly
-                self._interrupted.add(grant.human_id)
+                memory.interrupted.add(grant.human_id)
                 grant = replace(grant, next_refresh_at=now)
-            self._grants[grant.human_id] = grant
+            memory.grants[grant.human_id] = grant
         # the clock moved while haasd was down: apply it to all in memory, write every
         # change in one transaction (not one synced write per grant), then announce them
-        changed = [c for g in self._grants.values() if (c := after_clock(g, now, self.policy))]
+        changed = [c for g in memory.grants.values() if (c := after_clock(g, now, self.policy))]
         if changed:
             with anyio.CancelScope(shield=True), self._activity.busy():
                 await self.store.put_grants(changed)
             for grant in changed:
-                self._grants[grant.human_id] = grant
-                self._announce_state(grant, self._state_reason(grant))
-        for grant in self._grants.values():
+                memory.grants[grant.human_id] = grant
+                self._outcomes.announce_state(grant, state_reason(grant))
+        for grant in memory.grants.values():
             self._place(grant, now, startup=True)
-        capacity = self._capacity()
-        live = sum(1 for g in self._grants.values() if not self._idle(g, now))
-        _log.info(
-            "grants loaded",
-            grants=len(grants),
-            interrupted=len(self._interrupted),
-            plan_capacity=capacity,
-            requests_per_minute=self.budget.limit,
-        )
-        if live > capacity:
-            _log.warning(
-                "more grants than the plan can keep fresh",
-                refreshed_ahead=live,
-                plan_capacity=capacity,
-                hint="raise requests_per_minute/plan, or rely on refresh_idle for dormant grants",
-            )
-
-    def _capacity(self) -> int:
-        """Grants the budget keeps fresh: requests per hour ÷ refreshes per grant per hour."""
-        lifetime = 3600.0  # the HaaS docs' access-token lifetime; the answer decides per grant
-        per_grant_per_hour = 3600.0 / (self.policy.refresh_fraction * lifetime)
-        return int(self.budget.limit * 60 / per_grant_per_hour)
-
-    async def _schedule_loop(self) -> None:
-        while True:
-            now = self.clock.time()
-            for human_id in self._schedule.pop_due(now):
-                await self._due(human_id, now)
-            delay = MAX_SLEEP
-            next_deadline = self._schedule.next_deadline()
-            if next_deadline is not None:
-                delay = min(delay, next_deadline - now)
-            self._wakeup = anyio.Event()
-            await self._sleep_or_wakeup(delay)
-
-    async def _sleep_or_wakeup(self, delay: float) -> None:
-        async with anyio.create_task_group() as tg:
-
-            async def sleeper() -> None:
-                await self.clock.sleep(delay)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(sleeper)
-            await self._wakeup.wait()
-            tg.cancel_scope.cancel()
+        lifetime = decide.typical_lifetime(decide.lifetime_of(g, None) for g in self.grants())
+        capacity = decide.capacity(self.budget.limit, self.policy.refresh_fraction, lifetime)
+        live = sum(1 for g in memory.grants.values() if not self._idle(g, now))
+        log_loaded(len(grants), len(memory.interrupted), live, capacity, self.budget.limit)
 
     async def _due(self, human_id: str, now: float) -> None:
+        """A grant's deadline came: refresh it (ready it for a worker) or place it again."""
         try:
-            await self._due_unguarded(human_id, now)
+            grant = await self._outcomes.apply_clock(human_id, now)
+            if grant is None:
+                return
+            if self._wants_refresh(grant, now):
+                self._scheduler.make_ready(human_id, grant.access_expires_at)
+                self._risk.watch(now)
+            else:
+                self._place(grant, now)
         except Exception as exc:  # a defect or the disk: this grant waits, the loop goes on
-            self._fault(human_id, "scheduling", exc)
-            self._schedule.place(human_id, now + self.policy.backoff_base)
+            self._refreshing.fault(human_id, "scheduling", exc)
+            self._scheduler.place(human_id, now + self.policy.backoff_base)
 
-    async def _due_unguarded(self, human_id: str, now: float) -> None:
-        grant = await self._apply_clock(human_id, now)
-        if grant is None:
+    async def _work(self, human_id: str) -> None:
+        """A worker took a ready grant: refresh it, unless that is no longer wanted."""
+        self._risk.watch(self.clock.time())
+        grant = self._memory.grants.get(human_id)
+        if grant is None or not self._wants_refresh(grant, self.clock.time()):
+            if grant is not None:
+                self._place(grant, self.clock.time())
             return
-        if self._wants_refresh(grant, now):
-            self._schedule.make_ready(human_id, grant.access_expires_at)
-            self._ready_event.set()
-            self._watch_risk(now)
-        else:
-            self._place(grant, now)
+        await self._fly(human_id).done.wait()
 
-    async def _worker(self) -> None:
-        while True:
-            while (human_id := self._schedule.take_ready()) is None:
-                self._ready_event = anyio.Event()
-                await self._ready_event.wait()
-            self._watch_risk(self.clock.time())
-            grant = self._grants.get(human_id)
-            if grant is None or not self._wants_refresh(grant, self.clock.time()):
-                if grant is not None:
-                    self._place(grant, self.clock.time())
-                continue
-            await self._fly(human_id).done.wait()
+    def _wants_refresh(self, grant: Grant, now: float) -> bool:
+        client_fault = self._memory.stats.client_fault
+        idle = self._idle(grant, now)
+        return decide.wants_refresh(grant, now, client_fault=client_fault, idle=idle)
 
 
-def _milestone(count: int) -> bool:
-    """1, 10, 100, 1000, ...: when a growing count is worth a log line."""
-    while count >= 10 and count % 10 == 0:
-        count //= 10
-    return count == 1
+async def _await_flight(flight: Flight, human_id: str, wait: float) -> None:
+    with anyio.move_on_after(wait):
+        await flight.done.wait()
+        return
+    raise TokenUnavailableError(
+        human_id, f"the refresh is still under way after {wait:g}s; ask again shortly", 1.0
+    )

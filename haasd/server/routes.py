@@ -214,7 +214,7 @@ class PeerContext:
             check_method(method, b"GET")  # a GET went the fast way, in handle()
         if path == b"/v1/health":
             check_method(method, b"GET")
-            return json_response(200, self.router.service.health())
+            return json_response(200, self.router.service.health().to_json())
         if path.startswith(_HUMANS):
             rest = path[len(_HUMANS) :]
             if rest.endswith(_REFRESH):

@@ -13,6 +13,7 @@ from typing import Protocol
 from haasd.clock import Clock
 from haasd.events import EventBus
 from haasd.grants import Grant, Policy
+from haasd.health import Health
 
 __all__ = ["TokenService"]
 
@@ -78,6 +79,6 @@ class TokenService(Protocol):
         """Erase the grant from the store and memory; False if there was none."""
         ...
 
-    def health(self) -> dict[str, object]:
-        """At least ``{"status": "ok" | "degraded", "reasons": [str, ...]}``."""
+    def health(self) -> Health:
+        """Ok, or degraded and why, with the engine's figures (``GET /v1/health``)."""
         ...
