@@ -1,4 +1,4 @@
-"""Fairness benchmark: an abusive peer and 12 unruled uids beside normal apps (issue 9).
+"""Fairness benchmark: an abusive peer and 12 unruled uids beside normal apps.
 
 One run, two phases side by side, against the real daemon: :func:`haasd.app.run` (store,
 refresh engine, consent flow, :class:`~haasd.server.TokenServer` on a real Unix socket,
@@ -76,7 +76,7 @@ CLIENT_ID: Final = "bench_fair_app"
 CLIENT_SECRET: Final = "bench-fairness-client-secret"
 REDIRECT_URI: Final = "http://127.0.0.1:8765/callback"
 PLAN: Final = "free"
-#: unruled uids in phase B (issue 9: "12 unruled uids holding connections")
+#: unruled uids in phase B: "12 unruled uids holding connections"
 FLOOD_UIDS: Final = 12
 #: where the children's uids and group are looked for (unused ones are taken)
 UID_BASE: Final = 64100
@@ -89,7 +89,7 @@ HEALTH_EVERY: Final = 0.25
 ABUSER_MAX_REQUESTS: Final = 5_000_000
 #: a flooding uid stops after this many rounds even if time is left
 FLOOD_MAX_ROUNDS: Final = 10_000
-#: the abuser's two requests (issue 9): never possible, and possible just after a refresh
+#: the abuser's two requests: never possible, and possible just after a refresh
 ABUSE_KINDS: Final = (86400, 3500)
 #: requests/s of the client that opens a new connection for each (as ``haasd token``)
 CLI_RATE: Final = 20.0

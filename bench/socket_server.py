@@ -1,4 +1,4 @@
-"""Socket-server benchmark: ``GET /v1/tokens`` from haasd against the floor (issue 4, §7).
+"""Socket-server benchmark: ``GET /v1/tokens`` from haasd against the floor.
 
 At each of ``--connections`` (default 1, 16 and 64 concurrent keep-alive connections) it
 drives ``GET /v1/tokens/usr_bench_1`` against, side by side:
@@ -67,7 +67,7 @@ HEAD_END: Final = b"\r\n\r\n"
 WARMUP: Final = 0.5
 READY: Final = "ready"
 START_TIMEOUT: Final = 30.0
-#: issue 4, §7
+#: the targets this server was built to
 TARGET_RATIO_16: Final = 0.4
 TARGET_P99_16_MS: Final = 3.0
 TARGET_P99_1_MS: Final = 0.5
@@ -509,7 +509,7 @@ def report(
 
 
 def targets(summaries: dict[int, tuple[Summary, Summary]], out: TextIO) -> None:
-    print("\ntargets (issue 4 §7, audit logging on):", file=out)
+    print("\ntargets (audit logging on):", file=out)
     rows: list[tuple[str, str, str]] = []
     if 16 in summaries:
         haasd, floor = summaries[16]

@@ -14,7 +14,7 @@ callers decide with ``except``/``match`` on a class, never on a message string::
     ├── DecryptError           a sealed value failed authentication (tampered or moved)
     ├── NeedsReconsentError    the grant is dead until the human consents again (409)
     ├── TokenUnavailableError  no token with the time asked for can be had now (503)
-    ├── TokenResponseError     a token answer that is not what the seed documents
+    ├── TokenResponseError     a token answer that is not what the HaaS docs document
     │   └── UnnamedHumanError  neither the answer nor the consent names the human
     ├── AuthError              the HaaS token endpoint said no, or could not be reached
     │   ├── TransientAuthError     retry later: network, timeout, 5xx, 429, malformed 200

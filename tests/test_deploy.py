@@ -1,4 +1,4 @@
-"""Deployment: the systemd units and the sidecar container (issue 6, sections 3 and 4).
+"""Deployment: the systemd units and the sidecar container.
 
 What this machine can check, it checks for real: ``systemd-analyze verify`` and
 ``security`` on the units, ``systemd-sysusers`` on the users file, hadolint on the

@@ -1,7 +1,7 @@
 """What the routes answer: error answers, the token answer, and the audit of handouts.
 
 Error answers are :class:`Problem` exceptions raised anywhere below a route and turned into
-the seed's shape, ``{"error": {"code", "type", "message", ...}}``, in one place.
+the HaaS docs' shape, ``{"error": {"code", "type", "message", ...}}``, in one place.
 
 A token answer is encoded once per token (:class:`TokenBody`): only ``expires_in`` is
 written per request.

@@ -38,13 +38,13 @@ Bodies are UTF-8 JSON objects without repeated fields; every string field is non
 bounded and printable (ASCII where RFC 6749 says so): otherwise 400 ``invalid_request``
 naming the field, before anything is looked up.
 
-Errors, in the seed's shape (:class:`haasd.errors.ConsentError` and its subclasses):
+Errors, in the HaaS docs' shape (:class:`haasd.errors.ConsentError` and its subclasses):
 
 ====================  ======  ==============================================================
 type                  status  meaning
 ====================  ======  ==============================================================
 invalid_request       400     malformed body, human id, redirect URI or callback URL
-invalid_scope         400     ``*`` (with the seed's advice), an unknown scope, or none
+invalid_scope         400     ``*`` (with the HaaS docs' advice), an unknown scope, or none
 scope_not_allowed     400     a scope beyond the configured ones
 invalid_state         400     unknown, expired or used state; nothing was exchanged
 forbidden             403     not an admin, or not for this consent's human (nothing stored;

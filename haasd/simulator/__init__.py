@@ -14,7 +14,7 @@ faults. Every lifetime runs on the injected :class:`~haasd.clock.Clock`::
         ...
 
 Modules: ``_authority`` (the decisions, pure), ``_tokenrequest`` (reading ``/token``
-bodies), ``_ratelimit`` (the seed's fixed window), ``_faults`` (fault injection),
+bodies), ``_ratelimit`` (the HaaS docs' fixed window), ``_faults`` (fault injection),
 ``_http`` (the h11 connection loop), ``_simulator`` (the public class), ``_stats``
 (counters), ``_messages`` (request and response values).
 """

@@ -148,7 +148,7 @@ def _default_body(status: int, retry_after: str | None) -> Mapping[str, object]:
 def failure_reply(status: int, body: FaultBody, headers: Mapping[str, str] | None) -> Reply:
     """An injected answer; ``body=None`` gives a default that fits ``status``.
 
-    Defaults: 429 → the seed's rate-limit body (``retry_after`` from a numeric
+    Defaults: 429 → the HaaS docs' rate-limit body (``retry_after`` from a numeric
     ``Retry-After`` header, else 1, with ``Retry-After: 1`` added); 503 →
     ``temporarily_unavailable``; anything else → ``server_error``.
     """

@@ -1,7 +1,7 @@
 """The seed's per-plan rate limit: a fixed window of 60 seconds per client, on the clock.
 
 Windows are aligned to the clock's wall time (``floor(now / 60) * 60``), so
-``X-RateLimit-Reset`` is the epoch second the current window ends, as the seed's example
+``X-RateLimit-Reset`` is the epoch second the current window ends, as the HaaS docs' example
 (``1705329600``, a whole minute) suggests.
 """
 

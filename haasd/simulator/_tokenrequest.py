@@ -1,4 +1,4 @@
-"""Reading a ``/token`` request: JSON (the seed's form) or urlencoded, Basic or body auth."""
+"""Reading a ``/token`` request: JSON (the HaaS docs' form) or urlencoded, Basic or body auth."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def params_of(pairs: list[tuple[str, str]]) -> tuple[dict[str, str], set[str]]:
 
 
 def parse_token_request(headers: Mapping[str, str], body: bytes) -> TokenRequest:
-    """Read a ``/token`` request: a JSON object (the seed's form) or a urlencoded form."""
+    """Read a ``/token`` request: a JSON object (the HaaS docs' form) or a urlencoded form."""
     basic: tuple[str, str] | None = None
     if "authorization" in headers:
         basic = _parse_basic(headers["authorization"])
