@@ -64,18 +64,15 @@ consent_limit         503     too many consents are pending (``retry_after``)
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import structlog
 
 from haasd.config import AccessRule
-from haasd.consent import CALLBACK_FIELDS, text_field
 from haasd.errors import (
     ConsentDeniedError,
     ConsentError,
@@ -92,6 +89,13 @@ from haasd.grants import status_of
 from haasd.loopback import loopback_port
 from haasd.server.access import covers_everyone, is_admin
 from haasd.server.answers import Problem, check_method, invalid
+from haasd.server.consent_bodies import (
+    CALLBACK_BODY_FIELDS,
+    START_FIELDS,
+    parse_object,
+    scopes_of,
+    text_field_of,
+)
 from haasd.server.http import Limits, json_response
 from haasd.server.service import TokenService
 from haasd.timefmt import rfc3339
@@ -103,18 +107,6 @@ __all__ = ["CONSENTS", "ConsentRoutes", "Deny", "Rules", "consent_problem"]
 
 CONSENTS: Final = b"/v1/consents"
 _CALLBACK: Final = b"/v1/consents/callback"
-_START_FIELDS: Final = frozenset({"scopes", "human_id", "redirect_uri"})
-_CALLBACK_FIELDS: Final = frozenset({"callback_url", "state", "code", "error", "error_description"})
-#: per string field of a body: the longest value taken, and whether it must be ASCII
-_FIELDS: Final = {
-    **CALLBACK_FIELDS,
-    "callback_url": (8192, False),  # as a browser shows it; its parts are checked again
-    "human_id": (128, True),
-    "redirect_uri": (2048, True),
-}
-#: scope names in one request, and the length of one (or of a space-separated string)
-_MAX_SCOPES: Final = 32
-_MAX_SCOPE: Final = 64
 #: seconds to suggest when a transient failure names no Retry-After
 _DEFAULT_RETRY: Final = 5.0
 
@@ -198,84 +190,6 @@ def consent_problem(exc: ConsentError) -> Problem:
     return Problem(500, "consent_failed", message)
 
 
-class _Repeated(ValueError):
-    """A JSON object names one field twice (which one counts is a guess: refused)."""
-
-
-def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        counts = Counter(name for name, _ in pairs)
-        raise _Repeated(next(name for name, count in counts.items() if count > 1))
-    return document
-
-
-def _shown(name: str) -> str:
-    """A field name as an answer may quote it: printable ASCII as it is, else escaped."""
-    short = name[:64]
-    return short if short.isascii() and short.isprintable() else ascii(short)
-
-
-def _parse(body: bytes, fields: frozenset[str]) -> dict[str, Any]:
-    """The body's JSON object (``{}`` when empty), without null fields; 400 otherwise."""
-    if not body.strip():
-        return {}
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise invalid("the body is not UTF-8 JSON (RFC 8259 §8.1)") from None
-    try:
-        document = json.loads(text, object_pairs_hook=_no_repeats)
-    except _Repeated as exc:
-        raise invalid(f"field {_shown(str(exc))} is given more than once") from None
-    except RecursionError:
-        raise invalid("the body is not JSON: nested too deeply") from None
-    except ValueError:
-        raise invalid("the body is not JSON") from None
-    if not isinstance(document, dict):
-        raise invalid("the body must be a JSON object")
-    if unknown := sorted(set(document) - fields):
-        known = ", ".join(sorted(fields))
-        shown = ", ".join(_shown(name) for name in unknown[:8])
-        raise invalid(f"unknown field {shown}; known fields: {known}")
-    return {name: value for name, value in document.items() if value is not None}
-
-
-def _field(name: str, value: object, limit: int, *, ascii: bool) -> str:
-    try:
-        return text_field(name, value, limit, ascii=ascii)
-    except ConsentRequestError as exc:
-        raise invalid(str(exc)) from None
-
-
-def _text(document: Mapping[str, Any], name: str) -> str | None:
-    """The string field ``name`` (:data:`_FIELDS`), or None; 400 naming it if malformed."""
-    value = document.get(name)
-    if value is None:
-        return None
-    limit, ascii = _FIELDS[name]
-    return _field(name, value, limit, ascii=ascii)
-
-
-def _scopes(document: Mapping[str, Any]) -> Sequence[str] | None:
-    value = document.get("scopes")
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return _field("scopes", value, _MAX_SCOPES * _MAX_SCOPE, ascii=True).split()
-    if (
-        isinstance(value, list)
-        and len(value) <= _MAX_SCOPES
-        and all(isinstance(s, str) for s in value)
-    ):
-        names = [_field(f"scopes[{i}]", s, _MAX_SCOPE, ascii=True) for i, s in enumerate(value)]
-        return [word for name in names for word in name.split()]
-    raise invalid(
-        f"scopes must be a list of at most {_MAX_SCOPES} scope names (or one space-separated "
-        "string)"
-    )
-
-
 def _started_json(pending: PendingConsent) -> dict[str, object]:
     answer: dict[str, object] = {
         "authorization_url": pending.authorization_url,
@@ -343,9 +257,9 @@ class ConsentRoutes:
     def _start_request(
         self, flow: ConsentFlow, body: bytes, peer_uid: int, rules: Rules, deny: Deny
     ) -> Awaitable[bytes]:
-        document = _parse(body, _START_FIELDS)
-        human_id = _text(document, "human_id")
-        scopes, redirect_uri = _scopes(document), _text(document, "redirect_uri")
+        document = parse_object(body, START_FIELDS)
+        human_id = text_field_of(document, "human_id")
+        scopes, redirect_uri = scopes_of(document), text_field_of(document, "redirect_uri")
         if human_id is None:
             if not covers_everyone(rule for rule in rules() if rule.admin):
                 raise deny(None, _NEED_EVERYONE, "consent")
@@ -358,8 +272,8 @@ class ConsentRoutes:
     def _callback_request(
         self, flow: ConsentFlow, body: bytes, peer_uid: int, rules: Rules, deny: Deny
     ) -> Awaitable[bytes]:
-        document = _parse(body, _CALLBACK_FIELDS)
-        url = _text(document, "callback_url")
+        document = parse_object(body, CALLBACK_BODY_FIELDS)
+        url = text_field_of(document, "callback_url")
 
         def may_hold(human_id: str) -> bool:
             return is_admin(rules(), human_id)  # asked when the human is known: rules now
@@ -370,8 +284,8 @@ class ConsentRoutes:
             return self._finish(
                 flow, peer_uid, deny, lambda: flow.finish_url(url, may_hold=may_hold)
             )
-        state, code, error = (_text(document, n) for n in ("state", "code", "error"))
-        description = _text(document, "error_description")
+        state, code, error = (text_field_of(document, n) for n in ("state", "code", "error"))
+        description = text_field_of(document, "error_description")
         if state is None or (code is None) == (error is None):
             raise invalid("give callback_url, or state with either code or error")
         if description is not None and error is None:
