@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Final, Self
 
 import aiosqlite
 import anyio
 import structlog
 
 from haasd.crypto import Sealer
-from haasd.errors import DecryptError, NeedsReconsentError, StoreError, UnknownHumanError
+from haasd.errors import DecryptError, NeedsReconsentError, UnknownHumanError
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
+from haasd.store._database import Database
 from haasd.store._grants import (
     BEGIN_REFRESH,
     FINISH_REFRESH,
@@ -70,9 +71,7 @@ class Store:
     """
 
     __slots__ = (
-        "_closed",
-        "_conn",
-        "_lock",
+        "_db",
         "_path",
         "_scopes",
         "_sealer",
@@ -82,10 +81,9 @@ class Store:
     )
 
     def __init__(self, conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None:
-        self._conn = conn
+        self._db = Database(conn, path)
         self._sealer = sealer
         self._path = path
-        self._lock = anyio.Lock()
         # the latest served time of each human, as this process knows it (the one copy),
         # and the humans whose time is not written yet
         self._served: dict[str, float] = {}
@@ -93,7 +91,6 @@ class Store:
         self._scopes: dict[str, tuple[str, ...]] = {}
         # human id -> why its row is unreadable (as last read), see _grants.why_unreadable
         self._unreadable: dict[str, str] = {}
-        self._closed = False
 
     @classmethod
     async def open(cls, path: Path, sealer: Sealer) -> Store:
@@ -115,15 +112,13 @@ class Store:
 
     async def close(self) -> None:
         """Write pending ``last_served_at`` values and close. Idempotent."""
-        if self._closed:
+        if self._db.closed:
             return
         with anyio.CancelScope(shield=True):
             try:
                 await self.flush_served()
             finally:
-                self._closed = True
-                with translate(self._path, "close"):
-                    await self._conn.close()
+                await self._db.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -136,7 +131,7 @@ class Store:
     async def get_grant(self, human_id: str, *, warn: bool = True) -> Grant:
         """The grant of ``human_id`` (quarantined if its row is unreadable), or
         :class:`UnknownHumanError`. ``warn``: log a row newly found unreadable."""
-        rows = await self._fetch(f"{SELECT_GRANTS} WHERE human_id = ?", (human_id,))
+        rows = await self._db.fetch(f"{SELECT_GRANTS} WHERE human_id = ?", (human_id,))
         if not rows:
             raise UnknownHumanError(human_id)
         # no await from here on: nothing changes the quarantine in between
@@ -150,9 +145,9 @@ class Store:
         """Every grant, decrypted, ordered by human_id (one query: for loading at start);
         an unreadable row as its quarantined stand-in. ``warn``: log each row newly found
         unreadable, once (the commands that print the reason themselves need not)."""
-        self._check_open()
-        async with self._lock:  # a consent cannot land between reading and quarantining
-            rows = await self._fetch_locked(f"{SELECT_GRANTS} ORDER BY human_id")
+        self._db.check_open()
+        async with self._db.lock:  # a consent cannot land between reading and quarantining
+            rows = await self._db.fetch_locked(f"{SELECT_GRANTS} ORDER BY human_id")
             # ~10 µs a row (mostly AES and the frozen dataclass): off the event loop
             grants, unreadable = await anyio.to_thread.run_sync(self._to_grants, rows)
             before, self._unreadable = self._unreadable, {}
@@ -160,7 +155,7 @@ class Store:
         return grants
 
     async def count_grants(self) -> int:
-        rows = await self._fetch("SELECT count(*) FROM grants")
+        rows = await self._db.fetch("SELECT count(*) FROM grants")
         return int(rows[0][0])
 
     # -- writes: one transaction each, committed (synchronous=FULL) before returning ------
@@ -177,7 +172,7 @@ class Store:
         """Insert or replace many grants in a single transaction (as :meth:`put_grant`)."""
         kept = [grant for grant in grants if not is_placeholder(grant)]
         rows = [grant_row(g, self._sealer) for g in kept]
-        await self._write(PUT_GRANT, rows, what)
+        await self._db.write(PUT_GRANT, rows, what)
         for grant in kept:
             self._unreadable.pop(grant.human_id, None)
 
@@ -186,7 +181,7 @@ class Store:
         self._served.pop(human_id, None)
         self._unflushed.discard(human_id)
         sql = "DELETE FROM grants WHERE human_id = ?"
-        existed = await self._write(sql, [(human_id,)], "delete grant") > 0
+        existed = await self._db.write(sql, [(human_id,)], "delete grant") > 0
         self._unreadable.pop(human_id, None)
         return existed
 
@@ -198,7 +193,7 @@ class Store:
         """
         self._refuse_quarantined(human_id)
         params = (intent.attempt_id, intent.fingerprint, intent.started_at, human_id)
-        await self._update(human_id, BEGIN_REFRESH, params, "begin refresh")
+        await self._db.update(human_id, BEGIN_REFRESH, params, "begin refresh")
 
     async def finish_refresh(self, grant: Grant, *, attempt_id: str | None = None) -> bool:
         """Store a refresh's outcome and clear the intent, in one transaction.
@@ -213,10 +208,10 @@ class Store:
             return False
         params = refresh_row(grant, self._sealer)
         if attempt_id is None:
-            await self._update(grant.human_id, FINISH_REFRESH, params, "finish refresh")
+            await self._db.update(grant.human_id, FINISH_REFRESH, params, "finish refresh")
             return True
         sql = f"{FINISH_REFRESH} AND intent_attempt_id = ?"
-        return await self._write(sql, [(*params, attempt_id)], "finish refresh") == 1
+        return await self._db.write(sql, [(*params, attempt_id)], "finish refresh") == 1
 
     async def update_status(
         self,
@@ -235,13 +230,13 @@ class Store:
         as is an already quarantined row: nothing is written, and no error is raised,
         since the grant in memory is still what it was.
         """
-        self._check_open()
+        self._db.check_open()
         if human_id in self._unreadable:
             return
         status = (last_error, consecutive_failures, next_refresh_at, human_id)
         with anyio.CancelScope(shield=True), translate(self._path, "update status"):
-            async with self._lock, transaction(self._conn):
-                rows = list(await self._conn.execute_fetchall(SELECT_SEALED, (human_id,)))
+            async with self._db.lock, transaction(self._db.conn):
+                rows = list(await self._db.conn.execute_fetchall(SELECT_SEALED, (human_id,)))
                 if not rows:
                     raise UnknownHumanError(human_id)
                 try:
@@ -251,10 +246,10 @@ class Store:
                     return
                 if tokens is None:
                     sql = SET_STATUS_CLEAR if clear_intent else SET_STATUS
-                    await self._conn.execute(sql, (State(state).value, *status))
+                    await self._db.conn.execute(sql, (State(state).value, *status))
                 else:
                     sql = SET_STATE_CLEAR if clear_intent else SET_STATE
-                    await self._conn.execute(sql, (State(state).value, *tokens, *status))
+                    await self._db.conn.execute(sql, (State(state).value, *tokens, *status))
 
     def mark_served(self, human_id: str, at: float) -> None:
         """Note that ``human_id``'s token was served at ``at``; no I/O.
@@ -264,7 +259,7 @@ class Store:
         loses at most the times since the last flush, which only makes a human look a
         little more dormant than they were. Reads include the pending times.
         """
-        self._check_open()
+        self._db.check_open()
         self._note_served(human_id, at)
 
     def served_at(self, human_id: str) -> float | None:
@@ -280,7 +275,7 @@ class Store:
         unflushed -= self._unreadable.keys()  # never served; and the row is evidence
         rows = [(self._served[hid], hid) for hid in unflushed if hid in self._served]
         try:
-            await self._write(SET_SERVED, rows, "write last_served_at")
+            await self._db.write(SET_SERVED, rows, "write last_served_at")
         except BaseException:
             self._unflushed |= unflushed  # the next flush tries again
             raise
@@ -291,35 +286,35 @@ class Store:
     async def add_pending(self, record: PendingRecord, verifier: Secret, *, limit: int) -> bool:
         """Insert a pending consent unless ``limit`` are pending already; whether it was."""
         params = (*pending_row(record, verifier, self._sealer), limit)
-        return await self._write(ADD_PENDING, [params], "add pending consent") > 0
+        return await self._db.write(ADD_PENDING, [params], "add pending consent") > 0
 
     async def restore_pending(self, record: PendingRecord, verifier: Secret) -> None:
         """Put back what :meth:`take_pending` took (not counted against the limit)."""
         params = pending_row(record, verifier, self._sealer)
-        await self._write(RESTORE_PENDING, [params], "restore pending consent")
+        await self._db.write(RESTORE_PENDING, [params], "restore pending consent")
 
     async def get_pending(self, state_id: str) -> PendingRecord | None:
-        rows = await self._fetch(SELECT_PENDING + " WHERE state_id = ?", (state_id,))
+        rows = await self._db.fetch(SELECT_PENDING + " WHERE state_id = ?", (state_id,))
         return to_pending(rows[0]) if rows else None
 
     async def list_pending(self) -> list[PendingRecord]:
         """Every pending consent, the first to expire first."""
-        rows = await self._fetch(SELECT_PENDING + " ORDER BY expires_at, state_id")
+        rows = await self._db.fetch(SELECT_PENDING + " ORDER BY expires_at, state_id")
         return [to_pending(row) for row in rows]
 
     async def next_pending_expiry(self) -> float | None:
-        rows = await self._fetch("SELECT min(expires_at) FROM pending_consents")
+        rows = await self._db.fetch("SELECT min(expires_at) FROM pending_consents")
         return None if rows[0][0] is None else float(rows[0][0])
 
     async def take_pending(self, state_id: str) -> tuple[PendingRecord, Secret] | None:
         """Delete and return a pending consent and its verifier, in one statement: of two
         tasks (or processes) taking the same one, exactly one gets it."""
-        rows = await self._write_returning(TAKE_PENDING, (state_id,), "take pending consent")
+        rows = await self._db.write_returning(TAKE_PENDING, (state_id,), "take pending consent")
         return to_taken(rows[0], self._sealer) if rows else None
 
     async def take_expired_pending(self, now: float) -> list[PendingRecord]:
         """Delete and return every pending consent expired at ``now``, in one statement."""
-        rows = await self._write_returning(TAKE_EXPIRED, (now,), "prune pending consents")
+        rows = await self._db.write_returning(TAKE_EXPIRED, (now,), "prune pending consents")
         return sorted((to_pending(row) for row in rows), key=lambda r: r.expires_at)
 
     # -- maintenance (haasd.maintenance) -------------------------------------------------
@@ -332,10 +327,10 @@ class Store:
         space. Rolled back if anything raises; under the lock and shielded, as every write.
         The columns to re-seal are :data:`haasd.store.schema.SEALED`.
         """
-        self._check_open()
-        conn, old = self._conn, self._sealer
+        self._db.check_open()
+        conn, old = self._db.conn, self._sealer
         with anyio.CancelScope(shield=True), translate(self._path, "re-seal"):
-            async with self._lock:
+            async with self._db.lock:
                 await conn.execute("PRAGMA secure_delete = ON")
                 async with transaction(conn):
                     yield conn
@@ -349,10 +344,6 @@ class Store:
                 await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- internals -----------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError(f"store {self._path} is closed")
 
     def _note_served(self, human_id: str, at: float) -> None:
         if at > self._served.get(human_id, -math.inf):
@@ -393,52 +384,3 @@ class Store:
                     store=str(self._path),
                 )
         self._unreadable.update(unreadable)
-
-    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        self._check_open()
-        async with self._lock:
-            return await self._fetch_locked(sql, params)
-
-    async def _fetch_locked(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        # shielded too: aiosqlite resolves the future from its thread, and a cancelled
-        # future makes the event loop log InvalidStateError at shutdown
-        rows: list[sqlite3.Row] = []
-        with anyio.CancelScope(shield=True), translate(self._path, "read"):
-            rows = list(await self._conn.execute_fetchall(sql, params))
-        return rows
-
-    async def _update(self, human_id: str, sql: str, params: Sequence[Any], what: str) -> None:
-        if await self._write(sql, [params], what) == 0:
-            raise UnknownHumanError(human_id)
-
-    async def _write(self, sql: str, rows: Sequence[Sequence[Any]], what: str) -> int:
-        """Run ``sql`` once per parameter row, all in one transaction; rows changed.
-
-        Shielded from cancellation: once begun, a write is committed or rolled back.
-        """
-        self._check_open()
-        if not rows:
-            return 0
-        conn = self._conn
-        changed = 0
-        with anyio.CancelScope(shield=True), translate(self._path, what):
-            async with self._lock:
-                if len(rows) == 1:
-                    # autocommit: a lone statement is its own transaction, synced on return
-                    changed = (await conn.execute(sql, rows[0])).rowcount
-                else:
-                    async with transaction(conn):
-                        changed = (await conn.executemany(sql, rows)).rowcount
-        return changed
-
-    async def _write_returning(
-        self, sql: str, params: Sequence[Any], what: str
-    ) -> list[sqlite3.Row]:
-        """One changing statement with ``RETURNING``: its own transaction (autocommit ends
-        it once every row is read), shielded from cancellation like :meth:`_write`."""
-        self._check_open()
-        rows: list[sqlite3.Row] = []
-        with anyio.CancelScope(shield=True), translate(self._path, what):
-            async with self._lock:
-                rows = list(await self._conn.execute_fetchall(sql, params))
-        return rows
