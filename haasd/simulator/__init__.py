@@ -13,15 +13,17 @@ faults. Every lifetime runs on the injected :class:`~haasd.clock.Clock`::
         tokens = await sim.consent("usr_maria_42", "status:read")
         ...
 
-Modules: ``_authority`` (the decisions, pure), ``_tokenrequest`` (reading ``/token``
-bodies), ``_ratelimit`` (the HaaS docs' fixed window), ``_faults`` (fault injection),
-``_http`` (the h11 connection loop), ``_simulator`` (the public class), ``_stats``
-(counters), ``_messages`` (request and response values).
+Modules: ``_authority`` (the decisions, pure), ``_authorize`` (``/authorize`` and PKCE
+checks), ``_records`` (grants, codes and tokens issued), ``_settings`` (configuration and
+decisions), ``_tokenrequest`` (reading ``/token`` bodies), ``_ratelimit`` (the HaaS docs'
+fixed window), ``_faults`` (fault injection), ``_endpoints`` (routes, with faults around
+``/token``), ``_http`` (the h11 connection loop), ``_simulator`` (the public class),
+``_stats`` (counters), ``_messages`` (request and response values).
 """
 
-from haasd.simulator._authority import Decision
 from haasd.simulator._faults import MalformedKind
 from haasd.simulator._ratelimit import Plan
+from haasd.simulator._settings import Decision
 from haasd.simulator._simulator import Simulator, SimulatorError
 from haasd.simulator._stats import SimulatorStats, TokenRequestRecord
 

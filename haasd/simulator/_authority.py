@@ -5,127 +5,39 @@
 ``now``: bytes in, a :class:`~haasd.simulator._messages.Reply` out. The wire layer and the
 fault injection live elsewhere.
 
-A *grant* (here a ``_Family``) is one consent: the tokens issued from one authorization
-code, and every refresh token rotated from them. Revoking it revokes all of them.
+A *grant* (here a :class:`~haasd.simulator._records.Family`) is one consent: the tokens
+issued from one authorization code, and every refresh token rotated from them. Revoking it
+revokes all of them.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import math
-import re
 import secrets
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Final, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from haasd.secret import Secret
+from haasd.simulator._authorize import (
+    Redirect,
+    malformed,
+    query_params,
+    redirect_ok,
+    scope_of,
+    verifier_problem,
+)
 from haasd.simulator._messages import Reply, html_reply, json_reply, oauth_error
 from haasd.simulator._ratelimit import FixedWindowLimiter, too_many
+from haasd.simulator._records import AccessTokenRecord, Code, Family, RefreshTokenRecord
+from haasd.simulator._settings import SCOPES, Decision, Settings
 from haasd.simulator._stats import SimulatorStats
 from haasd.simulator._tokenrequest import (
-    MAX_PARAMS,
     WWW_AUTHENTICATE,
     TokenRequest,
     invalid_request,
-    params_of,
 )
 
 __all__ = ["SCOPES", "Authority", "Decision", "Settings"]
-
-Decision = Literal["approve", "deny", "ignore"]
-
-#: The seed's scopes.
-SCOPES: Final = frozenset(
-    {"status:read", "tasks:dispatch", "tasks:read", "communication:realtime", "profile:read"}
-)
-
-_PKCE_CHALLENGE: Final = re.compile(r"[A-Za-z0-9._~-]{43,128}")
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The server's configuration, validated by :class:`~haasd.simulator.Simulator`."""
-
-    client_id: str
-    client_secret: Secret
-    redirect_uris: tuple[str, ...] | None
-    requests_per_minute: int
-    expires_in: int
-    refresh_token_lifetime: float
-    rotate_refresh_tokens: bool
-    reuse_detection: bool
-    send_refresh_token_expires_in: bool
-    reuse_grace: float
-    omit_refresh_token_when_not_rotating: bool
-    code_lifetime: float
-    #: send ``human_id`` in token answers (the HaaS docs); False: a plain RFC 6749 answer
-    name_humans: bool = True
-    #: send ``scope`` in token answers; False: left out, as RFC 6749 §5.1 allows when it
-    #: is the scope requested (which every answer of this server's is)
-    include_scope: bool = True
-    #: pick the human by ``login_hint``; False: the hint is ignored, as many servers do
-    honour_login_hint: bool = True
-
-
-@dataclass(slots=True, eq=False)
-class _Family:
-    """One consent (a grant): everything issued from one authorization code."""
-
-    human_id: str
-    scope: tuple[str, ...]
-    expires_at: float
-    """Absolute limit of every refresh token in the family: consent + lifetime."""
-    revoked: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class _Code:
-    client_id: str
-    redirect_uri: str
-    scope: tuple[str, ...]
-    human_id: str
-    challenge: str | None
-    expires_at: float
-    spent: bool = False
-    revoked: bool = False
-    family: _Family | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _RefreshToken:
-    family: _Family
-    spent_at: float | None = None
-    successor: str | None = None
-    """The refresh token that replaced this one (rotation)."""
-    successor_access: str | None = None
-    """The access token issued with ``successor``, replayed within the grace window."""
-    grace_used: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class _AccessToken:
-    family: _Family
-    scope: tuple[str, ...]
-    expires_at: float
-    revoked: bool = False
-    """Revoked by itself (RFC 7009); revoking its family revokes it too."""
-
-
-def _s256(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def _with_query(uri: str, params: Mapping[str, str]) -> str:
-    """``uri`` with ``params`` added to its query, keeping what it had (RFC 6749 §4.1.2)."""
-    parts = urlsplit(uri)
-    query = "&".join(part for part in (parts.query, urlencode(params)) if part)
-    return urlunsplit(parts._replace(query=query))
 
 
 class Authority:
@@ -138,10 +50,10 @@ class Authority:
         self._humans: dict[str, Decision] = {}
         self._queue: deque[tuple[str, Decision | None]] = deque()
         self._auto_humans = 0
-        self._codes: dict[str, _Code] = {}
-        self._refresh_tokens: dict[str, _RefreshToken] = {}
-        self._access_tokens: dict[str, _AccessToken] = {}
-        self._families: list[_Family] = []
+        self._codes: dict[str, Code] = {}
+        self._refresh_tokens: dict[str, RefreshTokenRecord] = {}
+        self._access_tokens: dict[str, AccessTokenRecord] = {}
+        self._families: list[Family] = []
 
     # -- humans ------------------------------------------------------------------------
 
@@ -212,11 +124,7 @@ class Authority:
 
     def authorize(self, query: str, now: float) -> Reply:
         """``GET /authorize``: a human reads the consent page and decides."""
-        try:
-            pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=MAX_PARAMS)
-        except ValueError:
-            pairs = []
-        params, repeated = params_of(pairs)
+        params, repeated = query_params(query)
         headers = self.rate_status_headers(now)
         client_id = params.get("client_id")
         redirect_uri = params.get("redirect_uri")
@@ -225,65 +133,46 @@ class Authority:
         if (
             redirect_uri is None
             or "redirect_uri" in repeated
-            or not self._redirect_ok(redirect_uri)
+            or not redirect_ok(redirect_uri, self.settings.redirect_uris)
         ):
             message = "The redirect_uri is missing or not registered for this application."
             return html_reply(400, "Invalid redirect", message, headers)
-
-        back: dict[str, str] = {"state": params["state"]} if "state" in params else {}
-
-        def refuse(error: str, description: str) -> Reply:
-            location = _with_query(
-                redirect_uri, {"error": error, "error_description": description, **back}
-            )
-            return Reply(302, (("Location", location), *headers))
-
-        if repeated:
-            return refuse("invalid_request", "parameters sent more than once")
-        if params.get("response_type") != "code":
-            return refuse("unsupported_response_type", "only response_type=code is supported")
-        challenge = params.get("code_challenge")
-        method = params.get("code_challenge_method")
-        if challenge is None and method is not None:
-            return refuse("invalid_request", "code_challenge_method without code_challenge")
-        if challenge is not None:
-            if method != "S256":
-                return refuse("invalid_request", "code_challenge_method must be S256")
-            if not _PKCE_CHALLENGE.fullmatch(challenge):
-                return refuse("invalid_request", "malformed code_challenge")
-        scope = tuple(dict.fromkeys(params.get("scope", "").split()))
-        if not scope:
-            return refuse("invalid_scope", "scope is required")
+        back = {"state": params["state"]} if "state" in params else {}
+        redirect = Redirect(redirect_uri, back, headers)
+        if problem := malformed(params, repeated):
+            return redirect.error(*problem)
+        scope = scope_of(params)
         if "*" in scope:
             self._choose_human(params.get("login_hint"))
             return self._closed_tab(headers)
         if unknown := [s for s in scope if s not in SCOPES]:
-            return refuse("invalid_scope", f"unknown scope: {' '.join(unknown)}")
+            return redirect.error("invalid_scope", f"unknown scope: {' '.join(unknown)}")
+        return self._ask_human(params, client_id, scope, redirect, now)
 
+    def _ask_human(
+        self,
+        params: Mapping[str, str],
+        client_id: str,
+        scope: tuple[str, ...],
+        redirect: Redirect,
+        now: float,
+    ) -> Reply:
+        """The human's decision on a well-formed request; a code when they approve."""
         human_id, decision = self._choose_human(params.get("login_hint"))
         if decision == "ignore":
-            return self._closed_tab(headers)
+            return self._closed_tab(redirect.headers)
         if decision == "deny":
-            return refuse("access_denied", "the human declined")
+            return redirect.error("access_denied", "the human declined")
         code = secrets.token_urlsafe(32)
-        self._codes[code] = _Code(
+        self._codes[code] = Code(
             client_id=client_id,
-            redirect_uri=redirect_uri,
+            redirect_uri=redirect.uri,
             scope=scope,
             human_id=human_id,
-            challenge=challenge,
+            challenge=params.get("code_challenge"),
             expires_at=now + self.settings.code_lifetime,
         )
-        location = _with_query(redirect_uri, {"code": code, **back})
-        return Reply(302, (("Location", location), *headers), human_id=human_id)
-
-    def _redirect_ok(self, uri: str) -> bool:
-        if self.settings.redirect_uris is not None:
-            return uri in self.settings.redirect_uris
-        if not (uri.isascii() and uri.isprintable()) or " " in uri:
-            return False  # it goes into a Location header
-        parts = urlsplit(uri)
-        return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.fragment
+        return redirect.to({"code": code}, human_id=human_id)
 
     @staticmethod
     def _closed_tab(headers: tuple[tuple[str, str], ...]) -> Reply:
@@ -372,7 +261,25 @@ class Authority:
             return invalid_request("code is required")
         if "redirect_uri" not in params:
             return invalid_request("redirect_uri is required")
-        code = self._codes.get(params["code"])
+        code = self._spend_code(params["code"], client_id, now)
+        if isinstance(code, Reply):
+            return code
+        if params["redirect_uri"] != code.redirect_uri:
+            return oauth_error(400, "invalid_grant", "redirect_uri does not match the request")
+        if problem := verifier_problem(code.challenge, params.get("code_verifier")):
+            return oauth_error(400, "invalid_grant", problem)
+        family = Family(code.human_id, code.scope, now + self.settings.refresh_token_lifetime)
+        self._families.append(family)
+        code.family = family
+        self._stats.codes_exchanged += 1
+        refresh = self._new_refresh_token(family)
+        return self._token_reply(
+            family, self._new_access_token(family, family.scope, now), refresh, now
+        )
+
+    def _spend_code(self, presented: str, client_id: str, now: float) -> Code | Reply:
+        """The code ``presented``, spent by this presentation; or why it is no good."""
+        code = self._codes.get(presented)
         if code is None or code.client_id != client_id:
             return oauth_error(400, "invalid_grant", "unknown authorization code")
         if code.revoked:
@@ -386,25 +293,7 @@ class Authority:
         code.spent = True  # by its first presentation, successful or not
         if now >= code.expires_at:
             return oauth_error(400, "invalid_grant", "authorization code expired")
-        if params["redirect_uri"] != code.redirect_uri:
-            return oauth_error(400, "invalid_grant", "redirect_uri does not match the request")
-        verifier = params.get("code_verifier")
-        if code.challenge is None and verifier is not None:
-            # RFC 9700 §2.1.1: no PKCE downgrade
-            return oauth_error(400, "invalid_grant", "code_verifier sent without code_challenge")
-        if code.challenge is not None:
-            if verifier is None:
-                return oauth_error(400, "invalid_grant", "code_verifier is required")
-            if not hmac.compare_digest(_s256(verifier), code.challenge):
-                return oauth_error(400, "invalid_grant", "code_verifier does not match")
-        family = _Family(code.human_id, code.scope, now + self.settings.refresh_token_lifetime)
-        self._families.append(family)
-        code.family = family
-        self._stats.codes_exchanged += 1
-        refresh = self._new_refresh_token(family)
-        return self._token_reply(
-            family, self._new_access_token(family, family.scope, now), refresh, now
-        )
+        return code
 
     def _refresh(self, params: Mapping[str, str], now: float) -> Reply:
         if "refresh_token" not in params:
@@ -420,13 +309,7 @@ class Authority:
         if now >= family.expires_at:
             return oauth_error(400, "invalid_grant", "refresh token expired; re-authorize")
         if record.spent_at is not None:
-            if replay := self._grace_replay(record, now):
-                return replay
-            self._stats.reuse_events += 1
-            if self.settings.reuse_detection:
-                self._revoke_family(family)
-                return oauth_error(400, "invalid_grant", "refresh token reused; grant revoked")
-            return oauth_error(400, "invalid_grant", "refresh token already used")
+            return self._reused(record, now)
         scope = family.scope
         if "scope" in params:
             scope = tuple(dict.fromkeys(params["scope"].split()))
@@ -441,7 +324,18 @@ class Authority:
         record.spent_at, record.successor, record.successor_access = now, successor, access
         return self._token_reply(family, access, successor, now)
 
-    def _grace_replay(self, record: _RefreshToken, now: float) -> Reply | None:
+    def _reused(self, record: RefreshTokenRecord, now: float) -> Reply:
+        """A spent refresh token presented again: a grace replay, or reuse (revoking the
+        grant when reuse detection is on)."""
+        if replay := self._grace_replay(record, now):
+            return replay
+        self._stats.reuse_events += 1
+        if self.settings.reuse_detection:
+            self._revoke_family(record.family)
+            return oauth_error(400, "invalid_grant", "refresh token reused; grant revoked")
+        return oauth_error(400, "invalid_grant", "refresh token already used")
+
+    def _grace_replay(self, record: RefreshTokenRecord, now: float) -> Reply | None:
         """Within ``reuse_grace`` of its rotation, a spent token is honoured once more.
 
         The answer repeats the rotation's tokens (the same access and refresh token,
@@ -461,21 +355,23 @@ class Authority:
         self._stats.grace_replays += 1
         return self._token_reply(record.family, record.successor_access, record.successor, now)
 
-    def _revoke_family(self, family: _Family) -> None:
+    def _revoke_family(self, family: Family) -> None:
         family.revoked = True
         self._stats.families_revoked += 1
 
-    def _new_access_token(self, family: _Family, scope: tuple[str, ...], now: float) -> str:
+    def _new_access_token(self, family: Family, scope: tuple[str, ...], now: float) -> str:
         token = "haas_at_" + secrets.token_urlsafe(32)
-        self._access_tokens[token] = _AccessToken(family, scope, now + self.settings.expires_in)
+        self._access_tokens[token] = AccessTokenRecord(
+            family, scope, now + self.settings.expires_in
+        )
         return token
 
-    def _new_refresh_token(self, family: _Family) -> str:
+    def _new_refresh_token(self, family: Family) -> str:
         token = "haas_rt_" + secrets.token_urlsafe(32)
-        self._refresh_tokens[token] = _RefreshToken(family)
+        self._refresh_tokens[token] = RefreshTokenRecord(family)
         return token
 
-    def _token_reply(self, family: _Family, access: str, refresh: str | None, now: float) -> Reply:
+    def _token_reply(self, family: Family, access: str, refresh: str | None, now: float) -> Reply:
         """The seed's success body, keys in its order."""
         record = self._access_tokens[access]
         body: dict[str, str | int] = {

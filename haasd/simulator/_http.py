@@ -88,10 +88,7 @@ async def _receive_request(conn: h11.Connection, stream: anyio.abc.ByteStream) -
         if event is h11.NEED_DATA:
             data: bytes | None = None
             with anyio.move_on_after(IDLE_TIMEOUT if head is None else READ_TIMEOUT):
-                try:
-                    data = await stream.receive(_RECEIVE_SIZE)
-                except _STREAM_GONE:
-                    data = b""
+                data = await _receive(stream)
             if data is None:
                 if head is None:
                     return None
@@ -104,18 +101,31 @@ async def _receive_request(conn: h11.Connection, stream: anyio.abc.ByteStream) -
             if len(body) > MAX_BODY:
                 raise _Reject(413)
         elif isinstance(event, h11.EndOfMessage) and head is not None:
-            headers: dict[str, str] = {}
-            for raw_name, raw_value in head.headers:
-                name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-                headers[name] = f"{headers[name]}, {value}" if name in headers else value
-            return Request(
-                method=head.method.decode("latin-1"),
-                target=head.target.decode("latin-1"),
-                headers=headers,
-                body=bytes(body),
-            )
+            return _request_of(head, bytes(body))
         else:  # ConnectionClosed, PAUSED
             return None
+
+
+async def _receive(stream: anyio.abc.ByteStream) -> bytes:
+    """What the client sends next; ``b""`` once it has closed."""
+    try:
+        return await stream.receive(_RECEIVE_SIZE)
+    except _STREAM_GONE:
+        return b""
+
+
+def _request_of(head: h11.Request, body: bytes) -> Request:
+    """The request of ``head`` and ``body``; repeated headers joined with ``", "``."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in head.headers:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return Request(
+        method=head.method.decode("latin-1"),
+        target=head.target.decode("latin-1"),
+        headers=headers,
+        body=body,
+    )
 
 
 def _busy(activity: Activity | None) -> AbstractContextManager[None]:

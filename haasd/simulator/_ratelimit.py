@@ -13,12 +13,28 @@ from typing import Final, Literal
 
 from haasd.simulator._messages import Headers, Reply, json_reply
 
-__all__ = ["PLAN_REQUESTS_PER_MINUTE", "FixedWindowLimiter", "Plan", "RateStatus", "too_many"]
+__all__ = [
+    "PLAN_REQUESTS_PER_MINUTE",
+    "FixedWindowLimiter",
+    "Plan",
+    "RateStatus",
+    "plan_rate",
+    "too_many",
+]
 
 Plan = Literal["free", "pro", "enterprise"]
 
 #: The seed's table: requests per minute for each plan.
 PLAN_REQUESTS_PER_MINUTE: Final[dict[Plan, int]] = {"free": 60, "pro": 300, "enterprise": 1000}
+
+
+def plan_rate(plan: Plan) -> int:
+    """The requests per minute of ``plan``; a :class:`ValueError` for an unknown plan."""
+    rate = PLAN_REQUESTS_PER_MINUTE.get(plan)
+    if rate is None:
+        raise ValueError(f"unknown plan {plan!r}; one of {', '.join(PLAN_REQUESTS_PER_MINUTE)}")
+    return rate
+
 
 RATE_LIMIT_MESSAGE: Final = "Slow down. Even machines benefit from patience."
 RATE_LIMIT_SUGGESTION: Final = "Consider batching requests or upgrading your plan."

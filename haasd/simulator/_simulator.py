@@ -9,7 +9,7 @@ import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, cast, get_args
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import anyio
@@ -18,7 +18,8 @@ import httpx
 
 from haasd.clock import Activity, Clock
 from haasd.secret import Secret
-from haasd.simulator._authority import Authority, Decision, Settings
+from haasd.simulator._authority import Authority
+from haasd.simulator._endpoints import Endpoints
 from haasd.simulator._faults import (
     MALFORMED_KINDS,
     Drop,
@@ -28,17 +29,14 @@ from haasd.simulator._faults import (
     Malformed,
     MalformedKind,
     failure_reply,
-    malformed_reply,
 )
 from haasd.simulator._http import serve_connection
-from haasd.simulator._messages import Reply, Request, json_reply
-from haasd.simulator._ratelimit import PLAN_REQUESTS_PER_MINUTE, Plan
+from haasd.simulator._ratelimit import Plan, plan_rate
+from haasd.simulator._settings import Decision, Settings, decision_of
 from haasd.simulator._stats import SimulatorStats, TokenRequestRecord
-from haasd.simulator._tokenrequest import parse_token_request
 
 __all__ = ["Simulator", "SimulatorError"]
 
-_DECISIONS: frozenset[str] = frozenset(get_args(Decision))
 _DEFAULT_REDIRECT_URI = "https://app.example/callback"
 
 
@@ -104,33 +102,22 @@ class Simulator:
         honour_login_hint: bool = True,
     ) -> None:
         secret = client_secret if isinstance(client_secret, Secret) else Secret(client_secret)
-        if not client_id or not secret:
-            raise ValueError("client_id and client_secret must not be empty")
-        if plan not in PLAN_REQUESTS_PER_MINUTE:
-            raise ValueError(f"unknown plan {plan!r}; one of {', '.join(PLAN_REQUESTS_PER_MINUTE)}")
-        if requests_per_minute is not None and requests_per_minute < 1:
-            raise ValueError("requests_per_minute must be at least 1")
-        if expires_in < 1 or refresh_token_lifetime <= 0 or code_lifetime <= 0:
-            raise ValueError("lifetimes must be positive")
-        if reuse_grace < 0:
-            raise ValueError("reuse_grace must not be negative")
+        rate = plan_rate(plan)
         if isinstance(redirect_uris, str):
             raise TypeError("redirect_uris is a sequence of URIs, not one string")
         self._clock = clock
-        #: busy while a request is being answered; a :class:`~haasd.clock.ManualClock`
-        #: settle hook (``clock.add_settle_hook(sim.activity.wait_idle)``) keeps time
-        #: still until the answer is out
+        #: busy while a request is answered: a :class:`~haasd.clock.ManualClock` settle hook
+        #: (``clock.add_settle_hook(sim.activity.wait_idle)``) holds time until it is out
         self.activity = Activity()
         self.stats = SimulatorStats()
-        #: every ``/token`` request in arrival order
-        self.requests_log: list[TokenRequestRecord] = []
+        self.requests_log: list[TokenRequestRecord] = []  #: every ``/token`` request, in order
         self._faults = FaultScript()
         self._authority = Authority(
             Settings(
                 client_id=client_id,
                 client_secret=secret,
                 redirect_uris=None if redirect_uris is None else tuple(redirect_uris),
-                requests_per_minute=requests_per_minute or PLAN_REQUESTS_PER_MINUTE[plan],
+                requests_per_minute=rate if requests_per_minute is None else requests_per_minute,
                 expires_in=expires_in,
                 refresh_token_lifetime=refresh_token_lifetime,
                 rotate_refresh_tokens=rotate_refresh_tokens,
@@ -144,6 +131,9 @@ class Simulator:
                 honour_login_hint=honour_login_hint,
             ),
             self.stats,
+        )
+        self._endpoints = Endpoints(
+            self._authority, self._faults, clock, self.stats, self.requests_log
         )
         self._base_url: str | None = None
         self._browser: httpx.AsyncClient | None = None
@@ -166,7 +156,9 @@ class Simulator:
         async with listener, anyio.create_task_group() as task_group:
             port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio, not Django
             self._base_url = f"http://127.0.0.1:{port}"
-            handler = partial(serve_connection, handler=self._handle, activity=self.activity)
+            handler = partial(
+                serve_connection, handler=self._endpoints.handle, activity=self.activity
+            )
             task_group.start_soon(partial(listener.serve, handler, task_group=task_group))
             try:
                 yield self._base_url
@@ -214,11 +206,11 @@ class Simulator:
 
     def add_human(self, human_id: str, decision: Decision = "approve") -> None:
         """Register a human (or change a known one's mind) for later visits."""
-        self._authority.add_human(human_id, _decision(decision))
+        self._authority.add_human(human_id, decision_of(decision))
 
     def set_decision(self, human_id: str, decision: Decision) -> None:
         """Change a known human's answer to future consent pages (KeyError if unknown)."""
-        self._authority.set_decision(human_id, _decision(decision))
+        self._authority.set_decision(human_id, decision_of(decision))
 
     def queue_human(self, human_id: str, decision: Decision | None = None) -> None:
         """The next consent page visited without ``login_hint`` is read by ``human_id``.
@@ -226,7 +218,7 @@ class Simulator:
         ``decision`` applies to that one visit; ``None`` means the human's own
         (``"approve"`` for a human not added before).
         """
-        self._authority.queue_human(human_id, None if decision is None else _decision(decision))
+        self._authority.queue_human(human_id, None if decision is None else decision_of(decision))
 
     def revoke(self, human_id: str) -> int:
         """The human withdraws consent: every grant and unused code is revoked.
@@ -399,74 +391,3 @@ class Simulator:
         return max(
             (bisect.bisect_left(times, t + seconds) - i for i, t in enumerate(times)), default=0
         )
-
-    # -- serving ------------------------------------------------------------------------
-
-    async def _handle(self, request: Request) -> Reply | None:
-        self.stats.requests += 1
-        reply: Reply | None
-        match request.path:
-            case "/token":
-                reply = await self._handle_token(request)
-            case "/revoke" if request.method == "POST":
-                parsed = parse_token_request(request.headers, request.body)
-                reply = self._authority.revocation(parsed, self._clock.time())
-            case "/revoke":
-                reply = json_reply(405, {"error": "method_not_allowed"}, (("Allow", "POST"),))
-            case "/authorize" if request.method == "GET":
-                self.stats.authorize_requests += 1
-                reply = self._authority.authorize(request.query, self._clock.time())
-            case "/health" if request.method in ("GET", "HEAD"):
-                reply = json_reply(200, {"status": "ok"})
-            case "/authorize" | "/health":
-                reply = json_reply(405, {"error": "method_not_allowed"}, (("Allow", "GET"),))
-            case _:
-                reply = json_reply(404, {"error": "not_found"})
-        if reply is not None:
-            self.stats.statuses[reply.status] += 1
-        return reply
-
-    async def _handle_token(self, request: Request) -> Reply | None:
-        if request.method != "POST":
-            return json_reply(405, {"error": "method_not_allowed"}, (("Allow", "POST"),))
-        parsed = parse_token_request(request.headers, request.body)
-        grant_type = parsed.params.get("grant_type")
-        human_id = self._authority.human_for(parsed)
-        self.stats.token_requests[grant_type or ""] += 1
-        if self._faults.latency:
-            await anyio.sleep(self._faults.latency)
-        now = self._clock.time()
-        fault = self._faults.next()
-        reply: Reply | None
-        match fault:
-            case Drop(after_processing=False):
-                reply = None
-            case Fail(reply=reply):
-                self.stats.injected += 1
-            case Malformed(kind=kind, after_processing=False):
-                reply = malformed_reply(kind, None)
-                self.stats.injected += 1
-            case _:
-                processed = self._authority.token(parsed, now)
-                human_id = processed.human_id or human_id
-                reply = processed
-                match fault:
-                    case Drop():
-                        reply = None
-                    case Malformed(kind=kind):
-                        rate = tuple(h for h in processed.headers if h[0].startswith("X-RateLimit"))
-                        reply = malformed_reply(kind, processed).with_headers(rate)
-                        self.stats.injected += 1
-        if reply is None:
-            self.stats.dropped += 1
-        record = TokenRequestRecord(
-            now, grant_type, human_id, None if reply is None else reply.status
-        )
-        self.requests_log.append(record)
-        return reply
-
-
-def _decision(decision: str) -> Decision:
-    if decision not in _DECISIONS:
-        raise ValueError(f"decision must be one of {', '.join(sorted(_DECISIONS))}")
-    return cast(Decision, decision)
