@@ -5,12 +5,15 @@ from __future__ import annotations
 import grp
 import json
 import pwd
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from haasd.config._model import AccessRule
 from haasd.config._values import _ACCESS_KEYS, _bool, _scopes, _string, _Where
 from haasd.errors import ConfigError
+
+#: ``error(key, reason)``: the :class:`ConfigError` naming a key of the rule
+_Error = Callable[[str, str], ConfigError]
 
 
 def _access_rules(raw: Any, env: Mapping[str, str], where: _Where) -> tuple[AccessRule, ...]:
@@ -36,41 +39,12 @@ def _access_rule(index: int, item: Any, origin: str) -> AccessRule:
 
     if not isinstance(item, dict):
         raise ConfigError(origin, prefix, "expected a table with uid or user, humans, ...")
-    for key in item:
-        if key not in _ACCESS_KEYS:
-            raise error(key, f"unknown key; known keys: {', '.join(sorted(_ACCESS_KEYS))}")
-    if "uid" in item and "user" in item:
-        raise error("user", "give uid or user, not both")
-    if "gid" in item and "group" in item:
-        raise error("group", "give gid or group, not both")
-    uid = gid = None
-    if "uid" in item:
-        if isinstance(item["uid"], bool) or not isinstance(item["uid"], int) or item["uid"] < 0:
-            raise error("uid", "expected a user id (a whole number >= 0)")
-        uid = item["uid"]
-    if "user" in item:
-        try:
-            uid = pwd.getpwnam(_string(item["user"])).pw_uid
-        except (KeyError, ValueError):
-            raise error("user", f"no such user {item['user']!r} on this system") from None
-    if "gid" in item:
-        if isinstance(item["gid"], bool) or not isinstance(item["gid"], int) or item["gid"] < 0:
-            raise error("gid", "expected a group id (a whole number >= 0)")
-        gid = item["gid"]
-    if "group" in item:
-        try:
-            gid = grp.getgrnam(_string(item["group"])).gr_gid
-        except (KeyError, ValueError):
-            raise error("group", f"no such group {item['group']!r} on this system") from None
+    _check_keys(item, error)
+    uid = _id_of(item, "uid", "user", _uid_of_user, error)
+    gid = _id_of(item, "gid", "group", _gid_of_group, error)
     if uid is None and gid is None:
         raise ConfigError(origin, prefix, "a rule needs uid, user, gid or group")
-    humans = item.get("humans", [])
-    if (
-        not isinstance(humans, list)
-        or not humans
-        or not all(isinstance(h, str) and h.strip() for h in humans)
-    ):
-        raise error("humans", 'expected a non-empty list of human ids or globs, e.g. ["usr_*"]')
+    humans = _humans(item, error)
     scopes = None
     if "scopes" in item:
         try:
@@ -81,4 +55,58 @@ def _access_rule(index: int, item: Any, origin: str) -> AccessRule:
         admin = _bool(item.get("admin", False))
     except ValueError as exc:
         raise error("admin", str(exc)) from None
-    return AccessRule(uid, gid, tuple(humans), scopes, admin)
+    return AccessRule(uid, gid, humans, scopes, admin)
+
+
+def _check_keys(item: Mapping[str, Any], error: _Error) -> None:
+    """Every key known, and a peer named one way: uid or user, gid or group."""
+    for key in item:
+        if key not in _ACCESS_KEYS:
+            raise error(key, f"unknown key; known keys: {', '.join(sorted(_ACCESS_KEYS))}")
+    if "uid" in item and "user" in item:
+        raise error("user", "give uid or user, not both")
+    if "gid" in item and "group" in item:
+        raise error("group", "give gid or group, not both")
+
+
+def _id_of(
+    item: Mapping[str, Any],
+    key: str,
+    name_key: str,
+    lookup: Callable[[str], int],
+    error: _Error,
+) -> int | None:
+    """The id a rule names under ``key`` (a number), or by name under ``name_key`` (looked
+    up on this system), or None. ``name_key`` is also the noun: "user" or "group"."""
+    found = None
+    if key in item:
+        value = item[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise error(key, f"expected a {name_key} id (a whole number >= 0)")
+        found = value
+    if name_key in item:
+        try:
+            found = lookup(_string(item[name_key]))
+        except (KeyError, ValueError):
+            raise error(name_key, f"no such {name_key} {item[name_key]!r} on this system") from None
+    return found
+
+
+def _uid_of_user(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid_of_group(name: str) -> int:
+    return grp.getgrnam(name).gr_gid
+
+
+def _humans(item: Mapping[str, Any], error: _Error) -> tuple[str, ...]:
+    """The rule's ``humans``: a non-empty list of human ids or globs."""
+    humans = item.get("humans", [])
+    if (
+        not isinstance(humans, list)
+        or not humans
+        or not all(isinstance(h, str) and h.strip() for h in humans)
+    ):
+        raise error("humans", 'expected a non-empty list of human ids or globs, e.g. ["usr_*"]')
+    return tuple(humans)

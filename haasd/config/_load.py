@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,13 +57,21 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError(file, "(file)", f"not valid TOML: {exc}") from exc
     where = _Where(file, env)
     values, from_env = _collect(raw, env, where)
-    return _build(values, from_env, raw.get("access"), env, where, base)
+    return _build(_Keys(values, from_env, where, base), raw.get("access"), env)
 
 
 def _collect(
     raw: dict[str, Any], env: Mapping[str, str], where: _Where
 ) -> tuple[dict[str, Any], set[str]]:
     """Parse every known key from the file, then let ``HAASD_*`` override it."""
+    values = _from_file(raw, where)
+    from_env = _from_env(env, where)
+    values.update(from_env)
+    return values, set(from_env)
+
+
+def _from_file(raw: dict[str, Any], where: _Where) -> dict[str, Any]:
+    """The file's keys (but ``[[access]]``), parsed; unknown sections and keys refused."""
     values: dict[str, Any] = {}
     for section, body in raw.items():
         if section == "access":
@@ -77,7 +86,12 @@ def _collect(
             if key not in _SCHEMA[section]:
                 raise where.error(dotted, f"unknown key; known keys: {', '.join(_SCHEMA[section])}")
             values[dotted] = _parse(_SCHEMA[section][key], value, dotted, where, from_env=False)
-    from_env: set[str] = set()
+    return values
+
+
+def _from_env(env: Mapping[str, str], where: _Where) -> dict[str, Any]:
+    """The keys set by ``HAASD_*`` variables, parsed; an unknown key of a section refused."""
+    values: dict[str, Any] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
             continue
@@ -89,8 +103,7 @@ def _collect(
             continue
         section, key = env_key.split(".", 1)
         values[env_key] = _parse(_SCHEMA[section][key], value, env_key, where, from_env=True)
-        from_env.add(env_key)
-    return values, from_env
+    return values
 
 
 def _env_key(name: str) -> str | None:
@@ -108,52 +121,97 @@ def _parse(parser: Parser, value: Any, key: str, where: _Where, *, from_env: boo
         raise where.error(key, str(exc), from_env=from_env) from None
 
 
-def _build(
-    values: dict[str, Any],
-    from_env: set[str],
-    access_raw: Any,
-    env: Mapping[str, str],
-    where: _Where,
-    base: Path,
-) -> Config:
-    def require(key: str) -> Any:
-        if key not in values:
-            raise where.error(key, f"required; set it in the config file or as {_env_name(key)}")
-        return values[key]
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """The parsed keys, which of them the environment set, and what paths are relative to."""
 
-    def path_of(key: str) -> Path | None:
-        if key not in values:
+    values: dict[str, Any]
+    from_env: set[str]
+    where: _Where
+    base: Path
+
+    def require(self, key: str) -> Any:
+        if key not in self.values:
+            message = f"required; set it in the config file or as {_env_name(key)}"
+            raise self.where.error(key, message)
+        return self.values[key]
+
+    def path_of(self, key: str) -> Path | None:
+        """The path ``key`` names; relative to the config file's directory if it came from
+        the file, as given (relative to the working directory) if from the environment."""
+        if key not in self.values:
             return None
-        p = Path(values[key]).expanduser()
-        return p if p.is_absolute() or key in from_env else base / p
+        p = Path(self.values[key]).expanduser()
+        return p if p.is_absolute() or key in self.from_env else self.base / p
 
+    def section(self, name: str) -> dict[str, Any]:
+        """The keys of ``[name]`` that are set, by key: the rest keep the dataclass's
+        defaults (declared there, once)."""
+        prefix = f"{name}."
+        return {k.removeprefix(prefix): v for k, v in self.values.items() if k.startswith(prefix)}
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return self.where.error(key, message, from_env=key in self.from_env)
+
+
+def _build(keys: _Keys, access_raw: Any, env: Mapping[str, str]) -> Config:
+    haas = _haas(keys, env)
+    state_dir = env.get("STATE_DIRECTORY", "/var/lib/haasd").split(":")[0]
+    runtime_dir = env.get("RUNTIME_DIRECTORY", "/run/haasd").split(":")[0]
+    store = StoreConfig(
+        path=keys.path_of("store.path") or Path(state_dir) / "haasd.db",
+        key=SecretSource(
+            key="store.key_file",
+            credential="store.key",
+            env_var="HAASD_STORE_KEY",
+            file=keys.path_of("store.key_file"),
+            environ=env,
+        ),
+    )
+    refresh = RefreshConfig(**keys.section("refresh"))
+    if refresh.reconsent_warning >= refresh.refresh_token_lifetime:
+        raise keys.error(
+            "refresh.reconsent_warning",
+            "must be shorter than refresh.refresh_token_lifetime "
+            f"({refresh.reconsent_warning:g}s >= {refresh.refresh_token_lifetime:g}s)",
+        )
+    socket = SocketConfig(
+        path=keys.path_of("socket.path") or Path(runtime_dir) / "haasd.sock",
+        mode=keys.values.get("socket.mode", 0o660),
+    )
+    log = LogConfig(**keys.section("log"))
+    access = _access_rules(access_raw, env, keys.where)
+    consent = ConsentConfig(**keys.section("consent"))
+    replaced = _file_rules(access_raw) if "HAASD_ACCESS" in env else 0
+    return Config(keys.where.file, haas, store, refresh, socket, access, log, consent, replaced)
+
+
+def _haas(keys: _Keys, env: Mapping[str, str]) -> HaasConfig:
+    """``[haas]``: the authorization server, the client and its secret, the plan."""
+    values = keys.values
     environment = values.get("haas.environment", "test")
     inline = values.get("haas.client_secret")
     if inline is not None and environment != "test":
-        origin_env = "haas.client_secret" in from_env
-        raise where.error(
+        raise keys.error(
             "haas.client_secret",
             'an inline client secret is accepted only when environment = "test"; use '
             "client_secret_file, HAASD_CLIENT_SECRET or the systemd credential client_secret",
-            from_env=origin_env,
         )
     plan = values.get("haas.plan", "free")
-    haas = HaasConfig(
+    return HaasConfig(
         environment=environment,
-        client_id=require("haas.client_id"),
+        client_id=keys.require("haas.client_id"),
         client_secret=SecretSource(
             key="haas.client_secret",
             credential="client_secret",
             env_var="HAASD_CLIENT_SECRET",
-            file=path_of("haas.client_secret_file")
-            if "haas.client_secret_file" in values
-            else None,
+            file=keys.path_of("haas.client_secret_file"),
             inline=Secret(inline) if inline is not None else None,
             environ=env,
         ),
         authorize_url=values.get("haas.authorize_url", DEFAULT_AUTHORIZE_URL),
         token_url=values.get("haas.token_url", DEFAULT_TOKEN_URL),
-        redirect_uri=require("haas.redirect_uri"),
+        redirect_uri=keys.require("haas.redirect_uri"),
         scopes=values.get("haas.scopes", ("tasks:dispatch", "status:read")),
         plan=plan,
         requests_per_minute=values.get("haas.requests_per_minute", PLAN_REQUESTS_PER_MINUTE[plan]),
@@ -164,50 +222,6 @@ def _build(
         revocation_url=values.get("haas.revocation_url"),
         default_token_lifetime=values.get("haas.default_token_lifetime", 3600),
     )
-    state_dir = env.get("STATE_DIRECTORY", "/var/lib/haasd").split(":")[0]
-    runtime_dir = env.get("RUNTIME_DIRECTORY", "/run/haasd").split(":")[0]
-    store = StoreConfig(
-        path=path_of("store.path") or Path(state_dir) / "haasd.db",
-        key=SecretSource(
-            key="store.key_file",
-            credential="store.key",
-            env_var="HAASD_STORE_KEY",
-            file=path_of("store.key_file"),
-            environ=env,
-        ),
-    )
-    defaults = RefreshConfig()
-    refresh = RefreshConfig(
-        refresh_fraction=values.get("refresh.refresh_fraction", defaults.refresh_fraction),
-        refresh_token_lifetime=values.get(
-            "refresh.refresh_token_lifetime", defaults.refresh_token_lifetime
-        ),
-        reconsent_warning=values.get("refresh.reconsent_warning", defaults.reconsent_warning),
-        refresh_idle=values.get("refresh.refresh_idle", defaults.refresh_idle),
-        serve_margin=values.get("refresh.serve_margin", defaults.serve_margin),
-        on_demand_cooldown=values.get("refresh.on_demand_cooldown", defaults.on_demand_cooldown),
-        on_demand_share=values.get("refresh.on_demand_share", defaults.on_demand_share),
-    )
-    if refresh.reconsent_warning >= refresh.refresh_token_lifetime:
-        raise where.error(
-            "refresh.reconsent_warning",
-            "must be shorter than refresh.refresh_token_lifetime "
-            f"({refresh.reconsent_warning:g}s >= {refresh.refresh_token_lifetime:g}s)",
-            from_env="refresh.reconsent_warning" in from_env,
-        )
-    socket = SocketConfig(
-        path=path_of("socket.path") or Path(runtime_dir) / "haasd.sock",
-        mode=values.get("socket.mode", 0o660),
-    )
-    log = LogConfig(level=values.get("log.level", "info"), format=values.get("log.format", "json"))
-    access = _access_rules(access_raw, env, where)
-    consent_defaults = ConsentConfig()
-    consent = ConsentConfig(
-        pending_ttl=values.get("consent.pending_ttl", consent_defaults.pending_ttl),
-        max_pending=values.get("consent.max_pending", consent_defaults.max_pending),
-    )
-    replaced = _file_rules(access_raw) if "HAASD_ACCESS" in env else 0
-    return Config(where.file, haas, store, refresh, socket, access, log, consent, replaced)
 
 
 def _file_rules(access_raw: Any) -> int:
