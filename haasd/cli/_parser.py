@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from haasd import __version__
 from haasd.cli._common import Handler
@@ -21,40 +23,70 @@ from haasd.cli._online import EXIT_CODES_EPILOG, cmd_health, cmd_token
 __all__ = ["build_parser"]
 
 
+#: a subcommand group's ``add_parser``: makes one command's parser
+_AddParser = Callable[..., argparse.ArgumentParser]
+
+
+class _Arguments(Protocol):
+    """A parser, or a group of its arguments."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action: ...
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``haasd`` parser: each command's parser names its handler (``handler``)."""
     parser = argparse.ArgumentParser(
         prog="haasd",
         description="Token daemon for the HaaS API: keeps every human's consent fresh.",
     )
     parser.add_argument("--version", action="version", version=f"haasd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = parser.add_subparsers(dest="command", required=True, metavar="COMMAND").add_parser
+    _daemon_commands(add)
+    _store_commands(add)
+    _maintenance_commands(add)
+    _asking_commands(add)
+    _consent_commands(add)
+    return parser
 
-    def command(
-        name: str,
-        handler: Handler | None,
-        help_text: str,
-        epilog: str | None = None,
-        within: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
-    ) -> argparse.ArgumentParser:
-        p = within.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        if handler is not None:
-            p.set_defaults(handler=handler)
-        return p
 
-    def config_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--config",
-            metavar="FILE",
-            help="the TOML config file (default: $HAASD_CONFIG; HAASD_* variables override it)",
-        )
+def _command(
+    add: _AddParser,
+    name: str,
+    handler: Handler | None,
+    help_text: str,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    p = add(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if handler is not None:
+        p.set_defaults(handler=handler)
+    return p
 
-    p = command("demo", cmd_demo, "the whole life cycle in a minute, with simulated humans")
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the TOML config file (default: $HAASD_CONFIG; HAASD_* variables override it)",
+    )
+
+
+def _socket_arg(p: _Arguments) -> None:
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="haasd's socket (default: $HAASD_SOCKET, else /run/haasd/haasd.sock)",
+    )
+
+
+def _daemon_commands(add: _AddParser) -> None:
+    """``demo`` and ``run``."""
+    p = _command(add, "demo", cmd_demo, "the whole life cycle in a minute, with simulated humans")
     p.add_argument(
         "--speed",
         type=float,
@@ -62,14 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated seconds per real second (default 360: an hour per 10 s)",
     )
     p.add_argument("--duration", type=float, default=60.0, help="real seconds to run (default 60)")
-    p = command("run", cmd_run, "run the daemon in the foreground (systemd, container, terminal)")
-    config_arg(p)
-    p = command("check-config", cmd_check_config, "validate a configuration and its secrets")
-    config_arg(p)
-    p = command("keygen", cmd_keygen, "write a new store key (mode 0600; never overwrites)")
+    p = _command(
+        add, "run", cmd_run, "run the daemon in the foreground (systemd, container, terminal)"
+    )
+    _config_arg(p)
+
+
+def _store_commands(add: _AddParser) -> None:
+    """``check-config``, ``keygen`` and ``import``: offline, on the config and the store."""
+    p = _command(add, "check-config", cmd_check_config, "validate a configuration and its secrets")
+    _config_arg(p)
+    p = _command(add, "keygen", cmd_keygen, "write a new store key (mode 0600; never overwrites)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the key")
-    p = command("import", cmd_import, "store a grant from a token-exchange answer (JSON)")
-    config_arg(p)
+    p = _command(add, "import", cmd_import, "store a grant from a token-exchange answer (JSON)")
+    _config_arg(p)
     p.add_argument("json", metavar="JSON", help="a file holding the answer, or - for stdin")
     p.add_argument(
         "--human",
@@ -82,24 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCOPE",
         help="the scopes asked for, when the answer lists none (default: haas.scopes)",
     )
-    p = command("rekey", cmd_rekey, "re-seal the store under a new key (haasd stopped)")
-    config_arg(p)
+
+
+def _maintenance_commands(add: _AddParser) -> None:
+    """``rekey``, ``backup`` and ``restore``: the store file as a whole."""
+    p = _command(add, "rekey", cmd_rekey, "re-seal the store under a new key (haasd stopped)")
+    _config_arg(p)
     p.add_argument("--new-key", required=True, metavar="FILE", help="a key from haasd keygen")
-    p = command("backup", cmd_backup, "copy the store, still sealed (haasd may be running)")
-    config_arg(p)
+    p = _command(add, "backup", cmd_backup, "copy the store, still sealed (haasd may be running)")
+    _config_arg(p)
     p.add_argument("out", metavar="OUT", help="the backup file to write (never overwritten)")
-    p = command("restore", cmd_restore, "replace the store by a backup the key opens")
-    config_arg(p)
+    p = _command(add, "restore", cmd_restore, "replace the store by a backup the key opens")
+    _config_arg(p)
     p.add_argument("backup", metavar="BACKUP", help="a file written by haasd backup")
 
-    def socket_arg(p: argparse._ActionsContainer) -> None:
-        p.add_argument(
-            "--socket",
-            metavar="PATH",
-            help="haasd's socket (default: $HAASD_SOCKET, else /run/haasd/haasd.sock)",
-        )
 
-    p = command(
+def _asking_commands(add: _AddParser) -> None:
+    """``status``, ``token`` and ``health``: questions to the running haasd."""
+    p = _command(
+        add,
         "status",
         cmd_status,
         "show every grant: asked of the running haasd (admin), or read from the store",
@@ -107,14 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         "an admin [[access]] rule); with --config, reads the store itself.",
     )
     where = p.add_mutually_exclusive_group()
-    socket_arg(where)
+    _socket_arg(where)
     where.add_argument(
         "--config",
         metavar="FILE",
         help="read the store this TOML config names, offline (HAASD_* variables override it)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p = command(
+    p = _command(
+        add,
         "token",
         cmd_token,
         "print a fresh access token for a human, and nothing else",
@@ -134,40 +174,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="the grant must hold scope S (repeat, or give several separated by spaces)",
     )
-    socket_arg(p)
-    p = command(
+    _socket_arg(p)
+    p = _command(
+        add,
         "health",
         cmd_health,
         "ask the running haasd whether it is healthy (exit 0) or not (exit 1)",
         epilog="For probes and container HEALTHCHECKs: prints the reasons when degraded;\n"
         "exit 1 also when haasd cannot be reached.",
     )
-    socket_arg(p)
-    consent = command(
+    _socket_arg(p)
+
+
+def _consent_commands(add: _AddParser) -> None:
+    """``consent start``, ``finish`` and ``listen``."""
+    consent = _command(
+        add,
         "consent",
         None,
         "onboard a human through the running haasd (admin): start, finish, or listen",
         epilog=CONSENT_EPILOG,
     )
-    within = consent.add_subparsers(dest="consent_command", required=True, metavar="COMMAND")
-
-    def asking(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--scope",
-            action="append",
-            metavar="S",
-            help="ask for scope S (repeat; default: the configured scopes, or the human's)",
-        )
-        p.add_argument("--human", metavar="HUMAN_ID", help="ask this human (a re-consent)")
-        socket_arg(p)
-
-    p = command("start", cmd_consent_start, "print the URL to send the human to", within=within)
-    asking(p)
-    p = command(
+    within = consent.add_subparsers(
+        dest="consent_command", required=True, metavar="COMMAND"
+    ).add_parser
+    p = _command(within, "start", cmd_consent_start, "print the URL to send the human to")
+    _asking(p)
+    p = _command(
+        within,
         "finish",
         cmd_consent_finish,
         "finish a consent from the URL the browser was sent back to",
-        within=within,
     )
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("--callback-url", metavar="URL", help="the whole redirect URL, pasted")
@@ -177,15 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="C",
         help="the redirect's code (with --state); write --code=C if it starts with '-'",
     )
-    socket_arg(p)
-    p = command(
+    _socket_arg(p)
+    p = _command(
+        within,
         "listen",
         cmd_consent_listen,
         "start a consent and catch its redirect on a loopback port (RFC 8252 7.3)",
         epilog=LISTEN_EPILOG,
-        within=within,
     )
-    asking(p)
+    _asking(p)
     p.add_argument(
         "--port",
         type=_port,
@@ -198,7 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="give up after S seconds (default: when the consent expires)",
     )
-    return parser
+
+
+def _asking(p: argparse.ArgumentParser) -> None:
+    """What a consent asks for: scopes, a human, and the socket to ask through."""
+    p.add_argument(
+        "--scope",
+        action="append",
+        metavar="S",
+        help="ask for scope S (repeat; default: the configured scopes, or the human's)",
+    )
+    p.add_argument("--human", metavar="HUMAN_ID", help="ask this human (a re-consent)")
+    _socket_arg(p)
 
 
 def _port(text: str) -> int:
