@@ -200,11 +200,8 @@ async def _watch(daemon: Daemon, sim: Simulator, view: _View, tg: anyio.abc.Task
                 tg.start_soon(_consent, daemon, sim, view, RECONSENTS)
 
 
-async def run_demo(*, speed: float, duration: float, out: TextIO) -> DemoSummary:
-    configure_logging("error", "console")  # the live view speaks; the log only if it must
-    clock = ScaledClock(speed)
-    view = _View(out, clock)
-    summary = DemoSummary()
+def _simulator(clock: ScaledClock) -> Simulator:
+    """The simulated HaaS on the free plan, with the demo's humans."""
     sim = Simulator(
         clock,
         client_id=CLIENT_ID,
@@ -217,25 +214,40 @@ async def run_demo(*, speed: float, duration: float, out: TextIO) -> DemoSummary
     )
     for human_id, decision in HUMANS:
         sim.add_human(human_id, decision)  # type: ignore[arg-type]
+    return sim
+
+
+def _environment(sim: Simulator, directory: Path) -> dict[str, str]:
+    """The daemon's configuration, as ``HAASD_*`` variables: the simulator, a fresh key,
+    the store and socket in ``directory``, the demo's short lifetimes."""
+    return {
+        "HAASD_HAAS_ENVIRONMENT": "test",
+        "HAASD_HAAS_CLIENT_ID": CLIENT_ID,
+        "HAASD_HAAS_CLIENT_SECRET": CLIENT_SECRET,
+        "HAASD_HAAS_AUTHORIZE_URL": sim.authorize_url,
+        "HAASD_HAAS_TOKEN_URL": sim.token_url,
+        "HAASD_HAAS_REDIRECT_URI": REDIRECT_URI,
+        "HAASD_HAAS_PLAN": "free",
+        "HAASD_STORE_PATH": str(directory / "haasd.db"),
+        "HAASD_STORE_KEY": Key.generate().to_text(),
+        "HAASD_SOCKET_PATH": str(directory / "haasd.sock"),
+        "HAASD_REFRESH_REFRESH_TOKEN_LIFETIME": str(int(RT_LIFETIME)),
+        "HAASD_REFRESH_RECONSENT_WARNING": str(int(RT_WARNING)),
+        "HAASD_CONSENT_PENDING_TTL": "30m",
+        "HAASD_LOG_LEVEL": "error",
+    }
+
+
+async def run_demo(*, speed: float, duration: float, out: TextIO) -> DemoSummary:
+    configure_logging("error", "console")  # the live view speaks; the log only if it must
+    clock = ScaledClock(speed)
+    view = _View(out, clock)
+    summary = DemoSummary()
+    sim = _simulator(clock)
     with tempfile.TemporaryDirectory(prefix="haasd-demo-") as tmp:
         directory = Path(tmp)
         async with sim.running():
-            env = {
-                "HAASD_HAAS_ENVIRONMENT": "test",
-                "HAASD_HAAS_CLIENT_ID": CLIENT_ID,
-                "HAASD_HAAS_CLIENT_SECRET": CLIENT_SECRET,
-                "HAASD_HAAS_AUTHORIZE_URL": sim.authorize_url,
-                "HAASD_HAAS_TOKEN_URL": sim.token_url,
-                "HAASD_HAAS_REDIRECT_URI": REDIRECT_URI,
-                "HAASD_HAAS_PLAN": "free",
-                "HAASD_STORE_PATH": str(directory / "haasd.db"),
-                "HAASD_STORE_KEY": Key.generate().to_text(),
-                "HAASD_SOCKET_PATH": str(directory / "haasd.sock"),
-                "HAASD_REFRESH_REFRESH_TOKEN_LIFETIME": str(int(RT_LIFETIME)),
-                "HAASD_REFRESH_RECONSENT_WARNING": str(int(RT_WARNING)),
-                "HAASD_CONSENT_PENDING_TTL": "30m",
-                "HAASD_LOG_LEVEL": "error",
-            }
+            env = _environment(sim, directory)
             config = load_config(None, env)
             view.say(
                 f"haasd demo: {speed * 10 / 60:g} simulated minutes per 10 s of yours; the "
