@@ -110,6 +110,10 @@ class Key:
         """16 hex characters naming this key; safe to show and log."""
         return self._key_id
 
+    def reveal(self) -> bytes:
+        """The key's 32 bytes, for the cipher. Reveals the key: keep the result local."""
+        return self._material
+
     def __repr__(self) -> str:
         return f"Key(key_id={self._key_id!r})"
 
@@ -141,6 +145,11 @@ class RowValues:
             data += item
         self._data = bytes(data)
 
+    @property
+    def encoded(self) -> bytes:
+        """The values, length-prefixed, as a blob's associated data ends with them."""
+        return self._data
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RowValues) and self._data == other._data
 
@@ -167,7 +176,7 @@ class Sealer:
             raw_id = bytes.fromhex(key.key_id)
             if raw_id in self._aeads:
                 raise ValueError(f"key {key.key_id} given more than once")
-            self._aeads[raw_id] = AESGCM(key._material)
+            self._aeads[raw_id] = AESGCM(key.reveal())
         self._current_id = bytes.fromhex(current.key_id)
         self._key_ids = tuple(key.key_id for key in keys)
 
@@ -238,7 +247,7 @@ def _associated_data(raw_id: bytes, human_id: str, column: str, bound: RowValues
     col = column.encode("utf-8")
     return b"".join(
         (_VERSION_BYTE, raw_id, _LENGTH.pack(len(human)), human, _LENGTH.pack(len(col)), col,
-         b"" if bound is None else bound._data)
+         b"" if bound is None else bound.encoded)
     )  # fmt: skip
 
 

@@ -64,7 +64,9 @@ class Subscription:
         self._lost = 0
         self._wakeup = anyio.Event()
 
-    def _offer(self, event: Event) -> None:
+    def offer(self, event: Event) -> None:
+        """Queue ``event`` if this reader accepts it, dropping the oldest when full (the
+        reader then gets a ``lost`` notice first). Never blocks: the bus calls it."""
         if self._accepts is not None and not self._accepts(event):
             return
         if len(self._queue) == self._queue.maxlen:
@@ -107,7 +109,7 @@ class EventBus:
     def publish(self, event: Event) -> None:
         self.published[event.type] += 1
         for sub in self._subscribers:
-            sub._offer(event)
+            sub.offer(event)
 
     @contextmanager
     def subscribe(
