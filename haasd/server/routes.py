@@ -38,13 +38,12 @@ import structlog
 from haasd.config import AccessRule
 from haasd.errors import (
     HaasdError,
-    InvalidGrantError,
     NeedsReconsentError,
     TokenUnavailableError,
     UnknownHumanError,
 )
 from haasd.events import Event
-from haasd.grants import Grant, Serve, serve_decision, state_at, status_of
+from haasd.grants import Grant, Serve, serve_decision, state_at
 from haasd.server.access import (
     Decision,
     Peer,
@@ -73,7 +72,14 @@ from haasd.server.answers import (
     unknown,
 )
 from haasd.server.consents import CONSENTS, ConsentRoutes
-from haasd.server.http import Limits, Takeover, json_response, response
+from haasd.server.http import Limits, Takeover, json_response
+from haasd.server.humans import (
+    WAIT_SLACK,
+    delete_answer,
+    humans_answer,
+    refresh_answer,
+    status_answer,
+)
 from haasd.server.service import TokenService
 from haasd.server.stream import HEAD as STREAM_HEAD
 from haasd.server.stream import event_stream
@@ -93,8 +99,6 @@ _HUMANS: Final = b"/v1/humans/"
 _REFRESH: Final = b"/refresh"
 _DECISION_CACHE: Final = 64
 _ANY_SCOPE: Final = (None,)
-#: a waiting request's own deadline beyond the engine's ``wait`` (the engine answers first)
-_WAIT_SLACK: Final = 1.0
 
 
 class Router:
@@ -222,7 +226,7 @@ class PeerContext:
                 human_id = self.router.human_id(rest[: -len(_REFRESH)])
                 self._need_admin(human_id)  # before the coroutine: it answers, not raises
                 wait = parse_wait(parse_query(query, ("wait",)).get("wait", "30"))
-                return self._refresh(human_id, wait)
+                return refresh_answer(self.router.service, human_id, wait, self.peer.uid)
             human_id = self.router.human_id(rest)
             if method == b"DELETE":
                 self._need_admin(human_id)
@@ -321,7 +325,7 @@ class PeerContext:
         service = self.router.service
         try:
             try:
-                with anyio.fail_after(asked.wait + _WAIT_SLACK):
+                with anyio.fail_after(asked.wait + WAIT_SLACK):
                     grant = await service.ensure_fresh(
                         human_id, float(asked.min_ttl), wait=asked.wait, peer=self.peer.uid
                     )
@@ -358,60 +362,15 @@ class PeerContext:
 
     def _status(self, human_id: str) -> bytes:
         self._need_human(human_id)
-        service = self.router.service
-        grant = service.grant(human_id)
-        if grant is None:
-            raise unknown(human_id)
-        return json_response(200, status_of(grant, service.clock.time(), service.policy))
+        return status_answer(self.router.service, human_id)
 
     def _humans(self) -> bytes:
         self._need_admin(None)
-        service = self.router.service
-        now = service.clock.time()
-        matched = self.matched
-        rows = [
-            status_of(g, now, service.policy)
-            for g in sorted(service.grants(), key=lambda g: g.human_id)
-            if is_admin(matched, g.human_id)
-        ]
-        return json_response(200, {"humans": rows})
-
-    async def _refresh(self, human_id: str, wait: float) -> bytes:
-        service = self.router.service
-        try:
-            with anyio.fail_after(wait + _WAIT_SLACK):
-                grant = await service.refresh_now(human_id, wait=wait, peer=self.peer.uid)
-        except UnknownHumanError:
-            return unknown(human_id).answer()
-        except NeedsReconsentError as exc:
-            return reconsent(human_id, exc.reason).answer()
-        except TokenUnavailableError as exc:
-            return unavailable(exc.reason, exc.retry_after).answer()
-        except (HaasdError, TimeoutError) as exc:
-            current = service.grant(human_id)
-            last_error = (current.last_error if current else None) or str(exc) or "timed out"
-            message = (
-                "the refresh failed: the server refused the grant, so the human must consent again"
-                if isinstance(exc, InvalidGrantError)
-                else "the refresh failed; the stored tokens are unchanged"
-            )
-            state = None
-            if current is not None:
-                now = service.clock.time()
-                policy = service.policy
-                state = state_at(current.state, current.refresh_expires_at, now, policy).value
-            problem = Problem(502, "refresh_failed", message, last_error=last_error, state=state)
-            return problem.answer()
-        _audit.info("grant.refreshed_by_admin", human_id=human_id, peer_uid=self.peer.uid)
-        return json_response(200, status_of(grant, service.clock.time(), service.policy))
+        return humans_answer(self.router.service, self.matched)
 
     async def _delete(self, human_id: str) -> bytes:
         self.router.forget(human_id)
-        existed = await self.router.service.delete(human_id)
-        if not existed:
-            return unknown(human_id).answer()
-        _audit.warning("grant.deleted_by_admin", human_id=human_id, peer_uid=self.peer.uid)
-        return response(204)
+        return await delete_answer(self.router.service, human_id, self.peer.uid)
 
     # --- events ---------------------------------------------------------------------------
 
