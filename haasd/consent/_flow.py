@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Final, NoReturn, Protocol
+from collections.abc import Sequence
+from typing import Final
 from urllib.parse import urlsplit
 
 import anyio
@@ -13,9 +12,17 @@ import structlog
 from anyio.abc import TaskStatus
 
 from haasd.authclient import AuthClient
-from haasd.clock import Activity, Clock, rfc3339
+from haasd.clock import Activity, Clock
 from haasd.config import HaasConfig
-from haasd.consent._advice import UNNAMED_WARNING, retry_message, spent_message, unnamed_message
+from haasd.consent._advice import UNNAMED_WARNING
+from haasd.consent._announce import (
+    announce_abandoned,
+    announce_denied,
+    announce_failed,
+    announce_granted,
+    announce_started,
+)
+from haasd.consent._exchange import CodeExchange
 from haasd.consent._oauth import (
     Callback,
     authorization_url,
@@ -32,22 +39,19 @@ from haasd.consent._oauth import (
     state_id,
     with_port,
 )
-from haasd.consent._revoke import revoke_answer, revoke_token
+from haasd.consent._revoke import revoke_answer
+from haasd.consent._values import ConsentResult, GrantKeeper, MayHold, PendingConsent
 from haasd.errors import (
-    AuthError,
     ConsentDeniedError,
     ConsentForbiddenError,
     ConsentLimitError,
     ConsentRequestError,
-    ExchangeFailedError,
-    ExchangeUnavailableError,
     HaasdError,
     InvalidStateError,
     StoreError,
-    TransientAuthError,
 )
-from haasd.events import Event, EventBus
-from haasd.grants import Grant, Policy, new_grant
+from haasd.events import EventBus
+from haasd.grants import new_grant
 from haasd.grantstore import GrantStore
 from haasd.secret import Secret
 from haasd.store import PendingRecord
@@ -67,74 +71,8 @@ DEFAULT_PENDING_TTL: Final = 15 * 60.0
 DEFAULT_MAX_PENDING: Final = 1000
 #: the longest the expiry loop sleeps without looking again (wall-clock steps)
 MAX_SLEEP: Final = 600.0
-#: the TransientAuthError type of an answer that names no human for a consent naming none
-UNNAMED_HUMAN: Final = "unnamed_human"
-#: the error of an answer naming another human than the consent did
 
 _log = structlog.get_logger("haasd.consent")
-
-#: may whoever finishes a consent hold this human's grant? (the server asks its rules)
-MayHold = Callable[[str], bool]
-
-
-class GrantKeeper(Protocol):
-    """What the flow needs of the refresh engine (:class:`~haasd.refresher.Refresher`)."""
-
-    @property
-    def policy(self) -> Policy:
-        """The refresh policy in force now: a reload may replace it, so it is read for
-        every new grant, never kept."""
-        ...
-
-    def grant(self, human_id: str) -> Grant | None:
-        """The human's grant, if one is kept."""
-        ...
-
-    async def add(self, grant: Grant) -> None:
-        """Store a grant (replacing the human's earlier one at once) and schedule it."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class PendingConsent:
-    """A started consent: send the human to ``authorization_url`` before ``expires_at``.
-
-    ``state`` is what the callback must bring back; it is stored only as a digest and
-    never logged, so it is kept out of ``repr`` (as is the URL, which carries it).
-    """
-
-    consent_id: str
-    state: str = field(repr=False)
-    authorization_url: str = field(repr=False)
-    scope: tuple[str, ...]
-    #: the human asked for (``login_hint``): a re-consent or a known human's onboarding
-    human_id: str | None
-    #: True when ``human_id`` has a grant now (whatever its state)
-    reconsent: bool
-    redirect_uri: str
-    created_at: float
-    expires_at: float
-    #: something the starter should know before sending the human (e.g. that a consent
-    #: without a human id will be refused by this server), or None
-    warning: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentResult:
-    """A finished consent: the grant is stored and scheduled."""
-
-    consent_id: str
-    #: whom the server says consented (the grant is stored under this id)
-    human_id: str
-    scope: tuple[str, ...]
-    requested_scope: tuple[str, ...]
-    #: an earlier grant of ``human_id`` was replaced (atomically)
-    replaced: bool
-    #: the consent named a human and another one approved: a new grant for that other
-    #: human (if the finisher may hold them); the named human's grant is untouched
-    different_human: bool
-    expected_human_id: str | None
-    grant: Grant = field(repr=False)
 
 
 class ConsentFlow:
@@ -174,9 +112,7 @@ class ConsentFlow:
         #: busy during store I/O, so a ManualClock's settle hook waits for it
         self._activity = activity or Activity()
         self._wakeup: anyio.Event | None = None
-        #: the last code exchange without a named human: did its answer name one? (None:
-        #: not known yet) — in memory only, so ``start`` can warn before a sure refusal
-        self._names_humans: bool | None = None
+        self._exchanger = CodeExchange(auth, store, events, clock, self._activity, self._wake)
 
     @property
     def redirect_uri(self) -> str:
@@ -230,18 +166,11 @@ class ConsentFlow:
             redirect_uri=redirect,
             created_at=now,
             expires_at=record.expires_at,
-            warning=UNNAMED_WARNING if human_id is None and self._names_humans is False else None,
+            warning=UNNAMED_WARNING
+            if human_id is None and self._exchanger.names_humans is False
+            else None,
         )
-        details = {
-            "consent_id": pending.consent_id,
-            "scope": " ".join(scope),
-            "expires_at": rfc3339(pending.expires_at),
-            "reconsent": pending.reconsent,
-        }
-        self._events.publish(Event("consent.started", human_id, now, details))
-        _log.info("consent started", human_id=human_id, **details)
-        if pending.warning is not None:
-            _log.warning(pending.warning, consent_id=pending.consent_id)
+        announce_started(self._events, pending, now)
         return pending
 
     def _redirect_uri(self, override: str | None) -> str:
@@ -326,18 +255,15 @@ class ConsentFlow:
             self._check_named(seen, may_hold)
         if callback.error is not None:
             record, _ = await self._take(callback.state)
-            details = {"consent_id": consent_id(record.state_id), "error": callback.error}
-            now = self._clock.time()
-            self._events.publish(Event("consent.denied", record.human_id, now, details))
-            _log.info("consent denied", human_id=record.human_id, **details)
+            announce_denied(self._events, record, callback.error, self._clock.time())
             raise ConsentDeniedError(callback.error, callback.error_description)
         code = callback.code
         if code is None:  # check_callback lets no such callback through
             raise ConsentRequestError("a callback carries either a code or an error")
         record, verifier = await self._take(callback.state)
-        answer = await self._exchange(record, verifier, code)
+        answer = await self._exchanger.exchange(record, verifier, code)
         if may_hold is not None and not may_hold(answer.human_id):
-            await self._refuse(record, answer)
+            await self._exchanger.refuse(record, answer)
         return await self._granted(record, answer)
 
     @staticmethod
@@ -370,97 +296,6 @@ class ConsentFlow:
             raise InvalidStateError("expired")
         return taken
 
-    async def _exchange(self, record: PendingRecord, verifier: Secret, code: str) -> TokenResponse:
-        """The token answer for ``code``; the human is the consent's when the answer names
-        none (and must match it when it does), the scope the requested one when it says
-        none (RFC 6749 §5.1).
-
-        A failure before the code reached the server puts the consent back
-        (ExchangeUnavailableError: finish again); one after uses it up (ExchangeFailedError)
-        and revokes whatever the server issued that haasd cannot keep.
-        """
-        cid = consent_id(record.state_id)
-        try:
-            answer = await self._auth.exchange_code(
-                code,
-                record.redirect_uri,
-                verifier.reveal(),
-                human_id=record.human_id,
-                scope=record.scope,
-            )
-        except TransientAuthError as exc:
-            if exc.sent:
-                await self._spent(record, exc)
-            # the server did not act on the code: the consent stays usable
-            await self._put_back(record, verifier)
-            _log.warning("code exchange failed; consent kept", consent_id=cid, error=str(exc))
-            raise ExchangeUnavailableError(
-                exc.error_type,
-                retry_message(str(exc), rfc3339(record.expires_at)),
-                expires_at=record.expires_at,
-                retry_after=exc.retry_after,
-            ) from exc
-        except AuthError as exc:
-            self._failed(record, exc.error_type, record.human_id)
-            _log.warning("code exchange refused", consent_id=cid, reason=str(exc))
-            raise ExchangeFailedError(
-                exc.error_type,
-                f"the code exchange was refused: {exc}; start a new consent",
-                status=exc.status,
-            ) from exc
-        except BaseException:
-            # cancelled (or a defect): the server may not have seen the code; keep it
-            await self._put_back(record, verifier)
-            raise
-        if record.human_id is None:
-            self._names_humans = True  # the server named the human itself
-        return answer
-
-    async def _spent(self, record: PendingRecord, exc: TransientAuthError) -> NoReturn:
-        """The code reached the server and the answer is lost or unusable: the consent is
-        used up (a retry could only get invalid_grant); revoke what was issued."""
-        unnamed = exc.error_type == UNNAMED_HUMAN
-        if unnamed:
-            self._names_humans = False
-        gone = await revoke_token(self._auth, exc.issued_refresh_token, "refresh_token")
-        answered = exc.status is not None and 200 <= exc.status < 300
-        message = (
-            unnamed_message(gone.note)
-            if unnamed
-            else spent_message(str(exc), answered=answered, note=gone.note)
-        )
-        self._failed(record, exc.error_type, record.human_id, gone.revoked)
-        _log.warning(
-            "code exchange failed after the code was sent; consent used up",
-            consent_id=consent_id(record.state_id),
-            human_id=record.human_id,
-            error=str(exc),
-            revocation=gone.note or "no token reached haasd",
-        )
-        raise ExchangeFailedError(
-            exc.error_type, message, status=exc.status, exchanged=True, revoked=gone.revoked
-        ) from exc
-
-    async def _refuse(self, record: PendingRecord, answer: TokenResponse) -> NoReturn:
-        """The human who approved is outside the finisher's rules: revoke what the exchange
-        gave, store nothing, and say so (raises ConsentForbiddenError)."""
-        gone = await revoke_answer(self._auth, answer)
-        self._failed(record, "human_not_allowed", record.human_id, gone.revoked)
-        _log.warning(
-            "consent refused: the human who approved is outside the finishing peer's "
-            "rules; nothing was stored",
-            human_id=answer.human_id,
-            consent_id=consent_id(record.state_id),
-            expected_human_id=record.human_id,
-            revocation=gone.note,
-        )
-        raise ConsentForbiddenError(
-            f"the consent was for a human outside your rules; nothing was stored ({gone.note}; "
-            "an admin of that human may run a new consent)",
-            exchanged=True,
-            revoked=gone.revoked,
-        )
-
     def _failed(
         self,
         record: PendingRecord,
@@ -468,15 +303,7 @@ class ConsentFlow:
         human_id: str | None,
         revoked: bool | None = None,
     ) -> None:
-        details: dict[str, object] = {"consent_id": consent_id(record.state_id), "error": error}
-        if revoked is not None:
-            details["revoked"] = revoked
-        self._events.publish(Event("consent.failed", human_id, self._clock.time(), details))
-
-    async def _put_back(self, record: PendingRecord, verifier: Secret) -> None:
-        with anyio.CancelScope(shield=True), self._activity.busy():
-            await self._store.restore_pending(record, verifier)
-        self._wake()
+        announce_failed(self._events, record, error, human_id, revoked, self._clock.time())
 
     async def _granted(self, record: PendingRecord, answer: TokenResponse) -> ConsentResult:
         now = self._clock.time()
@@ -509,30 +336,7 @@ class ConsentFlow:
             expected_human_id=record.human_id,
             grant=grant,
         )
-        details: dict[str, object] = {
-            "consent_id": result.consent_id,
-            "scope": " ".join(grant.scope),
-            "replaced": replaced,
-            "different_human": different,
-            "refresh_expires_at": rfc3339(grant.refresh_expires_at),
-        }
-        if different:
-            details["expected_human_id"] = record.human_id
-        self._events.publish(Event("consent.granted", human_id, now, details))
-        _log.info("consent granted", human_id=human_id, **details)
-        if different:
-            _log.warning(
-                "a different human approved the consent; the named human's grant is unchanged",
-                human_id=human_id,
-                expected_human_id=record.human_id,
-            )
-        if set(grant.scope) != set(record.scope):
-            _log.info(
-                "the server granted other scopes than asked for",
-                human_id=human_id,
-                requested=" ".join(record.scope),
-                granted=" ".join(grant.scope),
-            )
+        announce_granted(self._events, result, now)
         return result
 
     # --- expiry -------------------------------------------------------------------------
@@ -547,14 +351,7 @@ class ConsentFlow:
         return len(expired)
 
     def _abandoned(self, record: PendingRecord, now: float) -> None:
-        details = {
-            "consent_id": consent_id(record.state_id),
-            "scope": " ".join(record.scope),
-            "reason": "expired",
-            "expired_at": rfc3339(record.expires_at),
-        }
-        self._events.publish(Event("consent.abandoned", record.human_id, now, details))
-        _log.info("consent abandoned", human_id=record.human_id, **details)
+        announce_abandoned(self._events, record, now)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Expire pending consents on time (sleeping on the clock between), until cancelled.
