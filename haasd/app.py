@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, SystemClock
@@ -121,34 +121,7 @@ async def run(
         budget = RateBudget(config.haas.requests_per_minute, clock)
         auth = AuthClient.from_config(config.haas, client_secret, budget, activity=activity)
         stack.push_async_callback(auth.aclose)
-        events = EventBus()
-        refresher = Refresher(
-            store=store,
-            auth=auth,
-            clock=clock,
-            policy=policy_of(config),
-            events=events,
-            budget=budget,
-            rng=random.SystemRandom(),
-            activity=activity,
-        )
-        consent = ConsentFlow(
-            store,
-            auth,
-            refresher,
-            clock,
-            events,
-            config.haas,
-            pending_ttl=config.consent.pending_ttl,
-            max_pending=config.consent.max_pending,
-            activity=activity,
-        )
-        server = TokenServer(
-            refresher,
-            config.access,
-            collectors=[EngineCollector(refresher, budget)],
-            consents=consent,
-        )
+        events, refresher, consent, server = _parts(config, store, auth, budget, clock, activity)
         async with anyio.create_task_group() as tg:
             await tg.start(refresher.run)
             await tg.start(consent.run)
@@ -169,20 +142,66 @@ async def run(
             )
             if signals:  # before READY: a SIGTERM right after it must stop cleanly
                 await tg.start(_signal_loop, tg, daemon, notifier, config_path, environ)
-            notifier.ready(daemon.status_line())
-            _log.info(
-                "haasd ready",
-                socket=str(config.socket.path),
-                grants=len(list(refresher.grants())),
-                environment=config.haas.environment,
-            )
-            interval = watchdog_interval(env)
-            if interval is not None:
-                tg.start_soon(notifier.watchdog, interval)
-            if notifier.enabled:
-                tg.start_soon(_status_loop, notifier, daemon)
+            _ready(tg, daemon, notifier, env)
             task_status.started(daemon)
     _log.info("haasd stopped")
+
+
+def _parts(
+    config: Config,
+    store: Store,
+    auth: AuthClient,
+    budget: RateBudget,
+    clock: Clock,
+    activity: Activity,
+) -> tuple[EventBus, Refresher, ConsentFlow, TokenServer]:
+    """The event bus, the refresh engine, the consent flow and the token server, over one
+    store and one auth client."""
+    events = EventBus()
+    refresher = Refresher(
+        store=store,
+        auth=auth,
+        clock=clock,
+        policy=policy_of(config),
+        events=events,
+        budget=budget,
+        rng=random.SystemRandom(),
+        activity=activity,
+    )
+    consent = ConsentFlow(
+        store,
+        auth,
+        refresher,
+        clock,
+        events,
+        config.haas,
+        pending_ttl=config.consent.pending_ttl,
+        max_pending=config.consent.max_pending,
+        activity=activity,
+    )
+    server = TokenServer(
+        refresher,
+        config.access,
+        collectors=[EngineCollector(refresher, budget)],
+        consents=consent,
+    )
+    return events, refresher, consent, server
+
+
+def _ready(tg: TaskGroup, daemon: Daemon, notifier: Notifier, env: Mapping[str, str]) -> None:
+    """Tell systemd (READY=1) and the log; start the watchdog and status pings."""
+    notifier.ready(daemon.status_line())
+    _log.info(
+        "haasd ready",
+        socket=str(daemon.config.socket.path),
+        grants=len(list(daemon.refresher.grants())),
+        environment=daemon.config.haas.environment,
+    )
+    interval = watchdog_interval(env)
+    if interval is not None:
+        tg.start_soon(notifier.watchdog, interval)
+    if notifier.enabled:
+        tg.start_soon(_status_loop, notifier, daemon)
 
 
 async def _status_loop(notifier: Notifier, daemon: Daemon) -> None:
