@@ -33,6 +33,12 @@ class EngineCollector(Collector):
         self._budget = budget
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._refreshes()
+        yield from self._budget_and_backlog()
+        yield from self._refusals_and_faults()
+
+    def _refreshes(self) -> Iterator[Metric]:
+        """Refreshes by outcome, the late ones, and their round trip."""
         stats = self._refresher.stats
         refreshes = CounterMetricFamily(
             "haasd_refreshes", "Refresh attempts that ended, by outcome", labels=["outcome"]
@@ -58,6 +64,9 @@ class EngineCollector(Collector):
             buckets=buckets,
             sum_value=stats.latency_sum,
         )
+
+    def _budget_and_backlog(self) -> Iterator[Metric]:
+        """The rate budget, and the grants it may not reach in time."""
         yield GaugeMetricFamily(
             "haasd_rate_budget_remaining",
             "Requests haasd may still send to HaaS in the current minute",
@@ -78,6 +87,9 @@ class EngineCollector(Collector):
             "Grants due for a refresh and waiting for a worker",
             value=float(self._refresher.backlog),
         )
+
+    def _refusals_and_faults(self) -> Iterator[Metric]:
+        """On-demand refreshes refused, quarantined grants, a stop for a client fault."""
         refused = CounterMetricFamily(
             "haasd_on_demand_refused",
             "Refreshes asked for on demand (min_ttl, admin refresh) and refused, by reason",
@@ -94,5 +106,5 @@ class EngineCollector(Collector):
         yield GaugeMetricFamily(
             "haasd_refreshing_stopped",
             "1 while refreshing is stopped by a client-credentials fault",
-            value=1.0 if stats.client_fault else 0.0,
+            value=1.0 if self._refresher.stats.client_fault else 0.0,
         )
