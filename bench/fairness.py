@@ -362,7 +362,7 @@ def _child_main(  # pragma: no cover - runs in the forked child
                 seconds, _, path = line.strip().partition(" ")
                 _write_all(reports, json.dumps(work(path, float(seconds))) + "\n")
         code = 0
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - a forked child reports all and exits
         _write_all(reports, json.dumps({"error": repr(exc)}) + "\n")
     finally:
         os._exit(code)

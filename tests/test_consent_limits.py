@@ -55,7 +55,7 @@ def _ask(path: str, request: bytes, write_fd: int) -> None:  # pragma: no cover 
             while chunk := sock.recv(65536):
                 os.write(write_fd, chunk)
         code = 0
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - a forked child reports all and exits
         os.write(write_fd, f"error {exc!r}".encode())
     finally:
         os._exit(code)

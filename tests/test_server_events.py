@@ -190,7 +190,7 @@ def _ask_as_nobody(  # pragma: no cover - child
                 data += chunk
         os.write(write_fd, data.split(b" ", 2)[1])
         code = 0
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - a forked child reports all and exits
         os.write(write_fd, f"error {exc!r}".encode())
     finally:
         os._exit(code)

@@ -357,7 +357,7 @@ class Refresher:
                 self._risk.watch(now)
             else:
                 self._place(grant, now)
-        except Exception as exc:  # a defect or the disk: this grant waits, the loop goes on
+        except Exception as exc:  # noqa: BLE001 - a defect or the disk: this grant waits, the loop goes on
             self._refreshing.fault(human_id, "scheduling", exc)
             self._scheduler.place(human_id, now + self.policy.backoff_base)
 

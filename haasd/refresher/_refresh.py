@@ -90,7 +90,7 @@ class Refreshing:
             )
             self._postpone(human_id)
             return exc
-        except Exception as exc:  # a defect: it costs this grant a retry, never the engine
+        except Exception as exc:  # noqa: BLE001 - a defect costs this grant a retry, never the engine
             error = self.fault(human_id, "refresh", exc)
             memory.interrupted.add(human_id)  # the answer may have come and been lost
             self._postpone(human_id)

@@ -278,7 +278,7 @@ class HttpConnection:
                     answer = handler(b"GET" if head else method, target, body)
                 except _GONE:
                     return False
-                except Exception:  # a handler's defect costs this connection, not the server
+                except Exception:  # noqa: BLE001 - a handler's defect costs this connection, not the server
                     await self._handler_failed(method, target, head)
                     return False
                 reply = (
@@ -324,7 +324,7 @@ class HttpConnection:
             return await answer
         except _GONE:
             return None
-        except Exception:  # a handler's defect costs this connection, not the server
+        except Exception:  # noqa: BLE001 - a handler's defect costs this connection, not the server
             await self._handler_failed(method, target, head)
             return None
 

@@ -308,7 +308,7 @@ class TokenServer:
         peer = context.peer
         try:
             await conn.run()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a defect costs this connection, never the server
             _log.exception("connection failed", peer_uid=peer.uid, peer_pid=peer.pid)
         finally:
             context.close()
