@@ -372,7 +372,7 @@ class Authority:
         return token
 
     def _token_reply(self, family: Family, access: str, refresh: str | None, now: float) -> Reply:
-        """The seed's success body, keys in its order."""
+        """The HaaS docs' success body, keys in their order."""
         record = self._access_tokens[access]
         body: dict[str, str | int] = {
             "access_token": access,

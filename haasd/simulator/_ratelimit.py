@@ -1,4 +1,4 @@
-"""The seed's per-plan rate limit: a fixed window of 60 seconds per client, on the clock.
+"""The HaaS docs' per-plan rate limit: a fixed window of 60 seconds per client, on the clock.
 
 Windows are aligned to the clock's wall time (``floor(now / 60) * 60``), so
 ``X-RateLimit-Reset`` is the epoch second the current window ends, as the HaaS docs' example
@@ -24,7 +24,7 @@ __all__ = [
 
 Plan = Literal["free", "pro", "enterprise"]
 
-#: The seed's table: requests per minute for each plan.
+#: The HaaS docs' table: requests per minute for each plan.
 PLAN_REQUESTS_PER_MINUTE: Final[dict[Plan, int]] = {"free": 60, "pro": 300, "enterprise": 1000}
 
 
@@ -100,7 +100,7 @@ class FixedWindowLimiter:
 
 
 def too_many(status: RateStatus) -> Reply:
-    """The seed's 429 answer, body word for word, with ``Retry-After``."""
+    """The HaaS docs' 429 answer, body word for word, with ``Retry-After``."""
     body = {
         "error": {
             "code": 429,

@@ -315,7 +315,7 @@ class Simulator:
         """Answer the next ``n`` ``/token`` requests with ``status`` without processing them.
 
         ``body`` is JSON (a mapping), text or bytes; ``None`` gives a default: for 429 the
-        seed's rate-limit body (``retry_after`` from a numeric ``Retry-After`` in
+        HaaS docs' rate-limit body (``retry_after`` from a numeric ``Retry-After`` in
         ``headers``, else 1, with ``Retry-After: 1``); for 503 ``temporarily_unavailable``;
         otherwise ``server_error``. ``headers`` are sent as given (``Retry-After`` as an
         HTTP-date, ``X-RateLimit-*``, ...).
