@@ -15,7 +15,7 @@ A server refusal cuts the access token's expiry to the moment of refusal, so "se
 is always just "state allows it and the access token has time left" (:func:`servable`).
 
 Inputs that move a grant: a refresh answer (:data:`TRANSITIONS` keyed by
-:class:`Answer`), the clock passing a limit (:func:`state_at`), and a completed
+:class:`Outcome`), the clock passing a limit (:func:`state_at`), and a completed
 re-consent (back to active).
 """
 
@@ -42,8 +42,8 @@ __all__ = [
     "INTERRUPTED",
     "LIMIT_REACHED",
     "TRANSITIONS",
-    "Answer",
     "Grant",
+    "Outcome",
     "Policy",
     "RefreshIntent",
     "Serve",
@@ -114,7 +114,7 @@ class Grant:
             raise ValueError("each scope must be a non-empty word without whitespace")
 
 
-class Answer(StrEnum):
+class Outcome(StrEnum):
     """What a refresh attempt came to, for the state machine."""
 
     OK = "ok"
@@ -126,18 +126,18 @@ class Answer(StrEnum):
 
 #: (state before, answer) -> state after, before the clock is applied. Absent pairs
 #: cannot happen: a grant in needs_reconsent is never refreshed.
-TRANSITIONS: Final[dict[tuple[State, Answer], State]] = {
-    (State.ACTIVE, Answer.OK): State.ACTIVE,
-    (State.ACTIVE, Answer.TRANSIENT): State.ACTIVE,
-    (State.ACTIVE, Answer.CLIENT_FAULT): State.ACTIVE,
-    (State.ACTIVE, Answer.REFUSED): State.NEEDS_RECONSENT,
-    (State.ACTIVE, Answer.RECONSENTED): State.ACTIVE,
-    (State.RECONSENT_DUE, Answer.OK): State.RECONSENT_DUE,
-    (State.RECONSENT_DUE, Answer.TRANSIENT): State.RECONSENT_DUE,
-    (State.RECONSENT_DUE, Answer.CLIENT_FAULT): State.RECONSENT_DUE,
-    (State.RECONSENT_DUE, Answer.REFUSED): State.NEEDS_RECONSENT,
-    (State.RECONSENT_DUE, Answer.RECONSENTED): State.ACTIVE,
-    (State.NEEDS_RECONSENT, Answer.RECONSENTED): State.ACTIVE,
+TRANSITIONS: Final[dict[tuple[State, Outcome], State]] = {
+    (State.ACTIVE, Outcome.OK): State.ACTIVE,
+    (State.ACTIVE, Outcome.TRANSIENT): State.ACTIVE,
+    (State.ACTIVE, Outcome.CLIENT_FAULT): State.ACTIVE,
+    (State.ACTIVE, Outcome.REFUSED): State.NEEDS_RECONSENT,
+    (State.ACTIVE, Outcome.RECONSENTED): State.ACTIVE,
+    (State.RECONSENT_DUE, Outcome.OK): State.RECONSENT_DUE,
+    (State.RECONSENT_DUE, Outcome.TRANSIENT): State.RECONSENT_DUE,
+    (State.RECONSENT_DUE, Outcome.CLIENT_FAULT): State.RECONSENT_DUE,
+    (State.RECONSENT_DUE, Outcome.REFUSED): State.NEEDS_RECONSENT,
+    (State.RECONSENT_DUE, Outcome.RECONSENTED): State.ACTIVE,
+    (State.NEEDS_RECONSENT, Outcome.RECONSENTED): State.ACTIVE,
 }
 
 
@@ -166,7 +166,7 @@ class Policy:
     on_demand_share: float = 0.25
 
 
-def transition(state: State, answer: Answer) -> State:
+def transition(state: State, answer: Outcome) -> State:
     """The state after ``answer``; ValueError for a pair the table rules out."""
     try:
         return TRANSITIONS[(state, answer)]
@@ -257,15 +257,15 @@ def failure_retry_at(
     return at
 
 
-def classify(error: HaasdError) -> Answer:
+def classify(error: HaasdError) -> Outcome:
     """Map an error from a refresh attempt to the answer it stands for."""
     match error:
         case InvalidGrantError():
-            return Answer.REFUSED
+            return Outcome.REFUSED
         case ClientAuthError() | RequestRejectedError():
-            return Answer.CLIENT_FAULT
+            return Outcome.CLIENT_FAULT
         case _:  # TransientAuthError, a malformed answer (TokenResponseError), ...
-            return Answer.TRANSIENT
+            return Outcome.TRANSIENT
 
 
 def new_grant(
@@ -339,7 +339,7 @@ def after_refresh(
         refresh_token=answer.refresh_token or grant.refresh_token,
         refresh_expires_at=limit,
         last_refresh_at=now,
-        state=state_at(transition(grant.state, Answer.OK), limit, now, policy),
+        state=state_at(transition(grant.state, Outcome.OK), limit, now, policy),
         last_error=None,
         consecutive_failures=0,
         next_refresh_at=refresh_due_at(now, answer.expires_in, policy, rng),
@@ -355,7 +355,7 @@ def after_failure(
     rng: random.Random,
     *,
     interrupted: bool,
-) -> tuple[Answer, Grant, bool]:
+) -> tuple[Outcome, Grant, bool]:
     """What a failed refresh means: (the answer, the grant after it, whether the server may
     have acted on the request and the answer was lost — then the intent stays open).
 
@@ -363,7 +363,7 @@ def after_failure(
     now most likely means the rotation was interrupted.
     """
     answer = classify(error)
-    if answer is Answer.REFUSED:
+    if answer is Outcome.REFUSED:
         # the server says the grant is gone: its access token is not served any more
         reason = INTERRUPTED if interrupted else f"the server refused the grant: {error}"
         refused = replace(
@@ -375,7 +375,7 @@ def after_failure(
             intent=None,
         )
         return answer, refused, False
-    if answer is Answer.CLIENT_FAULT:  # not the human's fault: the grant is untouched
+    if answer is Outcome.CLIENT_FAULT:  # not the human's fault: the grant is untouched
         return answer, replace(grant, intent=None), False
     failures = grant.consecutive_failures + 1
     retry_after = error.retry_after if isinstance(error, TransientAuthError) else None

@@ -26,7 +26,7 @@ from haasd.errors import (
     TransientAuthError,
     UnnamedHumanError,
 )
-from haasd.grants import Answer, classify
+from haasd.grants import Outcome, classify
 from haasd.ratelimit import MAX_WAIT, RateBudget
 from haasd.secret import Secret
 
@@ -227,75 +227,75 @@ def seed_shape(status: int, kind: str) -> httpx.Response:
 @pytest.mark.parametrize(
     ("reply", "error", "error_type", "answer"),
     [
-        (oauth(400, "invalid_grant"), InvalidGrantError, "invalid_grant", Answer.REFUSED),
-        (oauth(401, "invalid_grant"), InvalidGrantError, "invalid_grant", Answer.REFUSED),
-        (seed_shape(400, "invalid_grant"), InvalidGrantError, "invalid_grant", Answer.REFUSED),
-        (oauth(401, "invalid_client"), ClientAuthError, "invalid_client", Answer.CLIENT_FAULT),
+        (oauth(400, "invalid_grant"), InvalidGrantError, "invalid_grant", Outcome.REFUSED),
+        (oauth(401, "invalid_grant"), InvalidGrantError, "invalid_grant", Outcome.REFUSED),
+        (seed_shape(400, "invalid_grant"), InvalidGrantError, "invalid_grant", Outcome.REFUSED),
+        (oauth(401, "invalid_client"), ClientAuthError, "invalid_client", Outcome.CLIENT_FAULT),
         (
             oauth(400, "unauthorized_client"),
             ClientAuthError,
             "unauthorized_client",
-            Answer.CLIENT_FAULT,
+            Outcome.CLIENT_FAULT,
         ),
-        (httpx.Response(401), ClientAuthError, "unauthorized", Answer.CLIENT_FAULT),
+        (httpx.Response(401), ClientAuthError, "unauthorized", Outcome.CLIENT_FAULT),
         (
             oauth(400, "invalid_request"),
             RequestRejectedError,
             "invalid_request",
-            Answer.CLIENT_FAULT,
+            Outcome.CLIENT_FAULT,
         ),
         (
             oauth(400, "unsupported_grant_type"),
             RequestRejectedError,
             "unsupported_grant_type",
-            Answer.CLIENT_FAULT,
+            Outcome.CLIENT_FAULT,
         ),
-        (oauth(400, "invalid_scope"), RequestRejectedError, "invalid_scope", Answer.CLIENT_FAULT),
+        (oauth(400, "invalid_scope"), RequestRejectedError, "invalid_scope", Outcome.CLIENT_FAULT),
         (
             httpx.Response(404, text="<html>gone</html>"),
             RequestRejectedError,
             "http_404",
-            Answer.CLIENT_FAULT,
+            Outcome.CLIENT_FAULT,
         ),
-        (oauth(400, "<b>what?</b>"), RequestRejectedError, "unknown_error", Answer.CLIENT_FAULT),
+        (oauth(400, "<b>what?</b>"), RequestRejectedError, "unknown_error", Outcome.CLIENT_FAULT),
         (
             oauth(400, "temporarily_unavailable"),
             TransientAuthError,
             "temporarily_unavailable",
-            Answer.TRANSIENT,
+            Outcome.TRANSIENT,
         ),
         (
             oauth(503, "temporarily_unavailable"),
             TransientAuthError,
             "temporarily_unavailable",
-            Answer.TRANSIENT,
+            Outcome.TRANSIENT,
         ),
-        (httpx.Response(408), TransientAuthError, "timeout", Answer.TRANSIENT),
-        (httpx.Response(500, json={}), TransientAuthError, "server_error", Answer.TRANSIENT),
+        (httpx.Response(408), TransientAuthError, "timeout", Outcome.TRANSIENT),
+        (httpx.Response(500, json={}), TransientAuthError, "server_error", Outcome.TRANSIENT),
         (
             httpx.Response(502, text="<html>bad gateway</html>"),
             TransientAuthError,
             "server_error",
-            Answer.TRANSIENT,
+            Outcome.TRANSIENT,
         ),
-        (oauth(500, "invalid_grant"), TransientAuthError, "invalid_grant", Answer.TRANSIENT),
+        (oauth(500, "invalid_grant"), TransientAuthError, "invalid_grant", Outcome.TRANSIENT),
         (
             seed_shape(429, "rate_limit_exceeded"),
             RateLimitedError,
             "rate_limit_exceeded",
-            Answer.TRANSIENT,
+            Outcome.TRANSIENT,
         ),
         (
             seed_shape(403, "rate_limit_exceeded"),
             RateLimitedError,
             "rate_limit_exceeded",
-            Answer.TRANSIENT,
+            Outcome.TRANSIENT,
         ),
-        (httpx.Response(429), RateLimitedError, "rate_limit_exceeded", Answer.TRANSIENT),
+        (httpx.Response(429), RateLimitedError, "rate_limit_exceeded", Outcome.TRANSIENT),
     ],
 )
 async def test_error_answers_map_to_typed_errors(
-    reply: httpx.Response, error: type[AuthError], error_type: str, answer: Answer
+    reply: httpx.Response, error: type[AuthError], error_type: str, answer: Outcome
 ) -> None:
     async with client_for(Server(reply)) as client:
         with pytest.raises(AuthError) as caught:
@@ -521,7 +521,7 @@ async def test_a_malformed_success_is_transient_and_counts_as_sent(
     error = caught.value
     assert (error.error_type, error.status, error.sent) == ("malformed_response", 200, True)
     assert problem in str(error)
-    assert Answer.TRANSIENT is classify(error)
+    assert Outcome.TRANSIENT is classify(error)
     assert "<html" not in str(error) and "AAAA" not in str(error)
     assert error.__cause__ is None or isinstance(error.__cause__, TokenResponseError)
 

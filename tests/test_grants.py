@@ -18,8 +18,8 @@ from haasd.errors import (
 )
 from haasd.grants import (
     TRANSITIONS,
-    Answer,
     Grant,
+    Outcome,
     Policy,
     RefreshIntent,
     Serve,
@@ -44,16 +44,16 @@ POLICY = Policy()
 
 def test_every_pair_in_the_table_and_only_those() -> None:
     for state in State:
-        for answer in Answer:
+        for answer in Outcome:
             if (state, answer) in TRANSITIONS:
                 assert transition(state, answer) is TRANSITIONS[(state, answer)]
             else:
                 assert state is State.NEEDS_RECONSENT  # a dead grant takes only re-consent
                 with pytest.raises(ValueError, match="cannot take"):
                     transition(state, answer)
-    assert transition(State.ACTIVE, Answer.REFUSED) is State.NEEDS_RECONSENT
-    assert transition(State.NEEDS_RECONSENT, Answer.RECONSENTED) is State.ACTIVE
-    assert transition(State.RECONSENT_DUE, Answer.TRANSIENT) is State.RECONSENT_DUE
+    assert transition(State.ACTIVE, Outcome.REFUSED) is State.NEEDS_RECONSENT
+    assert transition(State.NEEDS_RECONSENT, Outcome.RECONSENTED) is State.ACTIVE
+    assert transition(State.RECONSENT_DUE, Outcome.TRANSIENT) is State.RECONSENT_DUE
 
 
 def test_a_month_of_clock() -> None:
@@ -120,15 +120,15 @@ def test_retry_after_is_honoured_exactly_and_capped() -> None:
 @pytest.mark.parametrize(
     ("error", "answer"),
     [
-        (InvalidGrantError("invalid_grant", "gone"), Answer.REFUSED),
-        (ClientAuthError("invalid_client", "bad"), Answer.CLIENT_FAULT),
-        (RequestRejectedError("invalid_request", "bad"), Answer.CLIENT_FAULT),
-        (TransientAuthError("timeout", "slow"), Answer.TRANSIENT),
-        (RateLimitedError("rate_limit_exceeded", "429", retry_after=3), Answer.TRANSIENT),
-        (TokenResponseError("html"), Answer.TRANSIENT),
+        (InvalidGrantError("invalid_grant", "gone"), Outcome.REFUSED),
+        (ClientAuthError("invalid_client", "bad"), Outcome.CLIENT_FAULT),
+        (RequestRejectedError("invalid_request", "bad"), Outcome.CLIENT_FAULT),
+        (TransientAuthError("timeout", "slow"), Outcome.TRANSIENT),
+        (RateLimitedError("rate_limit_exceeded", "429", retry_after=3), Outcome.TRANSIENT),
+        (TokenResponseError("html"), Outcome.TRANSIENT),
     ],
 )
-def test_classify(error: HaasdError, answer: Answer) -> None:
+def test_classify(error: HaasdError, answer: Outcome) -> None:
     assert classify(error) is answer
 
 
@@ -171,7 +171,7 @@ def test_after_failure_per_answer() -> None:
         _grant(), InvalidGrantError("invalid_grant", "x"), 100.0, POLICY, rng, interrupted=False
     )
     assert (refused, g.state, g.access_expires_at, g.intent, lost) == (
-        Answer.REFUSED,
+        Outcome.REFUSED,
         State.NEEDS_RECONSENT,
         100.0,
         None,
@@ -184,10 +184,10 @@ def test_after_failure_per_answer() -> None:
     fault, g, _ = after_failure(
         _grant(), ClientAuthError("invalid_client", "x"), 100.0, POLICY, rng, interrupted=False
     )
-    assert (fault, g.state, g.consecutive_failures) == (Answer.CLIENT_FAULT, State.ACTIVE, 0)
+    assert (fault, g.state, g.consecutive_failures) == (Outcome.CLIENT_FAULT, State.ACTIVE, 0)
     timeout = TransientAuthError("timeout", "no answer", sent=True)
     transient, g, lost = after_failure(_grant(), timeout, 100.0, POLICY, rng, interrupted=False)
-    assert (transient, g.consecutive_failures, lost) == (Answer.TRANSIENT, 1, True)
+    assert (transient, g.consecutive_failures, lost) == (Outcome.TRANSIENT, 1, True)
     assert g.intent is not None, "the answer may be lost: the intent stays open"
     refused_503 = TransientAuthError("temporarily_unavailable", "busy", sent=False)
     _, g, lost = after_failure(_grant(), refused_503, 100.0, POLICY, rng, interrupted=False)

@@ -19,7 +19,7 @@ from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock
 from haasd.errors import HaasdError, RequestRejectedError, TransientAuthError
 from haasd.events import Event, EventBus
-from haasd.grants import Answer, Grant, State, after_clock, after_failure, after_refresh
+from haasd.grants import Grant, Outcome, State, after_clock, after_failure, after_refresh
 from haasd.grantstore import GrantStore
 from haasd.refresher._flight import Background
 from haasd.refresher._memory import Memory
@@ -139,7 +139,7 @@ class Outcomes:
             grant, exc, now, memory.policy, self._rng, interrupted=interrupted
         )
         memory.stats.refreshes[answer.value] += 1
-        if answer is Answer.CLIENT_FAULT and memory.stats.client_fault is None:
+        if answer is Outcome.CLIENT_FAULT and memory.stats.client_fault is None:
             memory.stats.client_fault = f"the server rejects haasd's client ({exc})"
             _log.error(
                 "refreshing stopped for all grants: the token endpoint rejects our client",
@@ -153,9 +153,9 @@ class Outcomes:
             memory.interrupted.add(grant.human_id)
         if not await self._write(grant, new):
             return exc
-        if answer is Answer.REFUSED:
+        if answer is Outcome.REFUSED:
             self._refused(new, now)
-        elif answer is Answer.CLIENT_FAULT:
+        elif answer is Outcome.CLIENT_FAULT:
             self._place(new, now)
         else:
             self._will_retry(new, now)

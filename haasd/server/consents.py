@@ -130,7 +130,8 @@ def _retry_after(seconds: float | None) -> int:
     return max(1, math.ceil(seconds))
 
 
-def _busy(error_type: str, message: str, seconds: float | None, **extra: Any) -> Problem:
+def _later(error_type: str, message: str, seconds: float | None, **extra: Any) -> Problem:
+    """A 503 that says when to come back (``Retry-After``)."""
     wait = _retry_after(seconds)
     headers = {"Retry-After": str(wait)}
     return Problem(503, error_type, message, headers=headers, retry_after=wait, **extra)
@@ -178,7 +179,7 @@ def consent_problem(exc: ConsentError) -> Problem:
             **_revoked(exc.revoked),
         )
     if isinstance(exc, ExchangeUnavailableError):
-        return _busy(
+        return _later(
             "exchange_unavailable",
             message,
             exc.retry_after,
@@ -186,7 +187,7 @@ def consent_problem(exc: ConsentError) -> Problem:
             expires_at=rfc3339(exc.expires_at),
         )
     if isinstance(exc, ConsentLimitError):
-        return _busy("consent_limit", message, exc.retry_after, limit=exc.limit)
+        return _later("consent_limit", message, exc.retry_after, limit=exc.limit)
     return Problem(500, "consent_failed", message)
 
 
@@ -329,7 +330,7 @@ class ConsentRoutes:
             return consent_problem(exc).answer()
         except (HaasdError, TimeoutError) as exc:  # the store: try again
             reason = str(exc) or "timed out"
-            problem = _busy("consent_unavailable", f"cannot start a consent now: {reason}", None)
+            problem = _later("consent_unavailable", f"cannot start a consent now: {reason}", None)
             return problem.answer()
         _audit.info(
             "consent.started_by_admin",
@@ -357,7 +358,7 @@ class ConsentRoutes:
             return consent_problem(exc).answer()
         except TimeoutError:
             message = "the code exchange timed out; the consent is kept: send the callback again"
-            return _busy("exchange_unavailable", message, None, server_error="timeout").answer()
+            return _later("exchange_unavailable", message, None, server_error="timeout").answer()
         except HaasdError as exc:  # the grant could not be stored: the code is spent
             return Problem(500, "consent_failed", str(exc)).answer()
         _audit.info(

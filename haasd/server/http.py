@@ -127,7 +127,7 @@ class HttpConnection:
         "_uid",
         "_upgrade",
         "_url",
-        "busy",
+        "answering",
         "closing",
         "deadline",
         "scope",
@@ -158,7 +158,7 @@ class HttpConnection:
         self._upgrade = False
         self._error = 0
         #: answering a request (a stop lets it finish); False while idle or streaming
-        self.busy = False
+        self.answering = False
         #: set by the server when it stops: close after the answer in flight
         self.closing = False
         #: real seconds on this clock: the deadlines protect sockets, not tokens
@@ -270,7 +270,7 @@ class HttpConnection:
         """Answer every complete request in order; False when the connection must close."""
         handler = self._handler
         stream = self._stream
-        self.busy = True
+        self.answering = True
         try:
             for method, target, body, keep_alive in self._done:
                 head = method == b"HEAD"  # answered as a GET, without the body
@@ -298,7 +298,7 @@ class HttpConnection:
         except _GONE:
             return False
         finally:
-            self.busy = False
+            self.answering = False
             self._done.clear()
         if self.closing:
             return False
@@ -316,7 +316,7 @@ class HttpConnection:
                 if head:
                     await stream.send(answer.head)
                     return None
-                self.busy = False
+                self.answering = False
                 self.deadline = math.inf  # it keeps its own deadlines
                 await answer.run(stream)
                 return None

@@ -80,7 +80,7 @@ def _peer_groups(sock: socket.socket) -> frozenset[int]:
     return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
 
 
-def _busy(reason: str) -> bytes:
+def _too_many(reason: str) -> bytes:
     body = error_body(503, "too_many_connections", reason, retry_after=1)
     answer = json_response(503, body, {"Retry-After": "1", "Connection": "close"})
     return answer
@@ -160,7 +160,7 @@ class TokenServer:
         for conn, context in self._connections.items():
             if not context.matched:
                 conn.closing = True
-                if not conn.busy:
+                if not conn.answering:
                     conn.scope.cancel()
 
     async def serve(
@@ -188,7 +188,7 @@ class TokenServer:
                     stopping.set()
                     for conn in self._connections:
                         conn.closing = True
-                        if not conn.busy:
+                        if not conn.answering:
                             conn.scope.cancel()
         finally:
             self._router.tally.flush()  # the counts still pending
@@ -284,7 +284,7 @@ class TokenServer:
         tally.note(
             _log, "warning", "connection refused", peer.uid, reason=reason, peer_pid=peer.pid
         )
-        self._answer_and_close(conns, stream, _busy(reason))
+        self._answer_and_close(conns, stream, _too_many(reason))
 
     def _answer_and_close(
         self, conns: TaskGroup, stream: anyio.abc.SocketStream, answer: bytes
