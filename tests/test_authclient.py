@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
@@ -164,8 +165,9 @@ async def test_form_encoded_bodies_when_configured() -> None:
     assert ("refresh_token", REFRESH) in parse_qsl(refreshed.content.decode())
 
 
-async def test_from_config_takes_url_client_and_format() -> None:
-    haas = HaasConfig(
+def haas_config(**overrides: Any) -> HaasConfig:
+    """The [haas] section these tests configure, with ``overrides``."""
+    base = HaasConfig(
         environment="test",
         client_id=CLIENT_ID,
         client_secret=SecretSource("haas.client_secret", "client_secret", "HAASD_CLIENT_SECRET"),
@@ -175,8 +177,13 @@ async def test_from_config_takes_url_client_and_format() -> None:
         scopes=SCOPE,
         plan="free",
         requests_per_minute=60,
-        token_request_format="form",
+        token_request_format="json",
     )
+    return dataclasses.replace(base, **overrides)
+
+
+async def test_from_config_takes_url_client_and_format() -> None:
+    haas = haas_config(token_request_format="form")
     server = Server(httpx.Response(200, json=GRANT))
     transport = httpx.MockTransport(server)
     budget = RateBudget(60, ManualClock())
@@ -909,16 +916,7 @@ async def test_a_refresh_answer_without_scope_human_or_refresh_token_keeps_the_g
 
 
 async def test_from_config_takes_the_standard_oauth_keys() -> None:
-    haas = HaasConfig(
-        environment="test",
-        client_id=CLIENT_ID,
-        client_secret=SecretSource("haas.client_secret", "client_secret", "HAASD_CLIENT_SECRET"),
-        authorize_url="https://auth.haas.test/authorize",
-        token_url=TOKEN_URL,
-        redirect_uri="https://app.test/callback",
-        scopes=SCOPE,
-        plan="free",
-        requests_per_minute=60,
+    haas = haas_config(
         token_request_format="form",
         token_endpoint_auth_method="client_secret_basic",
         revocation_url=REVOCATION_URL,
