@@ -3,8 +3,10 @@
 Each backend knows how to open its storage (again, from a fresh object, as a restarted
 daemon would), how to spoil one human's stored record the way someone without the key
 would, and how to make a child process die before a write commits. Everything else the
-suite asks goes through the store's own methods, so a second backend (PostgreSQL) is one
-more class here and one more entry in :data:`BACKENDS`.
+suite asks goes through the store's own methods: each backend is one class here and one
+entry in :data:`BACKENDS`. The PostgreSQL backend takes a fresh database of the session's
+throwaway cluster (the ``pg_database`` fixture of conftest.py), and skips where none can
+run.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiosqlite
+import psycopg
+import pytest
 
 from haasd.crypto import Key, Sealer
 from haasd.grantstore import GrantStore
+from haasd.pgstore import PgStore
 from haasd.store import Store
 
 #: how a child process (tests/conformance_child.py) finds the backend and its storage
@@ -62,7 +67,7 @@ class SqliteBackend:
         self.key = key
 
     @classmethod
-    def create(cls, directory: Path) -> SqliteBackend:
+    def create(cls, directory: Path, request: pytest.FixtureRequest) -> SqliteBackend:
         return cls(directory / "haasd.db", Key.generate())
 
     @classmethod
@@ -95,7 +100,58 @@ class SqliteBackend:
         aiosqlite.Connection.execute = dying  # type: ignore[method-assign]
 
 
-#: every backend the suite runs against, by name: how to create one in a directory
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": SqliteBackend.create}
+class PostgresBackend:
+    """The PostgreSQL store (:class:`haasd.pgstore.PgStore`), in a database of its own."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str, key: Key) -> None:
+        self.url = url
+        self.key = key
+
+    @classmethod
+    def create(cls, directory: Path, request: pytest.FixtureRequest) -> PostgresBackend:
+        database = request.getfixturevalue("pg_database")  # skips where none can run
+        return cls(database.socket_url, Key.generate())
+
+    @classmethod
+    def from_env(cls) -> PostgresBackend:
+        return cls(os.environ[LOCATION_VARIABLE], Key.from_text(os.environ[KEY_VARIABLE]))
+
+    async def open(self) -> PgStore:
+        return await PgStore.open(self.url, Sealer(self.key))
+
+    def spoil(self, human_id: str) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            sql = "UPDATE grants SET access_expires_at = access_expires_at + 1 WHERE human_id = %s"
+            conn.execute(sql, (human_id,))
+
+    def child_env(self) -> dict[str, str]:
+        return {
+            BACKEND_VARIABLE: self.name,
+            LOCATION_VARIABLE: self.url,
+            KEY_VARIABLE: self.key.to_text(),
+        }
+
+    def die_before_commit(self) -> None:
+        execute: Callable[..., Any] = psycopg.AsyncConnection.execute
+
+        def dying(conn: psycopg.AsyncConnection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(query, str) and query.strip().upper() == "COMMIT":
+                os._exit(137)
+            return execute(conn, query, *args, **kwargs)
+
+        psycopg.AsyncConnection.execute = dying  # type: ignore[method-assign, assignment]
+
+
+#: every backend the suite runs against, by name: how to create one in a directory (the
+#: test's request gives it the fixtures it needs)
+BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Backend]] = {
+    "sqlite": SqliteBackend.create,
+    "postgresql": PostgresBackend.create,
+}
 #: how a child process finds the backend it was started for
-FROM_ENV: dict[str, Callable[[], Backend]] = {"sqlite": SqliteBackend.from_env}
+FROM_ENV: dict[str, Callable[[], Backend]] = {
+    "sqlite": SqliteBackend.from_env,
+    "postgresql": PostgresBackend.from_env,
+}

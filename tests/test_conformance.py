@@ -33,7 +33,7 @@ INTENT = RefreshIntent("attempt-1", "fp-1", T0 + 60)
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](tmp_path, request)
 
 
 @asynccontextmanager

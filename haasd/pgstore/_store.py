@@ -1,0 +1,272 @@
+"""The :class:`PgStore`: the GrantStore protocol on PostgreSQL, through a bounded pool."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Final, Self
+
+import anyio
+import structlog
+
+from haasd.crypto import Sealer
+from haasd.errors import DecryptError, NeedsReconsentError, UnknownHumanError
+from haasd.grants import Grant, RefreshIntent, State
+from haasd.pgstore import _sql as sql
+from haasd.pgstore._database import POOL_SIZE, TIMEOUT, Database, Row
+from haasd.pgstore._open import prepare
+from haasd.secret import Secret
+from haasd.store._grants import (
+    UnreadableRowError,
+    grant_row,
+    is_placeholder,
+    quarantined,
+    refresh_row,
+    resealed,
+    to_grant,
+    unreadable_error,
+    why_unreadable,
+)
+from haasd.store._pending import PendingRecord, pending_row, to_pending, to_taken
+
+_log: Final = structlog.get_logger("haasd.pgstore")
+
+
+class PgStore:
+    """Grants and pending consents in PostgreSQL, sealed as in SQLite (see the package)."""
+
+    def __init__(self, db: Database, sealer: Sealer) -> None:
+        self._db = db
+        self._sealer = sealer
+        self._scopes: dict[str, tuple[str, ...]] = {}
+        self._served: dict[str, float] = {}
+        self._unflushed: set[str] = set()
+        self._unreadable: dict[str, str] = {}
+
+    @classmethod
+    async def open(
+        cls, url: str, sealer: Sealer, *, password: Secret | None = None,
+        pool_size: int = POOL_SIZE, statement_timeout: float = TIMEOUT,
+    ) -> PgStore:  # fmt: skip
+        """Connect to ``url``, check the key and migrate (see :mod:`haasd.pgstore._open`).
+
+        Raises :class:`WrongKeyError` or :class:`StoreNewerError` without writing
+        anything, :class:`StoreError` when the database cannot be reached.
+        """
+        db = await Database.connect(
+            url, password=password, size=pool_size, statement_timeout=statement_timeout
+        )
+        try:
+            await prepare(db, sealer)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await db.close()
+            raise
+        return cls(db, sealer)
+
+    @property
+    def where(self) -> str:
+        """The database, as messages name it (no password)."""
+        return self._db.where
+
+    @property
+    def unreadable(self) -> frozenset[str]:
+        return frozenset(self._unreadable)
+
+    async def close(self) -> None:
+        """Write the served times not written yet, and close the pool. Idempotent."""
+        if self._db.closed:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.flush_served()
+            finally:
+                await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- grants ---------------------------------------------------------------------------
+
+    async def get_grant(self, human_id: str, *, warn: bool = True) -> Grant:
+        rows = await self._db.fetch(f"{sql.SELECT_GRANTS} WHERE human_id = %s", (human_id,))
+        if not rows:
+            raise UnknownHumanError(human_id)
+        (grant,), unreadable = self._to_grants(rows)
+        known = dict(self._unreadable)
+        self._unreadable.pop(grant.human_id, None)
+        self._quarantine(unreadable, warn=warn, known=known)
+        return grant
+
+    async def list_grants(self, *, warn: bool = True) -> list[Grant]:
+        rows = await self._db.fetch(f'{sql.SELECT_GRANTS} ORDER BY human_id COLLATE "C"')
+        grants, unreadable = await anyio.to_thread.run_sync(self._to_grants, rows)
+        before, self._unreadable = self._unreadable, {}
+        self._quarantine(unreadable, warn=warn, known=before)
+        return grants
+
+    async def put_grant(self, grant: Grant) -> None:
+        await self.put_grants([grant], what="put grant")
+
+    async def put_grants(self, grants: Iterable[Grant], *, what: str = "put grants") -> None:
+        kept = [grant for grant in grants if not is_placeholder(grant)]
+        rows = [grant_row(g, self._sealer) for g in kept]
+        if len(rows) == 1:
+            await self._db.execute(sql.PUT_GRANT, rows[0], what)
+        else:
+            await self._db.execute_many(sql.PUT_GRANT, rows, what)
+        for grant in kept:
+            self._unreadable.pop(grant.human_id, None)
+
+    async def delete_grant(self, human_id: str) -> bool:
+        self._served.pop(human_id, None)
+        self._unflushed.discard(human_id)
+        changed = await self._db.execute(
+            "DELETE FROM grants WHERE human_id = %s", (human_id,), "delete grant"
+        )
+        self._unreadable.pop(human_id, None)
+        return changed > 0
+
+    async def begin_refresh(self, human_id: str, intent: RefreshIntent) -> None:
+        reason = self._unreadable.get(human_id)
+        if reason is not None:
+            raise NeedsReconsentError(human_id, unreadable_error(reason))
+        params = (intent.attempt_id, intent.fingerprint, intent.started_at, human_id)
+        if await self._db.execute(sql.BEGIN_REFRESH, params, "begin refresh") == 0:
+            raise UnknownHumanError(human_id)
+
+    async def finish_refresh(self, grant: Grant, *, attempt_id: str | None = None) -> bool:
+        """Write a refresh's outcome; with ``attempt_id`` fenced on the row's intent
+        (``... WHERE human_id = $1 AND intent_attempt_id = $2``): one statement."""
+        if grant.human_id in self._unreadable or is_placeholder(grant):
+            return False
+        params = refresh_row(grant, self._sealer)
+        if attempt_id is None:
+            if await self._db.execute(sql.FINISH_REFRESH, params, "finish refresh") == 0:
+                raise UnknownHumanError(grant.human_id)
+            return True
+        fenced = (*params, attempt_id)
+        return await self._db.execute(sql.FINISH_FENCED, fenced, "finish refresh") == 1
+
+    async def update_status(
+        self,
+        human_id: str,
+        *,
+        state: State,
+        last_error: str | None,
+        consecutive_failures: int,
+        next_refresh_at: float | None,
+        clear_intent: bool = False,
+    ) -> None:
+        """As :meth:`haasd.store.Store.update_status`: a new state re-seals the tokens in
+        the same transaction, the row locked meanwhile."""
+        if human_id in self._unreadable:
+            return
+        status = (last_error, consecutive_failures, next_refresh_at, human_id)
+        async with self._db.transaction("update status") as conn:
+            row = await (await conn.execute(sql.SELECT_SEALED, (human_id,))).fetchone()
+            if row is None:
+                raise UnknownHumanError(human_id)
+            try:
+                tokens = resealed(human_id, row, State(state), self._sealer)
+            except (DecryptError, ValueError) as exc:
+                self._quarantine({human_id: why_unreadable(exc)}, warn=True)
+                return
+            if tokens is None:
+                statement = sql.status_sql(sql.SET_STATUS, clear_intent=clear_intent)
+                await conn.execute(statement, (State(state).value, *status))
+            else:
+                statement = sql.status_sql(sql.SET_STATE, clear_intent=clear_intent)
+                await conn.execute(statement, (State(state).value, *tokens, *status))
+
+    # -- served times ---------------------------------------------------------------------
+
+    def mark_served(self, human_id: str, at: float) -> None:
+        self._db.check_open()
+        if at > self._served.get(human_id, -math.inf):
+            self._served[human_id] = at
+            self._unflushed.add(human_id)
+
+    def served_at(self, human_id: str) -> float | None:
+        return self._served.get(human_id)
+
+    async def flush_served(self) -> int:
+        """Write the served times noted since the last flush, in one statement; how many."""
+        if not self._unflushed:
+            return 0
+        unflushed, self._unflushed = self._unflushed, set()
+        unflushed -= self._unreadable.keys()
+        humans = [hid for hid in unflushed if hid in self._served]
+        times = [self._served[hid] for hid in humans]
+        try:
+            if humans:
+                await self._db.execute(sql.SET_SERVED, (humans, times), "write last_served_at")
+        except BaseException:
+            self._unflushed |= unflushed
+            raise
+        return len(humans)
+
+    # -- pending consents -----------------------------------------------------------------
+
+    async def add_pending(self, record: PendingRecord, verifier: Secret, *, limit: int) -> bool:
+        """Insert unless ``limit`` are pending: under a transaction-level advisory lock, so
+        the bound holds across instances."""
+        params = (*pending_row(record, verifier, self._sealer), limit)
+        async with self._db.transaction("add pending consent") as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (sql.PENDING_LOCK,))
+            return (await conn.execute(sql.ADD_PENDING, params)).rowcount > 0
+
+    async def restore_pending(self, record: PendingRecord, verifier: Secret) -> None:
+        params = pending_row(record, verifier, self._sealer)
+        await self._db.execute(sql.RESTORE_PENDING, params, "restore pending consent")
+
+    async def get_pending(self, state_id: str) -> PendingRecord | None:
+        rows = await self._db.fetch(f"{sql.SELECT_PENDING} WHERE state_id = %s", (state_id,))
+        return to_pending(rows[0]) if rows else None
+
+    async def list_pending(self) -> list[PendingRecord]:
+        order = ' ORDER BY expires_at, state_id COLLATE "C"'
+        return [to_pending(row) for row in await self._db.fetch(sql.SELECT_PENDING + order)]
+
+    async def next_pending_expiry(self) -> float | None:
+        rows = await self._db.fetch("SELECT min(expires_at) FROM pending_consents")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    async def take_pending(self, state_id: str) -> tuple[PendingRecord, Secret] | None:
+        """``DELETE ... RETURNING``: of two instances taking the same one, one gets it."""
+        rows = await self._db.returning(sql.TAKE_PENDING, (state_id,), "take pending consent")
+        return to_taken(rows[0], self._sealer) if rows else None
+
+    async def take_expired_pending(self, now: float) -> list[PendingRecord]:
+        rows = await self._db.returning(sql.TAKE_EXPIRED, (now,), "prune pending consents")
+        return sorted((to_pending(row) for row in rows), key=lambda r: r.expires_at)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _to_grants(self, rows: list[Row]) -> tuple[list[Grant], dict[str, str]]:
+        grants: list[Grant] = []
+        unreadable: dict[str, str] = {}
+        for row in rows:
+            try:
+                grants.append(to_grant(row, self._sealer, self._scopes, self._served))
+            except UnreadableRowError as exc:
+                unreadable[exc.human_id] = exc.reason
+                grants.append(quarantined(exc.human_id, exc.reason))
+        return grants, unreadable
+
+    def _quarantine(
+        self, unreadable: dict[str, str], *, warn: bool, known: dict[str, str] | None = None
+    ) -> None:
+        known = self._unreadable if known is None else known
+        for human_id, reason in unreadable.items():
+            if warn and known.get(human_id) != reason:
+                _log.warning(
+                    "store row unreadable: quarantined until the human re-consents",
+                    human_id=human_id,
+                    reason=reason,
+                    store=self._db.where,
+                )
+        self._unreadable.update(unreadable)
