@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, SystemClock
-from haasd.config import Config, access_override_note, load_config
+from haasd.config import Config, access_override_note, load_config, sqlite_only
 from haasd.consent import ConsentFlow
 from haasd.errors import ConfigError, HaasdError
 from haasd.events import EventBus
@@ -236,6 +236,7 @@ async def _signal_loop(
 def main_run(config_path: Path | None) -> int:
     """``haasd run``: load, configure logging, run in the foreground until signalled."""
     config = load_config(config_path)
+    sqlite_only(config, "haasd run")
     configure_logging(config.log.level, config.log.format)
 
     async def go() -> None:

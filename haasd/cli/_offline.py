@@ -19,7 +19,7 @@ from haasd.cli._common import EXIT_OK, config_of, table
 from haasd.cli._online import status_online
 from haasd.client import HumanStatus
 from haasd.clock import SystemClock
-from haasd.config import access_override_note
+from haasd.config import access_override_note, sqlite_only
 from haasd.crypto import Key
 from haasd.errors import (
     HaasdError,
@@ -41,6 +41,8 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     config = config_of(args)
     config.haas.client_secret.load()
     sealer_of(config)
+    if config.store.password is not None:
+        config.store.password.load_optional()  # a password file must be readable, 0600
     h = config.haas
     print(f"{config.source}: OK", file=out)
     print(f"  environment      {h.environment} (client {h.client_id})", file=out)
@@ -52,7 +54,7 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     print(f"  revocation       {h.revocation_url or 'none'}", file=out)
     print(f"  scopes           {' '.join(h.scopes)}", file=out)
     print(f"  plan             {h.plan}: {h.requests_per_minute} requests/min", file=out)
-    print(f"  store            {config.store.path}", file=out)
+    print(f"  store            {config.store.describe()}", file=out)
     print(f"  store key        from {config.store.key.describe()}", file=out)
     print(f"  client secret    from {h.client_secret.describe()}", file=out)
     print(f"  socket           {config.socket.path} (mode {config.socket.mode:04o})", file=out)
@@ -88,6 +90,7 @@ def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     config = config_of(args)
+    sqlite_only(config, "haasd import")
     source = "standard input" if args.json == "-" else args.json
     try:
         text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text("utf-8")
@@ -145,6 +148,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if args.config is None:
         return status_online(args, out)
     config = config_of(args)
+    sqlite_only(config, "haasd status --config")
     policy = policy_of(config)
     now = SystemClock().time()
 

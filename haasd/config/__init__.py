@@ -10,7 +10,8 @@ and :meth:`SecretSource.load` reads it, in systemd-credential â†’ environment â†
 
 The modules: ``_model`` (the dataclasses and constants such as :data:`SCOPES`),
 ``_secrets`` (:class:`SecretSource`, reading secret files), ``_values`` (the value
-parsers, the schema of every key), ``_access`` (``[[access]]`` rules) and ``_load``
+parsers, the schema of every key), ``_store`` (``store.url``, a PostgreSQL address, and
+the password inline in it), ``_access`` (``[[access]]`` rules) and ``_load``
 (:func:`load_config`: the file, then the ``HAASD_*`` environment over it).
 """
 
@@ -30,6 +31,7 @@ from haasd.config._model import (
 )
 from haasd.config._model import STAR_SCOPE_ADVICE as STAR_SCOPE_ADVICE  # not in __all__
 from haasd.config._secrets import SecretSource
+from haasd.config._store import sqlite_only
 from haasd.config._values import known_keys, parse_duration
 from haasd.loopback import is_loopback
 
@@ -51,4 +53,5 @@ __all__ = [
     "known_keys",
     "load_config",
     "parse_duration",
+    "sqlite_only",
 ]

@@ -24,13 +24,21 @@ from haasd.config._model import (
     StoreConfig,
 )
 from haasd.config._secrets import SecretSource
+from haasd.config._store import split_password
 from haasd.config._values import _SCHEMA, Parser, _env_name, _Where
 from haasd.errors import ConfigError
 from haasd.secret import Secret
 
 #: environment variables that carry secrets or belong to clients, not config keys
 _ENV_NOT_KEYS: Final = frozenset(
-    {"HAASD_CLIENT_SECRET", "HAASD_STORE_KEY", "HAASD_CONFIG", "HAASD_SOCKET", "HAASD_ACCESS"}
+    {
+        "HAASD_CLIENT_SECRET",
+        "HAASD_STORE_KEY",
+        "HAASD_STORE_PASSWORD",
+        "HAASD_CONFIG",
+        "HAASD_SOCKET",
+        "HAASD_ACCESS",
+    }
 )
 
 
@@ -156,18 +164,8 @@ class _Keys:
 
 def _build(keys: _Keys, access_raw: Any, env: Mapping[str, str]) -> Config:
     haas = _haas(keys, env)
-    state_dir = env.get("STATE_DIRECTORY", "/var/lib/haasd").split(":")[0]
     runtime_dir = env.get("RUNTIME_DIRECTORY", "/run/haasd").split(":")[0]
-    store = StoreConfig(
-        path=keys.path_of("store.path") or Path(state_dir) / "haasd.db",
-        key=SecretSource(
-            key="store.key_file",
-            credential="store.key",
-            env_var="HAASD_STORE_KEY",
-            file=keys.path_of("store.key_file"),
-            environ=env,
-        ),
-    )
+    store = _store(keys, env, haas.environment)
     refresh = RefreshConfig(**keys.section("refresh"))
     if refresh.reconsent_warning >= refresh.refresh_token_lifetime:
         raise keys.error(
@@ -184,6 +182,51 @@ def _build(keys: _Keys, access_raw: Any, env: Mapping[str, str]) -> Config:
     consent = ConsentConfig(**keys.section("consent"))
     replaced = _file_rules(access_raw) if "HAASD_ACCESS" in env else 0
     return Config(keys.where.file, haas, store, refresh, socket, access, log, consent, replaced)
+
+
+def _store(keys: _Keys, env: Mapping[str, str], environment: str) -> StoreConfig:
+    """``[store]``: a SQLite file (``path``, the default) or a PostgreSQL ``url``, never
+    both; the sealing key; for PostgreSQL, where its password comes from."""
+    state_dir = env.get("STATE_DIRECTORY", "/var/lib/haasd").split(":")[0]
+    default_path = Path(state_dir) / "haasd.db"
+    key = SecretSource(
+        key="store.key_file",
+        credential="store.key",
+        env_var="HAASD_STORE_KEY",
+        file=keys.path_of("store.key_file"),
+        environ=env,
+    )
+    url = keys.values.get("store.url")
+    if url is None:
+        if "store.password_file" in keys.values:
+            raise keys.error(
+                "store.password_file",
+                "a password is for a PostgreSQL store (store.url); a SQLite file has none",
+            )
+        return StoreConfig(path=keys.path_of("store.path") or default_path, key=key)
+    if "store.path" in keys.values:
+        raise keys.error(
+            "store.url",
+            "store.path is set too; give one of them: store.url for a PostgreSQL store, "
+            "store.path for a SQLite file",
+        )
+    url, inline = split_password(url)
+    if inline is not None and environment != "test":
+        raise keys.error(
+            "store.url",
+            'a password inline in the URL is accepted only when haas.environment = "test"; '
+            "use store.password_file, HAASD_STORE_PASSWORD or the systemd credential "
+            "store.password",
+        )
+    password = SecretSource(
+        key="store.password_file",
+        credential="store.password",
+        env_var="HAASD_STORE_PASSWORD",
+        file=keys.path_of("store.password_file"),
+        inline=Secret(inline) if inline is not None else None,
+        environ=env,
+    )
+    return StoreConfig(path=default_path, key=key, url=url, password=password)
 
 
 def _haas(keys: _Keys, env: Mapping[str, str]) -> HaasConfig:

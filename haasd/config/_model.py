@@ -55,8 +55,25 @@ class HaasConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """Where the grants live: a SQLite file (``path``, the default) or, when ``url`` is
+    set, a PostgreSQL database shared by several instances (``path`` is then unused)."""
+
     path: Path
     key: SecretSource
+    #: ``postgresql://user@host:port/db`` without any password (that is in ``password``)
+    url: str | None = None
+    #: the database password's source, when ``url`` is set; a server that authenticates
+    #: otherwise (peer, certificates) needs none: see :meth:`SecretSource.load_optional`
+    password: SecretSource | None = None
+
+    def describe(self) -> str:
+        """Where the store is, for ``check-config``: the file, or the URL and where its
+        password comes from (never the password)."""
+        if self.url is None or self.password is None:
+            return str(self.path)
+        source = self.password.describe()
+        given = "no password" if source == "nowhere" else f"password from {source}"
+        return f"{self.url} (PostgreSQL, {given})"
 
 
 #: the refresh policy's defaults, declared once (:class:`haasd.grants.Policy`)

@@ -18,7 +18,7 @@ class SecretSource:
 
     Order: ``$CREDENTIALS_DIRECTORY/<credential>`` (systemd ``LoadCredential=``), then the
     environment variable, then ``file`` from the configuration, then ``inline`` (only ever
-    set for a test-mode client secret).
+    set in test mode: a client secret, or a password inline in ``store.url``).
     """
 
     key: str  # the config key, for error messages, e.g. "haas.client_secret"
@@ -40,6 +40,13 @@ class SecretSource:
         if self.inline is not None:
             return "inline in the config file"
         return "nowhere"
+
+    def load_optional(self) -> Secret | None:
+        """:meth:`load`, or None when the secret is given nowhere (for a secret that may
+        be absent, such as a database password where the server needs none)."""
+        if self.describe() == "nowhere":
+            return None
+        return self.load()
 
     def load(self) -> Secret:
         creds = self.environ.get("CREDENTIALS_DIRECTORY")

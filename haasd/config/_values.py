@@ -8,6 +8,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from haasd.config._model import ENV_PREFIX, PLAN_REQUESTS_PER_MINUTE, SCOPES, STAR_SCOPE_ADVICE
+from haasd.config._store import parse_store_url
 from haasd.errors import ConfigError
 from haasd.loopback import is_loopback
 from haasd.tokens import MAX_LIFETIME
@@ -175,7 +176,7 @@ _SCHEMA: Final[dict[str, dict[str, Parser]]] = {
         "revocation_url": _url,
         "default_token_lifetime": _lifetime,
     },
-    "store": {"path": _path, "key_file": _path},
+    "store": {"path": _path, "key_file": _path, "url": parse_store_url, "password_file": _path},
     "refresh": {
         "refresh_fraction": _fraction,
         "refresh_token_lifetime": parse_duration,
