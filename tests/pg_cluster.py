@@ -40,6 +40,8 @@ SUPERUSER: Final = "postgres"
 OS_USER: Final = "postgres"
 START_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 30.0
+#: how many free ports a first start tries (another process may take one meanwhile)
+PORT_ATTEMPTS: Final = 3
 #: Server settings for tests: fast, small, quiet. Not for production.
 SETTINGS: Final = (
     "fsync=off",
@@ -52,6 +54,10 @@ SETTINGS: Final = (
 )
 
 _database_numbers = itertools.count(1)
+
+
+class PortTaken(RuntimeError):
+    """Another process listens on the port the cluster was to take."""
 
 
 class PgUnavailable(Exception):
@@ -157,6 +163,7 @@ class PgCluster:
         self.log = base / "server.log"
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     # --- creating -------------------------------------------------------------------
 
@@ -268,12 +275,35 @@ class PgCluster:
 
     def start(self) -> None:
         """Start the server (after :meth:`kill`, with crash recovery) and wait until it
-        accepts connections. No-op if it runs."""
+        accepts connections. No-op if it runs.
+
+        The first start takes another free port if its port was taken meanwhile (a
+        parallel test run may pick the same); later starts keep the port, so URLs
+        handed out stay valid."""
         if self.running:
             return
+        for _attempt in range(PORT_ATTEMPTS - 1):
+            try:
+                self._start_once()
+            except PortTaken:
+                if self._started:
+                    raise
+                self.port = free_port()
+            else:
+                return
+        self._start_once()
+
+    def _start_once(self) -> None:
         with self.log.open("ab") as log:
+            offset = log.tell()
             self._process = self._spawn(log)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except RuntimeError:
+            if b"already in use" in self.log.read_bytes()[offset:]:
+                raise PortTaken(self.port) from None
+            raise
+        self._started = True
 
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
         options = [f"-c{setting}" for setting in SETTINGS]

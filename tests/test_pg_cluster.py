@@ -12,6 +12,7 @@ import pwd
 import socket
 from pathlib import Path
 
+import psycopg
 import pytest
 from pg_cluster import PgCluster, PgDatabase, PgUnavailable, find_bindir, run_as, unavailable
 
@@ -106,6 +107,30 @@ def test_a_cluster_of_its_own_is_independent(pg_cluster: PgCluster) -> None:
     finally:
         own.destroy()
     assert not own.base.exists()
+
+
+def test_a_first_start_takes_another_port_when_its_own_is_taken() -> None:
+    own = PgCluster.create()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            taken = squatter.getsockname()[1]
+            own.port = taken
+            own.start()
+            assert own.port != taken
+            assert "already in use" in own.log_tail(100)
+            assert own.psql("SELECT 1") == "1"
+    finally:
+        own.destroy()
+
+
+@pytest.mark.parametrize("address", ["url", "socket_url", "dsn"])
+def test_the_driver_connects_by_each_address(pg_database: PgDatabase, address: str) -> None:
+    """psycopg, the PostgreSQL store's driver, reads each form the fixture hands out."""
+    with psycopg.connect(getattr(pg_database, address), connect_timeout=10) as connection:
+        row = connection.execute("SELECT current_database(), current_user").fetchone()
+    assert row == (pg_database.name, "postgres")
 
 
 def test_the_reasons_to_skip_are_said(monkeypatch: pytest.MonkeyPatch) -> None:
