@@ -19,7 +19,8 @@ from factories import make_grant
 from pg_cluster import PgCluster, PgDatabase
 
 from haasd.crypto import Key, Sealer
-from haasd.errors import StoreError, StoreNewerError, WrongKeyError
+from haasd.errors import StoreCorruptError, StoreError, StoreNewerError, WrongKeyError
+from haasd.grants import State
 from haasd.pgstore import PgStore, describe
 from haasd.pgstore._sql import MIGRATION_LOCK, MIGRATIONS
 from haasd.secret import Secret
@@ -165,3 +166,73 @@ async def test_an_unreachable_database_is_named_without_its_password(
         await PgStore.open(pg_database.url, Sealer(Key.generate()), password=Secret(PASSWORD),
                            statement_timeout=2)  # fmt: skip
     assert PASSWORD not in str(refused.value)
+
+
+async def lock_waiters(url: str, *, waiting: bool) -> None:
+    """Until some session waits for a row lock (``waiting``) or none does; polled, as
+    :func:`waiting_for_lock`."""
+    sql = "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            if (await (await conn.execute(sql)).fetchone()) == (waiting,):
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_a_write_once_begun_completes_though_its_caller_is_cancelled(
+    pg_database: PgDatabase,
+) -> None:
+    url, new = pg_database.socket_url, make_grant("usr_a", last_refresh_at=2e9)
+    async with opened(url, Key.generate()) as store:
+        await store.put_grant(make_grant("usr_a"))
+        async with await psycopg.AsyncConnection.connect(url) as other:
+            await other.execute("SELECT 1 FROM grants WHERE human_id = 'usr_a' FOR UPDATE")
+            async with anyio.create_task_group() as tg:
+                caller = anyio.CancelScope()
+
+                async def finish() -> None:
+                    with caller:
+                        await store.finish_refresh(new)
+
+                tg.start_soon(finish)
+                with anyio.fail_after(10):
+                    await lock_waiters(url, waiting=True)  # the UPDATE is on its way
+                caller.cancel()
+                # a write that gave in to the cancellation would stop waiting: give it
+                # the time to, before the lock is released
+                with anyio.move_on_after(0.5):
+                    await lock_waiters(url, waiting=False)
+                await other.rollback()
+        assert await store.get_grant("usr_a") == new
+
+
+async def test_a_statement_that_waits_too_long_fails_with_a_timeout(
+    pg_database: PgDatabase,
+) -> None:
+    url = pg_database.socket_url
+    async with opened(url, Key.generate(), statement_timeout=0.5) as store:
+        await store.put_grant(make_grant("usr_a"))
+        async with await psycopg.AsyncConnection.connect(url) as other:
+            await other.execute("SELECT 1 FROM grants WHERE human_id = 'usr_a' FOR UPDATE")
+            with pytest.raises(StoreError, match=r"update status failed: timed out after 0\.5s"):
+                await store.update_status(
+                    "usr_a", state=State.RECONSENT_DUE,
+                    last_error=None, consecutive_failures=0, next_refresh_at=None,
+                )  # fmt: skip
+            await other.rollback()
+        await store.update_status(
+            "usr_a", state=State.RECONSENT_DUE, last_error=None, consecutive_failures=0,
+            next_refresh_at=None,
+        )  # fmt: skip
+        assert (await store.get_grant("usr_a")).state is State.RECONSENT_DUE
+
+
+async def test_a_database_without_its_key_check_is_refused(
+    pg_cluster: PgCluster, pg_database: PgDatabase
+) -> None:
+    key = Key.generate()
+    async with opened(pg_database.socket_url, key):
+        pass
+    pg_cluster.psql("DELETE FROM haasd_meta", pg_database.name)
+    with pytest.raises(StoreCorruptError, match="no key check"):
+        await PgStore.open(pg_database.socket_url, Sealer(key))
