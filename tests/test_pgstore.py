@@ -9,7 +9,7 @@ only sealed; and no message ever holds the password.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -168,13 +168,14 @@ async def test_an_unreachable_database_is_named_without_its_password(
     assert PASSWORD not in str(refused.value)
 
 
-async def lock_waiters(url: str, *, waiting: bool) -> None:
-    """Until some session waits for a row lock (``waiting``) or none does; polled, as
+async def lock_waiters(url: str, until: Callable[[int], bool]) -> None:
+    """Until the number of sessions waiting for a lock satisfies ``until``; polled, as
     :func:`waiting_for_lock`."""
-    sql = "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         while True:
-            if (await (await conn.execute(sql)).fetchone()) == (waiting,):
+            row = await (await conn.execute(sql)).fetchone()
+            if row is not None and until(row[0]):
                 return
             await anyio.sleep(0.01)
 
@@ -196,12 +197,12 @@ async def test_a_write_once_begun_completes_though_its_caller_is_cancelled(
 
                 tg.start_soon(finish)
                 with anyio.fail_after(10):
-                    await lock_waiters(url, waiting=True)  # the UPDATE is on its way
+                    await lock_waiters(url, lambda n: n > 0)  # the UPDATE is on its way
                 caller.cancel()
                 # a write that gave in to the cancellation would stop waiting: give it
                 # the time to, before the lock is released
                 with anyio.move_on_after(0.5):
-                    await lock_waiters(url, waiting=False)
+                    await lock_waiters(url, lambda n: n == 0)
                 await other.rollback()
         assert await store.get_grant("usr_a") == new
 
@@ -236,3 +237,28 @@ async def test_a_database_without_its_key_check_is_refused(
     pg_cluster.psql("DELETE FROM haasd_meta", pg_database.name)
     with pytest.raises(StoreCorruptError, match="no key check"):
         await PgStore.open(pg_database.socket_url, Sealer(key))
+
+
+async def test_the_pool_is_bounded_however_many_tasks_call_at_once(
+    pg_database: PgDatabase,
+) -> None:
+    url = pg_database.socket_url
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = 'haasd' AND datname = current_database()"
+    )
+    async with opened(url, Key.generate(), pool_size=2) as store:
+        await store.put_grants([make_grant(f"usr_{n}") for n in range(20)])
+        async with await psycopg.AsyncConnection.connect(url) as other:
+            await other.execute("LOCK TABLE grants IN EXCLUSIVE MODE")  # reads go on, writes wait
+            async with anyio.create_task_group() as tg:
+                for n in range(20):
+                    tg.start_soon(store.delete_grant, f"usr_{n}")
+                with anyio.fail_after(10):
+                    await lock_waiters(url, lambda n: n >= 2)
+                with anyio.move_on_after(0.5):  # time for a third connection, were there one
+                    await lock_waiters(url, lambda n: n > 2)
+                connections = await (await other.execute(sql)).fetchone()
+                await other.rollback()
+        assert connections == (2,)
+        assert await store.list_grants() == []
