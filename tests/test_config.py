@@ -605,3 +605,30 @@ def test_commands_not_wired_to_postgresql_refuse_it_clearly(
         f"{command} yet" in err
     )
     assert sorted(p.name for p in pg_config_file.parent.iterdir()) == before
+
+
+def test_connect_timeout_and_lease_have_defaults_and_bounds(tmp_path: Path) -> None:
+    base = LIVE + f'[store]\nurl = "{PG_URL}"\n'
+    config = load_config(write(tmp_path, base), {})
+    assert (config.store.connect_timeout, config.cluster.lease) == (20.0, 15.0)
+    text = base + 'connect_timeout = "1m"\n[cluster]\nlease = "10s"\n'
+    config = load_config(write(tmp_path, text), {})
+    assert (config.store.connect_timeout, config.cluster.lease) == (60.0, 10.0)
+    assert load_config(write(tmp_path, base), {"HAASD_CLUSTER_LEASE": "5"}).cluster.lease == 5.0
+    for lease in ('"2s"', '"6m"'):
+        error = store_error(tmp_path, base + f"[cluster]\nlease = {lease}\n")
+        assert error.key == "cluster.lease"
+        assert "must be between 3s and 5m" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("connect_timeout = 5\n", "store.connect_timeout"),
+        ('[cluster]\nlease = "10s"\n', "cluster.lease"),
+    ],
+)
+def test_postgresql_only_keys_are_refused_for_sqlite(tmp_path: Path, text: str, key: str) -> None:
+    error = store_error(tmp_path, MINIMAL + '[store]\npath = "haasd.db"\n' + text)
+    assert error.key == key
+    assert "PostgreSQL store (store.url)" in error.reason

@@ -12,9 +12,11 @@ from typing import Any, Final
 from haasd.config._access import _access_rules
 from haasd.config._model import (
     DEFAULT_AUTHORIZE_URL,
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TOKEN_URL,
     ENV_PREFIX,
     PLAN_REQUESTS_PER_MINUTE,
+    ClusterConfig,
     Config,
     ConsentConfig,
     HaasConfig,
@@ -181,7 +183,19 @@ def _build(keys: _Keys, access_raw: Any, env: Mapping[str, str]) -> Config:
     access = _access_rules(access_raw, env, keys.where)
     consent = ConsentConfig(**keys.section("consent"))
     replaced = _file_rules(access_raw) if "HAASD_ACCESS" in env else 0
-    return Config(keys.where.file, haas, store, refresh, socket, access, log, consent, replaced)
+    cluster = _cluster(keys, store)
+    return Config(
+        keys.where.file, haas, store, refresh, socket, access, log, consent, cluster, replaced
+    )
+
+
+def _cluster(keys: _Keys, store: StoreConfig) -> ClusterConfig:
+    """``[cluster]``: only for several instances on a PostgreSQL store."""
+    given = keys.section("cluster")
+    if given and store.url is None:
+        key = f"cluster.{min(given)}"
+        raise keys.error(key, "only for several instances on a PostgreSQL store (store.url)")
+    return ClusterConfig(**given)
 
 
 def _store(keys: _Keys, env: Mapping[str, str], environment: str) -> StoreConfig:
@@ -198,11 +212,9 @@ def _store(keys: _Keys, env: Mapping[str, str], environment: str) -> StoreConfig
     )
     url = keys.values.get("store.url")
     if url is None:
-        if "store.password_file" in keys.values:
-            raise keys.error(
-                "store.password_file",
-                "a password is for a PostgreSQL store (store.url); a SQLite file has none",
-            )
+        for postgres_only in ("store.password_file", "store.connect_timeout"):
+            if postgres_only in keys.values:
+                raise keys.error(postgres_only, "only for a PostgreSQL store (store.url)")
         return StoreConfig(path=keys.path_of("store.path") or default_path, key=key)
     if "store.path" in keys.values:
         raise keys.error(
@@ -226,7 +238,8 @@ def _store(keys: _Keys, env: Mapping[str, str], environment: str) -> StoreConfig
         inline=Secret(inline) if inline is not None else None,
         environ=env,
     )
-    return StoreConfig(path=default_path, key=key, url=url, password=password)
+    timeout = keys.values.get("store.connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    return StoreConfig(default_path, key, url, password, timeout)
 
 
 def _haas(keys: _Keys, env: Mapping[str, str]) -> HaasConfig:

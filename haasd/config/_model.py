@@ -25,6 +25,7 @@ STAR_SCOPE_ADVICE: Final = (
     "(requesting * makes most humans close the authorization page)"
 )
 ENV_PREFIX: Final = "HAASD_"
+DEFAULT_CONNECT_TIMEOUT: Final = 20.0
 DEFAULT_AUTHORIZE_URL: Final = "https://auth.api4human.com/authorize"
 DEFAULT_TOKEN_URL: Final = "https://auth.api4human.com/token"  # noqa: S105 - a URL
 
@@ -65,6 +66,8 @@ class StoreConfig:
     #: the database password's source, when ``url`` is set; a server that authenticates
     #: otherwise (peer, certificates) needs none: see :meth:`SecretSource.load_optional`
     password: SecretSource | None = None
+    #: at start, how long an unreachable database is retried before ``haasd run`` gives up
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
     def describe(self) -> str:
         """Where the store is, for ``check-config``: the file, or the URL and where its
@@ -91,6 +94,15 @@ class RefreshConfig:
     serve_margin: float = _POLICY.serve_margin
     on_demand_cooldown: float = _POLICY.on_demand_cooldown
     on_demand_share: float = _POLICY.on_demand_share
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``[cluster]``: several instances on one PostgreSQL store (``store.url``)."""
+
+    #: how long a grant's lease lasts unless renewed: a dead instance's grants are taken
+    #: over this long after it stops renewing, well inside servers' reuse grace windows
+    lease: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,5 +146,6 @@ class Config:
     access: tuple[AccessRule, ...]
     log: LogConfig
     consent: ConsentConfig = ConsentConfig()
+    cluster: ClusterConfig = ClusterConfig()
     #: how many ``[[access]]`` rules of the file ``HAASD_ACCESS`` replaced (0: none)
     access_replaced: int = 0

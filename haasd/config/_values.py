@@ -147,6 +147,22 @@ def _mode(value: Any) -> int:
     return mode
 
 
+#: a lease's bounds: renewed a few times a lease, it needs seconds; a long one leaves a
+#: dead instance's grants unrefreshed past the reuse grace windows servers offer (~30s)
+MIN_LEASE: Final = 3.0
+MAX_LEASE: Final = 300.0
+
+
+def _lease(value: Any) -> float:
+    seconds = parse_duration(value)
+    if not MIN_LEASE <= seconds <= MAX_LEASE:
+        raise ValueError(
+            f"must be between {MIN_LEASE:g}s and {MAX_LEASE / 60:g}m; keep it short (the "
+            "default is 15s) so a dead instance's grants are taken over in time"
+        )
+    return seconds
+
+
 def _path(value: Any) -> str:
     return _string(value)
 
@@ -176,7 +192,13 @@ _SCHEMA: Final[dict[str, dict[str, Parser]]] = {
         "revocation_url": _url,
         "default_token_lifetime": _lifetime,
     },
-    "store": {"path": _path, "key_file": _path, "url": parse_store_url, "password_file": _path},
+    "store": {
+        "path": _path,
+        "key_file": _path,
+        "url": parse_store_url,
+        "password_file": _path,
+        "connect_timeout": parse_duration,
+    },
     "refresh": {
         "refresh_fraction": _fraction,
         "refresh_token_lifetime": parse_duration,
@@ -188,6 +210,7 @@ _SCHEMA: Final[dict[str, dict[str, Parser]]] = {
     },
     "socket": {"path": _path, "mode": _mode},
     "consent": {"pending_ttl": parse_duration, "max_pending": _positive_int},
+    "cluster": {"lease": _lease},
     "log": {
         "level": _choice("debug", "info", "warning", "error"),
         "format": _choice("json", "console"),
