@@ -141,6 +141,27 @@ def free_port() -> int:
         return port
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies aside); by ``/proc``,
+    else by a signal 0 to the group, which counts zombies too."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # after the command, which is in parentheses and may hold spaces: state, ppid, pgrp
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class PgDatabase:
     """One database of a :class:`PgCluster`: its name and how to reach it."""
@@ -377,15 +398,12 @@ class PgCluster:
 
     @staticmethod
     def _wait_group_gone(pgid: int) -> None:
-        """Backends are the postmaster's children, reaped by nobody once it is gone;
-        wait until the kernel has them all, so a new postmaster finds no shared memory
-        still attached."""
+        """Wait until every process of the killed group has died, so that a new
+        postmaster finds no shared memory still attached. Backends orphaned by the
+        postmaster's death may stay zombies where nobody reaps them (a container whose
+        init does not): a zombie holds nothing, so it counts as gone."""
         deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
+        while group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def restart(self) -> None:

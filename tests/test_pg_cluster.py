@@ -10,11 +10,22 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
-from pg_cluster import PgCluster, PgDatabase, PgUnavailable, find_bindir, run_as, unavailable
+from pg_cluster import (
+    PgCluster,
+    PgDatabase,
+    PgUnavailable,
+    find_bindir,
+    group_alive,
+    run_as,
+    unavailable,
+)
 
 
 def _accepts_tcp(port: int) -> bool:
@@ -131,6 +142,22 @@ def test_the_driver_connects_by_each_address(pg_database: PgDatabase, address: s
     with psycopg.connect(getattr(pg_database, address), connect_timeout=10) as connection:
         row = connection.execute("SELECT current_database(), current_user").fetchone()
     assert row == (pg_database.name, "postgres")
+
+
+def test_a_killed_group_whose_zombies_nobody_reaps_counts_as_gone() -> None:
+    """After a kill, orphaned backends may stay zombies where init does not reap them;
+    waiting for them would stall every crash test, and a zombie holds no shared memory."""
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    sleeper = subprocess.Popen(sleep, start_new_session=True)
+    try:
+        assert group_alive(sleeper.pid)
+        sleeper.kill()
+        while Path(f"/proc/{sleeper.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.01)  # the kernel's own pace: no event to await for a zombie
+        assert not group_alive(sleeper.pid)  # a zombie now, not yet reaped by us
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_the_reasons_to_skip_are_said(monkeypatch: pytest.MonkeyPatch) -> None:
