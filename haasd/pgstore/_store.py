@@ -17,13 +17,11 @@ from haasd.pgstore._database import POOL_SIZE, TIMEOUT, Database, Row
 from haasd.pgstore._open import prepare
 from haasd.secret import Secret
 from haasd.store._grants import (
-    UnreadableRowError,
     grant_row,
     is_placeholder,
-    quarantined,
     refresh_row,
     resealed,
-    to_grant,
+    to_grants,
     unreadable_error,
     why_unreadable,
 )
@@ -247,15 +245,7 @@ class PgStore:
     # -- internals ------------------------------------------------------------------------
 
     def _to_grants(self, rows: list[Row]) -> tuple[list[Grant], dict[str, str]]:
-        grants: list[Grant] = []
-        unreadable: dict[str, str] = {}
-        for row in rows:
-            try:
-                grants.append(to_grant(row, self._sealer, self._scopes, self._served))
-            except UnreadableRowError as exc:
-                unreadable[exc.human_id] = exc.reason
-                grants.append(quarantined(exc.human_id, exc.reason))
-        return grants, unreadable
+        return to_grants(rows, self._sealer, self._scopes, self._served)
 
     def _quarantine(
         self, unreadable: dict[str, str], *, warn: bool, known: dict[str, str] | None = None

@@ -24,7 +24,7 @@ and the row itself is left as it is, as evidence, until a re-consent replaces it
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from haasd.crypto import RowValues, Sealer
@@ -203,6 +203,25 @@ def to_grant(
         )
     except (DecryptError, ValueError) as exc:  # ValueError: grant_bound's, ours, Grant's
         raise UnreadableRowError(hid, why_unreadable(exc)) from exc
+
+
+def to_grants(
+    rows: Iterable[Sequence[Any]],
+    sealer: Sealer,
+    scopes: dict[str, tuple[str, ...]],
+    served: Mapping[str, float],
+) -> tuple[list[Grant], dict[str, str]]:
+    """The grants of :data:`SELECT_GRANTS` rows (of any backend), the quarantined stand-in
+    for each unreadable one, and those's reasons by human id (see :func:`to_grant`)."""
+    grants: list[Grant] = []
+    unreadable: dict[str, str] = {}
+    for row in rows:
+        try:
+            grants.append(to_grant(row, sealer, scopes, served))
+        except UnreadableRowError as exc:
+            unreadable[exc.human_id] = exc.reason
+            grants.append(quarantined(exc.human_id, exc.reason))
+    return grants, unreadable
 
 
 def quarantined(human_id: str, reason: str) -> Grant:

@@ -29,13 +29,11 @@ from haasd.store._grants import (
     SET_STATE_CLEAR,
     SET_STATUS,
     SET_STATUS_CLEAR,
-    UnreadableRowError,
     grant_row,
     is_placeholder,
-    quarantined,
     refresh_row,
     resealed,
-    to_grant,
+    to_grants,
     unreadable_error,
     why_unreadable,
 )
@@ -357,16 +355,7 @@ class Store:
 
     def _to_grants(self, rows: list[sqlite3.Row]) -> tuple[list[Grant], dict[str, str]]:
         """The grants of ``rows``, stand-ins for the unreadable ones, and those's reasons."""
-        grants: list[Grant] = []
-        unreadable: dict[str, str] = {}
-        sealer, scopes, served = self._sealer, self._scopes, self._served
-        for row in rows:
-            try:
-                grants.append(to_grant(row, sealer, scopes, served))
-            except UnreadableRowError as exc:
-                unreadable[exc.human_id] = exc.reason
-                grants.append(quarantined(exc.human_id, exc.reason))
-        return grants, unreadable
+        return to_grants(rows, self._sealer, self._scopes, self._served)
 
     def _quarantine(
         self, unreadable: dict[str, str], *, warn: bool, known: dict[str, str] | None = None
