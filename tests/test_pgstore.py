@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import psycopg
@@ -26,6 +27,7 @@ from haasd.pgstore._sql import MIGRATION_LOCK, MIGRATIONS
 from haasd.secret import Secret
 
 PASSWORD = "pw-never-shown-7f3a"
+Connection = psycopg.AsyncConnection[Any]
 
 
 @asynccontextmanager
@@ -168,16 +170,22 @@ async def test_an_unreachable_database_is_named_without_its_password(
     assert PASSWORD not in str(refused.value)
 
 
-async def lock_waiters(url: str, until: Callable[[int], bool]) -> None:
-    """Until the number of sessions waiting for a lock satisfies ``until``; polled, as
-    :func:`waiting_for_lock`."""
+async def lock_waiters(watcher: Connection, until: Callable[[int], bool]) -> None:
+    """Until the number of sessions waiting for a lock satisfies ``until``; polled on the
+    ``watcher`` connection, as :func:`waiting_for_lock`."""
     sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        while True:
-            row = await (await conn.execute(sql)).fetchone()
-            if row is not None and until(row[0]):
-                return
-            await anyio.sleep(0.01)
+    while True:
+        row = await (await watcher.execute(sql)).fetchone()
+        if row is not None and until(row[0]):
+            return
+        await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def watching(url: str) -> AsyncIterator[Connection]:
+    """A connection of the test's own, in autocommit, to watch the others from."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as watcher:
+        yield watcher
 
 
 async def test_a_write_once_begun_completes_though_its_caller_is_cancelled(
@@ -186,7 +194,7 @@ async def test_a_write_once_begun_completes_though_its_caller_is_cancelled(
     url, new = pg_database.socket_url, make_grant("usr_a", last_refresh_at=2e9)
     async with opened(url, Key.generate()) as store:
         await store.put_grant(make_grant("usr_a"))
-        async with await psycopg.AsyncConnection.connect(url) as other:
+        async with watching(url) as watcher, await psycopg.AsyncConnection.connect(url) as other:
             await other.execute("SELECT 1 FROM grants WHERE human_id = 'usr_a' FOR UPDATE")
             async with anyio.create_task_group() as tg:
                 caller = anyio.CancelScope()
@@ -197,12 +205,12 @@ async def test_a_write_once_begun_completes_though_its_caller_is_cancelled(
 
                 tg.start_soon(finish)
                 with anyio.fail_after(10):
-                    await lock_waiters(url, lambda n: n > 0)  # the UPDATE is on its way
+                    await lock_waiters(watcher, lambda n: n > 0)  # the UPDATE is on its way
                 caller.cancel()
                 # a write that gave in to the cancellation would stop waiting: give it
                 # the time to, before the lock is released
                 with anyio.move_on_after(0.5):
-                    await lock_waiters(url, lambda n: n == 0)
+                    await lock_waiters(watcher, lambda n: n == 0)
                 await other.rollback()
         assert await store.get_grant("usr_a") == new
 
@@ -249,15 +257,15 @@ async def test_the_pool_is_bounded_however_many_tasks_call_at_once(
     )
     async with opened(url, Key.generate(), pool_size=2) as store:
         await store.put_grants([make_grant(f"usr_{n}") for n in range(20)])
-        async with await psycopg.AsyncConnection.connect(url) as other:
+        async with watching(url) as watcher, await psycopg.AsyncConnection.connect(url) as other:
             await other.execute("LOCK TABLE grants IN EXCLUSIVE MODE")  # reads go on, writes wait
             async with anyio.create_task_group() as tg:
                 for n in range(20):
                     tg.start_soon(store.delete_grant, f"usr_{n}")
                 with anyio.fail_after(10):
-                    await lock_waiters(url, lambda n: n >= 2)
+                    await lock_waiters(watcher, lambda n: n >= 2)
                 with anyio.move_on_after(0.5):  # time for a third connection, were there one
-                    await lock_waiters(url, lambda n: n > 2)
+                    await lock_waiters(watcher, lambda n: n > 2)
                 connections = await (await other.execute(sql)).fetchone()
                 await other.rollback()
         assert connections == (2,)
