@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 import psycopg_pool
 
 try:
@@ -58,34 +61,49 @@ READ = "SELECT * FROM grants WHERE human_id = {p}"
 POOL = 4
 
 
-def start_cluster(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A cluster in ``root``/data listening on a socket in ``root``; its process and dsn."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        raise SystemExit("no PostgreSQL server binaries under /usr/lib/postgresql")
-    bindir = Path(found[-1]).parent
-    as_user = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
-    shutil.chown(root, "postgres") if os.geteuid() == 0 else None
-    data = root / "data"
-    subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "bench"],
-        check=True,
-        capture_output=True,
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [*as_user, str(bindir / "postgres"), "-D", str(data), "-k", str(root), "-p", str(port),
-         "-c", "listen_addresses=", "-c", "synchronous_commit=on", "-c", "fsync=on"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(200):
-        if (root / f".s.PGSQL.{port}").exists():
-            break
-        time.sleep(0.05)
-    return server, f"postgresql://bench@/postgres?host={root}&port={port}"
+class Cluster:
+    """A cluster in ``root``/data, listening only on a socket in ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            raise SystemExit("no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.bindir = Path(found[-1]).parent
+        # initdb and postgres refuse root: as root, they run as the postgres user
+        self.as_user: dict[str, Any] = {"user": "postgres"} if os.geteuid() == 0 else {}
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres")
+        self.root, self.data = root, root / "data"
+        initdb = [str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "bench"]
+        subprocess.run(initdb, check=True, capture_output=True, **self.as_user)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dsn = f"postgresql://bench@/postgres?host={root}&port={self.port}"
+        self.server: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.server = subprocess.Popen(
+            [str(self.bindir / "postgres"), "-D", str(self.data),
+             "-k", str(self.root), "-p", str(self.port), "-c", "listen_addresses=",
+             "-c", "synchronous_commit=on", "-c", "fsync=on"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **self.as_user,
+        )  # fmt: skip
+        probe = [str(self.bindir / "pg_isready"), "-q", "-h", str(self.root), "-p", str(self.port)]
+        for _ in range(400):
+            if subprocess.run(probe, check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise SystemExit("the cluster did not start")
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT): every session is ended, as a server restart does."""
+        if self.server is not None:
+            self.server.send_signal(signal.SIGINT)
+            self.server.wait()
+            self.server = None
 
 
 async def prepare(dsn: str) -> None:
@@ -201,12 +219,120 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="haasd-pgbench-") as tmp:
-        server, dsn = start_cluster(Path(tmp))
+        cluster = Cluster(Path(tmp))
+        cluster.start()
         try:
-            anyio.run(run, dsn, args.ops, [int(t) for t in args.tasks.split(",")], args.rounds)
+            tasks = [int(t) for t in args.tasks.split(",")]
+            anyio.run(run, cluster.dsn, args.ops, tasks, args.rounds)
+            anyio.run(behaviour, cluster)
         finally:
-            server.terminate()
-            server.wait()
+            cluster.stop()
+
+
+# -- behaviour that matters beside speed ------------------------------------------------
+
+
+class Driver:
+    """What the behaviour checks need of a driver: a pool, a read, a cancellable sleep,
+    and LISTEN on a connection of its own."""
+
+    def __init__(self, name: str, dsn: str) -> None:
+        self.name, self.dsn = name, dsn
+        self.pool: Any = None
+
+    async def open(self) -> None:
+        if self.name == "asyncpg":
+            self.pool = await asyncpg.create_pool(self.dsn, min_size=POOL, max_size=POOL)
+        else:
+            self.pool = psycopg_pool.AsyncConnectionPool(
+                self.dsn, min_size=POOL, max_size=POOL, open=False, kwargs={"autocommit": True}
+            )
+            await self.pool.open(wait=True)
+
+    async def query(self, sql: str) -> Any:
+        if self.name == "asyncpg":
+            async with self.pool.acquire() as conn:
+                return await conn.fetchval(sql)
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(sql)).fetchone()
+            return row[0] if row else None
+
+    async def notify_latency(self) -> float:
+        """LISTEN on one connection, NOTIFY from the pool; seconds until it arrives."""
+        got = anyio.Event()
+        if self.name == "asyncpg":
+            conn = await asyncpg.connect(self.dsn)
+            await conn.add_listener("bench", lambda *_: got.set())
+            start = time.perf_counter()
+            await self.query("SELECT pg_notify('bench', 'x')")
+            with anyio.fail_after(5):
+                await got.wait()
+            await conn.close()
+            return time.perf_counter() - start
+        aconn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        await aconn.execute("LISTEN bench")
+        start = time.perf_counter()
+        await self.query("SELECT pg_notify('bench', 'x')")
+        with anyio.fail_after(5):
+            async for _ in aconn.notifies():
+                break
+        await aconn.close()
+        return time.perf_counter() - start
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def cancelled_then_read(driver: Driver) -> str:
+    """Cancel a statement in flight from anyio, then use the pool at once."""
+    with anyio.move_on_after(0.2):
+        await driver.query("SELECT pg_sleep(3)")
+    start = time.perf_counter()
+    try:
+        with anyio.fail_after(5):
+            await driver.query("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - reported, not handled
+        return f"next call failed: {type(exc).__name__}"
+    sleeping = await driver.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+    )
+    return f"next call ok in {(time.perf_counter() - start) * 1000:.1f} ms; sleeps left {sleeping}"
+
+
+async def calls_after_restart(driver: Driver, cluster: Cluster, calls: int = 8) -> str:
+    """Restart the server under an open pool; which of the next calls fail."""
+    cluster.stop()
+    cluster.start()
+    outcome = ""
+    for _ in range(calls):
+        try:
+            with anyio.fail_after(10):
+                await driver.query("SELECT 1")
+            outcome += "ok "
+        except Exception:  # noqa: BLE001 - counted, not handled
+            outcome += "FAIL "
+            if driver.name == "psycopg+check":  # what haasd's PgStore does on a broken one
+                await driver.pool.check()
+    return outcome.strip()
+
+
+async def behaviour(cluster: Cluster) -> None:
+    print("\nbehaviour (pool of 4; psycopg+check: pool.check() after a failed call)")
+    logging.getLogger("psycopg").setLevel(logging.ERROR)  # its warnings are what we count
+    for name in ("asyncpg", "psycopg", "psycopg+check"):
+        driver = Driver(name, cluster.dsn)
+        await driver.open()
+        try:
+            print(f"  {name:<8} cancel under anyio: {await cancelled_then_read(driver)}")
+            print(
+                f"  {name:<8} calls after a restart: {await calls_after_restart(driver, cluster)}"
+            )
+            ms = await driver.notify_latency() * 1000
+            print(f"  {name:<8} LISTEN/NOTIFY: received in {ms:.2f} ms")
+            row = await driver.query("SELECT 1.5::double precision")
+            print(f"  {name:<8} types: double precision -> {type(row).__name__}")
+        finally:
+            await driver.close()
 
 
 if __name__ == "__main__":
