@@ -139,8 +139,11 @@ async def test_a_server_restart_fails_the_next_call_and_the_one_after_reconnects
     pg_cluster: PgCluster, pg_database: PgDatabase
 ) -> None:
     grant = make_grant("usr_a")
-    async with opened(pg_database.socket_url, Key.generate()) as store:
+    async with opened(pg_database.socket_url, Key.generate(), pool_size=4) as store:
         await store.put_grant(grant)
+        async with anyio.create_task_group() as tg:  # the pool grows: 4 to break
+            for _ in range(16):
+                tg.start_soon(store.get_grant, "usr_a")
         pg_cluster.restart()
         with pytest.raises(StoreError, match="read failed") as failed:
             await store.get_grant("usr_a")
