@@ -31,12 +31,18 @@ from haasd.tokens import parse_token_response
 MARIA = "usr_maria_42"
 
 
-def write_config(directory: Path, token_url: str, *, extra: str = "") -> Path:
+def write_key(directory: Path) -> Path:
+    """A new store key in ``directory`` (mode 0600 from its creation), unless one is there."""
     key = directory / "store.key"
     if not key.exists():
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(Key.generate().to_text())
+    return key
+
+
+def write_config(directory: Path, token_url: str, *, extra: str = "") -> Path:
+    write_key(directory)
     config = directory / "haasd.toml"
     config.write_text(
         f"""

@@ -11,7 +11,6 @@ introspection.
 from __future__ import annotations
 
 import base64
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,11 +23,11 @@ import anyio
 import httpx
 import pytest
 from authlib_server import AuthlibServer, Client, TokenRecord
+from support_daemon import write_key
 
 from haasd.app import Daemon, run
 from haasd.client._model import EventParser
 from haasd.config import load_config
-from haasd.crypto import Key
 
 ADA = "usr_ada_1"
 BOB = "usr_bob_2"
@@ -68,10 +67,7 @@ def write_config(
     haas: str = "",
     extra: str = "",
 ) -> Path:
-    key = directory / "store.key"
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(Key.generate().to_text())
+    write_key(directory)
     config = directory / "haasd.toml"
     config.write_text(
         f"""
