@@ -31,13 +31,13 @@ from haasd.config import Config, access_override_note, load_config, sqlite_only
 from haasd.consent import ConsentFlow
 from haasd.errors import ConfigError, HaasdError
 from haasd.events import EventBus
+from haasd.grantstore import GrantStore
 from haasd.logs import configure_logging
 from haasd.metrics import EngineCollector
-from haasd.parts import policy_of, sealer_of
+from haasd.parts import open_store, policy_of
 from haasd.ratelimit import RateBudget
 from haasd.refresher import Refresher
 from haasd.server import TokenServer, open_listener
-from haasd.store import Store, instance_lock
 from haasd.systemd import Notifier, watchdog_interval
 
 __all__ = ["Daemon", "main_run", "run", "run_unwrapped"]
@@ -55,7 +55,7 @@ class Daemon:
 
     config: Config
     clock: Clock
-    store: Store
+    store: GrantStore
     auth: AuthClient
     budget: RateBudget
     events: EventBus
@@ -112,12 +112,11 @@ async def run(
     clock = clock or SystemClock()
     notifier = Notifier(env)
     client_secret = config.haas.client_secret.load()
-    sealer = sealer_of(config)
     activity = Activity()
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(instance_lock(config.store.path))
-        store = await Store.open(config.store.path, sealer)
-        stack.push_async_callback(store.close)
+        store = await stack.enter_async_context(
+            open_store(config, retry_for=config.store.connect_timeout)
+        )
         budget = RateBudget(config.haas.requests_per_minute, clock)
         auth = AuthClient.from_config(config.haas, client_secret, budget, activity=activity)
         stack.push_async_callback(auth.aclose)
@@ -149,7 +148,7 @@ async def run(
 
 def _parts(
     config: Config,
-    store: Store,
+    store: GrantStore,
     auth: AuthClient,
     budget: RateBudget,
     clock: Clock,

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Final
+
+import anyio
+import structlog
+
 from haasd.config import Config
 from haasd.crypto import Key, Sealer
-from haasd.errors import ConfigError
+from haasd.errors import (
+    ConfigError,
+    StoreCorruptError,
+    StoreError,
+    StoreNewerError,
+    WrongKeyError,
+)
 from haasd.grants import Policy
+from haasd.grantstore import GrantStore
+from haasd.store import Store, instance_lock
 
-__all__ = ["policy_of", "sealer_of"]
+__all__ = ["open_store", "policy_of", "sealer_of"]
+
+_log: Final = structlog.get_logger("haasd")
 
 
 def policy_of(config: Config) -> Policy:
@@ -31,3 +48,46 @@ def sealer_of(config: Config) -> Sealer:
     except ValueError as exc:
         raise ConfigError(source.describe(), source.key, f"not a haasd key: {exc}") from None
     return Sealer(key)
+
+
+@asynccontextmanager
+async def open_store(
+    config: Config, *, lock: bool = True, retry_for: float = 0.0
+) -> AsyncIterator[GrantStore]:
+    """The configured store, open, closed on leaving: the SQLite file (under the instance
+    lock unless ``lock`` is False: readers such as ``status --config``), or the PostgreSQL
+    database, whose unreachability is retried for ``retry_for`` seconds (``haasd run``
+    gives it ``store.connect_timeout``: an orchestrator may start haasd before the
+    database)."""
+    sealer = sealer_of(config)
+    store: GrantStore
+    if config.store.url is None:
+        async with AsyncExitStack() as stack:
+            if lock:
+                await stack.enter_async_context(instance_lock(config.store.path))
+            store = await Store.open(config.store.path, sealer)
+            stack.push_async_callback(store.close)
+            yield store
+        return
+    from haasd.pgstore import PgStore  # psycopg is loaded only for a PostgreSQL store
+
+    source = config.store.password
+    password = source.load_optional() if source is not None else None
+    deadline = anyio.current_time() + retry_for
+    while True:
+        try:
+            pg = await PgStore.open(config.store.url, sealer, password=password)
+            break
+        except (WrongKeyError, StoreNewerError, StoreCorruptError):
+            raise  # no retry mends these
+        except StoreError as exc:
+            if anyio.current_time() >= deadline:
+                if retry_for <= 0:
+                    raise
+                raise StoreError(f"{exc} (retried for {retry_for:g}s)") from None
+            _log.warning("cannot reach the store yet; retrying", error=str(exc))
+            await anyio.sleep(min(1.0, max(0.0, deadline - anyio.current_time())))
+    try:
+        yield pg
+    finally:
+        await pg.close()
