@@ -4,7 +4,7 @@ transactions, shielded statements, and errors as :class:`~haasd.errors.StoreErro
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,17 @@ class Database:
         with anyio.CancelScope(shield=True), translate(self.path, "read"):
             rows = list(await self.conn.execute_fetchall(sql, params))
         return rows
+
+    async def fetch_chunks_locked(
+        self, sql: str, take: Callable[[list[sqlite3.Row]], object], size: int
+    ) -> None:
+        """Hand the rows of one query to ``take`` in a worker thread, ``size`` at a time, for
+        a caller that holds the lock: never more than ``size`` rows in memory at once, and
+        the event loop free between chunks."""
+        with anyio.CancelScope(shield=True), translate(self.path, "read"):
+            async with self.conn.execute(sql) as cursor:
+                while rows := list(await cursor.fetchmany(size)):
+                    await anyio.to_thread.run_sync(take, rows)
 
     async def update(self, human_id: str, sql: str, params: Sequence[Any], what: str) -> None:
         """One statement that must change ``human_id``'s row: else :class:`UnknownHumanError`."""
