@@ -20,6 +20,9 @@ None of them leaves a store half-done:
   backup that do not open are restored as they are and named: haasd quarantines them.
 - a row that does not open stops **rekey** (nothing is re-sealed), naming the human:
   re-sealing cannot carry it over, and the old key is the only way to examine it.
+
+The same commands on a PostgreSQL store are :mod:`haasd.pgmaintenance`'s; a backup is
+the same single SQLite file whichever the store, so either restores into either.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,17 +55,25 @@ from haasd.errors import (
 )
 from haasd.parts import sealer_of
 from haasd.store import Store, instance_lock, store_error_of
-from haasd.store.schema import APPLICATION_ID, BOUND, KEY_CHECK_COLUMN, SEALED, bound_values
+from haasd.store.schema import APPLICATION_ID, BOUND, KEY_CHECK_COLUMN, SEALED
+from haasd.storerows import resealed_values
 
 __all__ = [
     "Contents",
+    "about_backup",
     "backup_store",
+    "backup_work_file",
     "load_key_file",
     "main_backup",
     "main_rekey",
     "main_restore",
+    "not_resealed",
+    "publish_backup",
+    "refuse_same_key",
     "rekey_store",
     "restore_store",
+    "stopped_daemon",
+    "verify_file",
 ]
 
 
@@ -112,14 +123,10 @@ def load_key_file(path: Path) -> Key:
 
 async def rekey_store(path: Path, old: Sealer, new: Sealer) -> Contents:
     """Re-seal everything in the store at ``path`` from ``old``'s keys to ``new``'s."""
-    if new.current_key_id in old.key_ids:
-        raise HaasdError(
-            f"the new key is the store's current key (key id {new.current_key_id}); "
-            "write a new one with `haasd keygen --out FILE`"
-        )
-    _require_store(path)
+    refuse_same_key(old, new)
+    require_store(path)
     copy = storefiles.beside(path, "rekey")
-    async with _stopped_daemon(path, "rekey"):
+    async with stopped_daemon(path, "rekey"):
         storefiles.remove_database(copy)  # a left-over from a crashed rekey: ours, under the lock
         try:
             async with await Store.open(path, old):
@@ -128,18 +135,31 @@ async def rekey_store(path: Path, old: Sealer, new: Sealer) -> Contents:
             async with await Store.open(copy, old) as store, store.resealing(new) as conn:
                 for table, id_column, columns in SEALED:
                     await _reseal_table(conn, old, new, table, id_column, columns)
-            contents = await _verify(copy, new)
+            contents = await verify_file(copy, new)
             await anyio.to_thread.run_sync(storefiles.install, copy, path, False)
         except (DecryptError, ValueError) as exc:  # a row the current key does not open
             storefiles.remove_database(copy)
-            raise DecryptError(
-                f"{exc}; nothing was re-sealed, the store is unchanged (re-consent or delete"
-                " that human first: `haasd status --config` shows the unreadable rows)"
-            ) from exc
+            raise not_resealed(exc) from exc
         except BaseException:
             storefiles.remove_database(copy)
             raise
     return contents
+
+
+def refuse_same_key(old: Sealer, new: Sealer) -> None:
+    if new.current_key_id in old.key_ids:
+        raise HaasdError(
+            f"the new key is the store's current key (key id {new.current_key_id}); "
+            "write a new one with `haasd keygen --out FILE`"
+        )
+
+
+def not_resealed(exc: DecryptError | ValueError) -> DecryptError:
+    """A row the current key does not open, as ``rekey`` reports it."""
+    return DecryptError(
+        f"{exc}; nothing was re-sealed, the store is unchanged (re-consent or delete"
+        " that human first: `haasd status --config` shows the unreadable rows)"
+    )
 
 
 async def _reseal_table(
@@ -158,22 +178,11 @@ async def _reseal_table(
     names = ", ".join((*columns, *bound_columns))
     rows = await conn.execute_fetchall(f"SELECT {id_column}, {names} FROM {table}")  # noqa: S608 - constants
 
-    def reseal(row_id: object, blobs: Sequence[object], values: Sequence[object]) -> list[bytes]:
-        sealed = [blob for blob in blobs if isinstance(blob, bytes)]
-        try:
-            if not isinstance(row_id, str) or len(sealed) != len(blobs):
-                raise ValueError("it holds values the schema never writes")
-            bound = bound_values(table, values)
-        except ValueError as exc:
-            raise ValueError(f"cannot open a row of {table} ({row_id!r}): {exc}") from None
-        return [
-            new.seal(old.open(blob, human_id=row_id, column=c, bound=bound),
-                     human_id=row_id, column=c, bound=bound)
-            for c, blob in zip(columns, sealed, strict=True)
-        ]  # fmt: skip
-
     n = len(columns)
-    updates = [(*reseal(row[0], row[1 : 1 + n], row[1 + n :]), row[0]) for row in rows]
+    updates = [
+        (*resealed_values(table, columns, old, new, row[0], row[1 : 1 + n], row[1 + n :]), row[0])
+        for row in rows
+    ]
     assignments = ", ".join(f"{column} = ?" for column in columns)
     sql = f"UPDATE {table} SET {assignments} WHERE {id_column} = ?"  # noqa: S608 - constants
     await conn.executemany(sql, updates)
@@ -185,10 +194,16 @@ def main_rekey(config: Config, new_key_file: Path, out: TextIO) -> int:
     old = sealer_of(config)
     new = Sealer(load_key_file(new_key_file))
     started = time.perf_counter()
-    contents = anyio.run(rekey_store, config.store.path, old, new)
+    if config.store.url is None:
+        where = str(config.store.path)
+        contents = anyio.run(rekey_store, config.store.path, old, new)
+    else:
+        from haasd.pgmaintenance import rekey_database
+
+        where, contents = anyio.run(rekey_database, config, old, new)
     seconds = time.perf_counter() - started
     print(
-        f"re-sealed {contents.describe()} of {config.store.path} under key {new.current_key_id}"
+        f"re-sealed {contents.describe()} of {where} under key {new.current_key_id}"
         f" (was {old.current_key_id}) in {seconds:.2f} s",
         file=out,
     )
@@ -197,6 +212,10 @@ def main_rekey(config: Config, new_key_file: Path, out: TextIO) -> int:
         f" store.key credential at {new_key_file.absolute()}",
         file=out,
     )
+    if config.store.url is not None:
+        from haasd.pgmaintenance import REKEY_NOTES
+
+        print(*(f"  {line}" for line in REKEY_NOTES), sep="\n", file=out)
     print("  (backups made before now still need the old key: keep it with them)", file=out)
     return 0
 
@@ -206,29 +225,51 @@ def main_rekey(config: Config, new_key_file: Path, out: TextIO) -> int:
 
 def backup_store(path: Path, target: Path) -> Contents:
     """Copy the store at ``path`` (live or not) to ``target`` (mode 0600, never replaced)."""
-    _require_store(path)
+    require_store(path)
     if target.exists():
         raise HaasdError(f"{target} exists; haasd backup never overwrites a file")
-    copy = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    copy = backup_work_file(target)
     try:
         storefiles.copy_live(path, copy)
-        contents = _inspect(copy)
-        try:
-            os.link(copy, target)  # unlike rename, refuses to replace
-        except FileExistsError:
-            raise HaasdError(f"{target} exists; haasd backup never overwrites a file") from None
-        except OSError as exc:
-            raise HaasdError(f"cannot write {target}: {exc.strerror}") from exc
-        storefiles.fsync_directory(target.parent)
+        return publish_backup(copy, target)
     finally:
         storefiles.remove_database(copy)
+
+
+def backup_work_file(target: Path) -> Path:
+    """Where a backup is written before it is linked to ``target``."""
+    if target.exists():
+        raise HaasdError(f"{target} exists; haasd backup never overwrites a file")
+    if not target.parent.is_dir():
+        raise HaasdError(f"cannot write {target}: no directory {target.parent}")
+    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+
+
+def publish_backup(copy: Path, target: Path) -> Contents:
+    """Check the backup ``copy`` (single file, without the key), then link it to
+    ``target``, never over a file; what it holds."""
+    contents = _inspect(copy)
+    try:
+        os.link(copy, target)  # unlike rename, refuses to replace
+    except FileExistsError:
+        raise HaasdError(f"{target} exists; haasd backup never overwrites a file") from None
+    except OSError as exc:
+        raise HaasdError(f"cannot write {target}: {exc.strerror}") from exc
+    storefiles.fsync_directory(target.parent)
     return contents
 
 
 def main_backup(config: Config, target: Path, out: TextIO) -> int:
-    contents = backup_store(config.store.path, target)
+    of = ""
+    if config.store.url is None:
+        contents = backup_store(config.store.path, target)
+    else:
+        from haasd.pgmaintenance import backup_database
+
+        where, contents = anyio.run(backup_database, config, target)
+        of = f" of {where}"
     print(
-        f"backed up {contents.describe()} ({contents.details()}) to {target} (mode 0600)",
+        f"backed up {contents.describe()}{of} ({contents.details()}) to {target} (mode 0600)",
         file=out,
     )
     return 0
@@ -241,14 +282,14 @@ async def restore_store(path: Path, backup: Path, sealer: Sealer) -> Contents:
     """Replace the store at ``path`` by ``backup``, once ``sealer`` is seen to open it."""
     _check_backup(path, backup)
     copy = storefiles.beside(path, "restore")
-    async with _stopped_daemon(path, "restore"):
+    async with stopped_daemon(path, "restore"):
         storefiles.remove_database(copy)
         try:
             await anyio.to_thread.run_sync(storefiles.copy_file, backup, copy)
             try:
-                contents = await _verify(copy, sealer)  # before anything of the store changes
+                contents = await verify_file(copy, sealer)  # before anything of the store changes
             except (StoreError, DecryptError) as exc:
-                raise _about(exc, copy, backup) from exc
+                raise about_backup(exc, copy, backup) from exc
             await anyio.to_thread.run_sync(storefiles.install, copy, path, True)
         except BaseException:
             storefiles.remove_database(copy)
@@ -256,11 +297,16 @@ async def restore_store(path: Path, backup: Path, sealer: Sealer) -> Contents:
     return contents
 
 
-def main_restore(config: Config, backup: Path, out: TextIO) -> int:
-    contents = anyio.run(restore_store, config.store.path, backup, sealer_of(config))
+def main_restore(config: Config, backup: Path, out: TextIO, *, force: bool = False) -> int:
+    if config.store.url is None:
+        where = str(config.store.path)
+        contents = anyio.run(restore_store, config.store.path, backup, sealer_of(config))
+    else:
+        from haasd.pgmaintenance import restore_database
+
+        where, contents = anyio.run(restore_database, config, backup, force)
     print(
-        f"restored {contents.describe()} ({contents.details()}) from {backup}"
-        f" into {config.store.path}",
+        f"restored {contents.describe()} ({contents.details()}) from {backup} into {where}",
         file=out,
     )
     warning = contents.warning()
@@ -273,7 +319,7 @@ def main_restore(config: Config, backup: Path, out: TextIO) -> int:
 
 
 @asynccontextmanager
-async def _stopped_daemon(path: Path, command: str) -> AsyncIterator[None]:
+async def stopped_daemon(path: Path, command: str) -> AsyncIterator[None]:
     """Hold haasd's instance lock on ``path`` (see :func:`haasd.store.instance_lock`)."""
     if not path.parent.is_dir():
         raise StoreError(f"no directory {path.parent} for the store {path.name}")
@@ -293,7 +339,7 @@ async def _stopped_daemon(path: Path, command: str) -> AsyncIterator[None]:
         await lock.__aexit__(None, None, None)
 
 
-async def _verify(path: Path, sealer: Sealer) -> Contents:
+async def verify_file(path: Path, sealer: Sealer) -> Contents:
     """Open ``path`` with ``sealer`` (key check, quick_check) and decrypt every token; the
     rows that do not open are named in the answer (as haasd will quarantine them)."""
     async with await Store.open(path, sealer) as store:
@@ -310,7 +356,7 @@ def _check_backup(path: Path, backup: Path) -> None:
         raise HaasdError(f"{backup} is the store itself")
 
 
-def _require_store(path: Path) -> None:
+def require_store(path: Path) -> None:
     if not path.is_file():
         raise StoreError(f"no store at {path}")
 
@@ -341,7 +387,7 @@ def _inspect(path: Path) -> Contents:
     return Contents(int(grants), int(pending), path.stat().st_size, key_id)
 
 
-def _about(exc: HaasdError, copy: Path, backup: Path) -> StoreError:
+def about_backup(exc: HaasdError, copy: Path, backup: Path) -> StoreError:
     """``exc``, about the copy of a backup, told of the backup itself."""
     text = f"{str(exc).replace(str(copy), str(backup))}; nothing was restored"
     for kind in (WrongKeyError, StoreNewerError, StoreLockedError, StoreCorruptError):

@@ -1,4 +1,5 @@
-"""``haasd rekey``, ``backup`` and ``restore``: the store's maintenance (see haasd.maintenance)."""
+"""``haasd rekey``, ``backup``, ``restore`` and ``move-store``: the store as a whole (see
+haasd.maintenance, haasd.pgmaintenance and haasd.storemove), on SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,31 +8,30 @@ from pathlib import Path
 from typing import TextIO
 
 from haasd.cli._common import config_of
-from haasd.config import Config, sqlite_only
 
-__all__ = ["cmd_backup", "cmd_rekey", "cmd_restore"]
+__all__ = ["cmd_backup", "cmd_move_store", "cmd_rekey", "cmd_restore"]
 
 
 def cmd_rekey(args: argparse.Namespace, out: TextIO) -> int:
     from haasd.maintenance import main_rekey
 
-    return main_rekey(_sqlite_config(args, "haasd rekey"), Path(args.new_key), out)
+    return main_rekey(config_of(args), Path(args.new_key), out)
 
 
 def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
     from haasd.maintenance import main_backup
 
-    return main_backup(_sqlite_config(args, "haasd backup"), Path(args.out), out)
+    return main_backup(config_of(args), Path(args.out), out)
 
 
 def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
     from haasd.maintenance import main_restore
 
-    return main_restore(_sqlite_config(args, "haasd restore"), Path(args.backup), out)
+    return main_restore(config_of(args), Path(args.backup), out, force=args.force)
 
 
-def _sqlite_config(args: argparse.Namespace, command: str) -> Config:
-    """The configuration, if its store is a SQLite file (PostgreSQL is not wired in yet)."""
-    config = config_of(args)
-    sqlite_only(config, command)
-    return config
+def cmd_move_store(args: argparse.Namespace, out: TextIO) -> int:
+    from haasd.storemove import main_move_store
+
+    password_file = Path(args.to_password_file) if args.to_password_file else None
+    return main_move_store(config_of(args), args.to, password_file, out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import sys
@@ -19,7 +20,7 @@ from haasd.cli._common import EXIT_OK, config_of, table
 from haasd.cli._online import status_online
 from haasd.client import HumanStatus
 from haasd.clock import SystemClock
-from haasd.config import access_override_note, sqlite_only
+from haasd.config import access_override_note
 from haasd.crypto import Key
 from haasd.errors import (
     HaasdError,
@@ -29,12 +30,17 @@ from haasd.errors import (
     UnnamedHumanError,
 )
 from haasd.grants import Grant, new_grant, status_of
-from haasd.parts import policy_of, sealer_of
-from haasd.store import Store
+from haasd.parts import open_store, policy_of, sealer_of
 from haasd.text import printable
 from haasd.tokens import HUMAN_ID_RE, parse_first_grant
 
 __all__ = ["cmd_check_config", "cmd_import", "cmd_keygen", "cmd_status"]
+
+# The PostgreSQL pool logs each failed connection attempt; a command reports the outcome
+# in its one error line instead (whoever configures logging, as ``haasd run`` does, still
+# gets the records: they propagate as ever, this only keeps Python's last-resort handler
+# from printing them).
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
@@ -90,7 +96,6 @@ def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     config = config_of(args)
-    sqlite_only(config, "haasd import")
     source = "standard input" if args.json == "-" else args.json
     try:
         text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text("utf-8")
@@ -122,12 +127,8 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     )
 
     async def store_it() -> bool:
-        from haasd.store import instance_lock  # not while a daemon, rekey or restore runs
-
-        async with (
-            instance_lock(config.store.path),
-            await Store.open(config.store.path, sealer_of(config)) as store,
-        ):
+        # SQLite: under the instance lock, not while a daemon, rekey or restore runs
+        async with open_store(config) as store:
             try:
                 await store.get_grant(grant.human_id, warn=False)
             except UnknownHumanError:
@@ -148,17 +149,16 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if args.config is None:
         return status_online(args, out)
     config = config_of(args)
-    sqlite_only(config, "haasd status --config")
     policy = policy_of(config)
     now = SystemClock().time()
 
-    if not config.store.path.exists():
+    if config.store.url is None and not config.store.path.exists():
         raise StoreError(
             f"no store at {config.store.path}; `haasd import` or `haasd run` creates it"
         )
 
     async def read() -> list[Grant]:
-        async with await Store.open(config.store.path, sealer_of(config)) as store:
+        async with open_store(config, lock=False) as store:
             # an unreadable row shows as its human in needs_reconsent, with the reason
             return await store.list_grants(warn=False)
 

@@ -16,11 +16,17 @@ from haasd.cli._consent import (
     cmd_consent_start,
 )
 from haasd.cli._daemon import cmd_demo, cmd_run
-from haasd.cli._maintenance import cmd_backup, cmd_rekey, cmd_restore
+from haasd.cli._maintenance import cmd_backup, cmd_move_store, cmd_rekey, cmd_restore
 from haasd.cli._offline import cmd_check_config, cmd_import, cmd_keygen, cmd_status
 from haasd.cli._online import EXIT_CODES_EPILOG, cmd_health, cmd_token
 
 __all__ = ["build_parser"]
+
+MOVE_EPILOG = """\
+Every grant and pending consent is copied as it is (sealed, with the same key) into
+the target, which must hold none; the source is left unchanged. Stop haasd first: the
+command refuses while it runs on the source. Afterwards, point the config at the
+target and start haasd on it -- never again on the source (refresh tokens rotate)."""
 
 
 #: a subcommand group's ``add_parser``: makes one command's parser
@@ -123,7 +129,7 @@ def _store_commands(add: _AddParser) -> None:
 
 
 def _maintenance_commands(add: _AddParser) -> None:
-    """``rekey``, ``backup`` and ``restore``: the store file as a whole."""
+    """``rekey``, ``backup``, ``restore`` and ``move-store``: the store as a whole."""
     p = _command(add, "rekey", cmd_rekey, "re-seal the store under a new key (haasd stopped)")
     _config_arg(p)
     p.add_argument("--new-key", required=True, metavar="FILE", help="a key from haasd keygen")
@@ -133,6 +139,31 @@ def _maintenance_commands(add: _AddParser) -> None:
     p = _command(add, "restore", cmd_restore, "replace the store by a backup the key opens")
     _config_arg(p)
     p.add_argument("backup", metavar="BACKUP", help="a file written by haasd backup")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="PostgreSQL: restore although other haasd sessions are connected (restart them)",
+    )
+    p = _command(
+        add,
+        "move-store",
+        cmd_move_store,
+        "copy the store into an empty one on the other backend (SQLite <-> PostgreSQL)",
+        epilog=MOVE_EPILOG,
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="TARGET",
+        help="a postgresql:// URL (from SQLite), or the SQLite file to write (from PostgreSQL)",
+    )
+    p.add_argument(
+        "--to-password-file",
+        metavar="FILE",
+        help="the target database's password (mode 0600); else $HAASD_STORE_PASSWORD or the"
+        " store.password credential",
+    )
 
 
 def _asking_commands(add: _AddParser) -> None:

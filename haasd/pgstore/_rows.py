@@ -1,0 +1,157 @@
+"""A PostgreSQL store as a whole, for the maintenance commands (``haasd rekey``,
+``backup``, ``restore`` and ``move-store``): one connection, a consistent read of every
+row, and a transaction that has the store to itself.
+
+The commands work through a pool of one connection (:func:`connect`), so that "another
+haasd" is easy to tell: every haasd names its sessions ``haasd`` (``application_name``),
+and :func:`sessions` lists those of the database but ours. A command that must not run
+beside an instance (a rekey: a running instance would go on sealing under the old key)
+takes the store's tables ``ACCESS EXCLUSIVE`` first (:func:`exclusive`) — an instance
+that connects meanwhile waits on its key check and reads the outcome — and then refuses
+if any other haasd session is connected. Only the grants and pending consents are the
+store's contents; whatever else the schema holds (its version, the key check, leases)
+stays as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import psycopg
+
+from haasd.crypto import Sealer
+from haasd.errors import StoreLockedError
+from haasd.pgstore._database import Database
+from haasd.pgstore._open import prepare
+from haasd.secret import Secret
+from haasd.storerows import (
+    GRANT_COLUMNS,
+    PENDING_COLUMNS,
+    NotEmptyError,
+    Rows,
+    check_read_back,
+    insert,
+    select,
+)
+
+__all__ = [
+    "connect",
+    "counts",
+    "exclusive",
+    "read_rows",
+    "read_stopped",
+    "running_error",
+    "sessions",
+    "write_rows",
+]
+
+Connection = psycopg.AsyncConnection[Any]
+
+#: the ``application_name`` of every haasd session (:meth:`Database.connect`)
+APPLICATION_NAME: Final = "haasd"
+_TABLES: Final = "haasd_meta, grants, pending_consents"
+_SESSIONS: Final = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    " AND application_name = %s AND pid <> pg_backend_pid() ORDER BY pid"
+)
+
+
+async def connect(url: str, sealer: Sealer, password: Secret | None) -> Database:
+    """One connection to the store at ``url``, its key checked and its schema current
+    (:func:`~haasd.pgstore._open.prepare`: a new database gets the schema and our key)."""
+    db = await Database.connect(url, password=password, size=1)
+    try:
+        await prepare(db, sealer)
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def sessions(conn: Connection) -> list[int]:
+    """The server pids of the other haasd sessions on this database."""
+    rows = await (await conn.execute(_SESSIONS, (APPLICATION_NAME,))).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def running_error(where: str, pids: list[int], command: str, hint: str = "") -> StoreLockedError:
+    n = len(pids)
+    shown = ", ".join(str(pid) for pid in pids[:5]) + (", ..." if n > 5 else "")
+    return StoreLockedError(
+        f"{n} other haasd session{'' if n == 1 else 's'} connected to store {where}"
+        f" (server pid{'' if n == 1 else 's'} {shown}): stop every haasd instance on it"
+        f" before `haasd {command}`, which needs the store to itself{hint}"
+    )
+
+
+@asynccontextmanager
+async def exclusive(
+    db: Database, command: str, *, force: bool = False, hint: str = ""
+) -> AsyncIterator[Connection]:
+    """A transaction holding the store's tables ``ACCESS EXCLUSIVE`` (readers too wait for
+    it), refused with :class:`StoreLockedError` while another haasd is connected unless
+    ``force``; committed when the body returns, rolled back if it raises."""
+    async with db.transaction(command) as conn:
+        await conn.execute(f"LOCK TABLE {_TABLES} IN ACCESS EXCLUSIVE MODE")
+        others = await sessions(conn)
+        if others and not force:
+            raise running_error(db.where, others, command, hint)
+        yield conn
+
+
+async def read_rows(db: Database, command: str) -> Rows:
+    """Every grant and pending consent in one snapshot (``REPEATABLE READ``), while
+    instances may write; refused if ``command`` needs them stopped (see
+    :func:`read_stopped`)."""
+    async with db.connection(f"{command}: read") as conn:
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            return await _read(conn)
+        finally:
+            await conn.execute("ROLLBACK")
+
+
+async def read_stopped(db: Database, command: str, hint: str = "") -> Rows:
+    """Every grant and pending consent, refused while another haasd is connected (its
+    writes after the read would be lost): the tables are held ``SHARE`` (no writer)
+    while the sessions are looked at and the rows read."""
+    async with db.transaction(f"{command}: read") as conn:
+        await conn.execute(f"LOCK TABLE {_TABLES} IN SHARE MODE")
+        others = await sessions(conn)
+        if others:
+            raise running_error(db.where, others, command, hint)
+        return await _read(conn)
+
+
+async def write_rows(conn: Connection, rows: Rows, where: str, *, replace: bool) -> None:
+    """Inside the caller's transaction: put ``rows`` in (after deleting every grant and
+    pending consent if ``replace``; else :class:`NotEmptyError` unless the store is
+    empty), then read them back, which must give ``rows`` exactly."""
+    if replace:
+        await conn.execute("DELETE FROM pending_consents")
+        await conn.execute("DELETE FROM grants")
+    else:
+        grants, pending = await counts(conn)
+        if grants or pending:
+            raise NotEmptyError(f"store {where}", grants, pending)
+    async with conn.cursor() as cursor:
+        if rows.grants:
+            await cursor.executemany(insert("grants", GRANT_COLUMNS, "%s"), rows.grants)
+        if rows.pending:
+            sql = insert("pending_consents", PENDING_COLUMNS, "%s")
+            await cursor.executemany(sql, rows.pending)
+    check_read_back(f"store {where}", rows, await _read(conn))
+
+
+async def counts(conn: Connection) -> tuple[int, int]:
+    sql = "SELECT (SELECT count(*) FROM grants), (SELECT count(*) FROM pending_consents)"
+    row = await (await conn.execute(sql)).fetchone()
+    return (int(row[0]), int(row[1])) if row is not None else (0, 0)
+
+
+async def _read(conn: Connection) -> Rows:
+    grants = await (await conn.execute(select("grants", GRANT_COLUMNS))).fetchall()
+    pending = await (await conn.execute(select("pending_consents", PENDING_COLUMNS))).fetchall()
+    return Rows.of(grants, pending)
