@@ -27,14 +27,15 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, SystemClock
-from haasd.config import Config, access_override_note, load_config, sqlite_only
+from haasd.config import Config, access_override_note, load_config
 from haasd.consent import ConsentFlow
+from haasd.coordination import Coordination
 from haasd.errors import ConfigError, HaasdError
 from haasd.events import EventBus
 from haasd.grantstore import GrantStore
 from haasd.logs import configure_logging
 from haasd.metrics import EngineCollector
-from haasd.parts import open_store, policy_of
+from haasd.parts import coordination_of, open_store, policy_of
 from haasd.ratelimit import RateBudget
 from haasd.refresher import Refresher
 from haasd.server import TokenServer, open_listener
@@ -120,8 +121,12 @@ async def run(
         budget = RateBudget(config.haas.requests_per_minute, clock)
         auth = AuthClient.from_config(config.haas, client_secret, budget, activity=activity)
         stack.push_async_callback(auth.aclose)
-        events, refresher, consent, server = _parts(config, store, auth, budget, clock, activity)
+        coordination = coordination_of(config, store)
+        events, refresher, consent, server = _parts(
+            config, store, auth, budget, clock, activity, coordination
+        )
         async with anyio.create_task_group() as tg:
+            await tg.start(coordination.run)  # in a cluster: listening before loading
             await tg.start(refresher.run)
             await tg.start(consent.run)
             listener = await open_listener(config.socket, environ=env)
@@ -153,6 +158,7 @@ def _parts(
     budget: RateBudget,
     clock: Clock,
     activity: Activity,
+    coordination: Coordination,
 ) -> tuple[EventBus, Refresher, ConsentFlow, TokenServer]:
     """The event bus, the refresh engine, the consent flow and the token server, over one
     store and one auth client."""
@@ -166,6 +172,7 @@ def _parts(
         budget=budget,
         rng=random.SystemRandom(),
         activity=activity,
+        coordination=coordination,
     )
     consent = ConsentFlow(
         store,
@@ -235,7 +242,6 @@ async def _signal_loop(
 def main_run(config_path: Path | None) -> int:
     """``haasd run``: load, configure logging, run in the foreground until signalled."""
     config = load_config(config_path)
-    sqlite_only(config, "haasd run")
     configure_logging(config.log.level, config.log.format)
 
     async def go() -> None:

@@ -15,36 +15,74 @@ refresh, in this order:
 :class:`InProcess` is the first implementation, for one haasd: the single flight already
 keeps refreshes of a grant apart, so a permit is always granted, and every reader of the
 grant shares the engine's memory, so a publication only tells the local subscribers.
+:class:`haasd.pgstore.PgCoordination` is the second, for several instances on one
+PostgreSQL store: a permit is a lease taken on the database's clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Coordination", "InProcess", "Permit"]
+import anyio
+from anyio.abc import TaskStatus
 
-#: called with the human id whose grant changed
-OnChange = Callable[[str], None]
+from haasd.health import Instance
+
+__all__ = ["Coordination", "InProcess", "Instance", "Listener", "Permit"]
 
 
 @dataclass(frozen=True, slots=True)
 class Permit:
-    """Leave to refresh one grant, until released (or, for a lease, until ``expires_at``)."""
+    """Leave to refresh one grant, until released (or, for a lease, until it ends)."""
 
     human_id: str
     #: whoever holds it (an instance's name; "local" in process)
     holder: str
-    #: when a lease ends by itself (wall-clock), or None: held until released
+    #: when a lease ends by itself (wall-clock, the database's), or None: held until released
     expires_at: float | None = None
+
+
+class Listener(Protocol):
+    """What the refresh engine hears from the others (called from the coordination's
+    tasks; each call only notes the work, it does no I/O)."""
+
+    def changed(self, human_id: str) -> None:
+        """Another instance changed (or deleted) ``human_id``'s grant: re-read it."""
+
+    def resync(self) -> None:
+        """Changes may have been missed (a reconnect): re-read every grant."""
+
+    def replan(self) -> None:
+        """The live instances changed: place every grant's deadline again (:meth:`defer`)."""
 
 
 class Coordination(Protocol):
     """Who may refresh a grant now, and telling the others that it changed."""
 
+    @property
+    def shared(self) -> bool:
+        """True when other instances share the store: a grant is re-read before a refresh."""
+        ...
+
+    @property
+    def instance_id(self) -> str | None:
+        """This instance's name in the cluster (None: one haasd on its own)."""
+        ...
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Take part (heartbeats, listening) until cancelled; started once able to hear
+        the others, before the engine loads the grants."""
+        ...
+
     async def acquire(self, human_id: str) -> Permit | None:
         """Leave to refresh ``human_id``'s grant now, or None if another holds it."""
+        ...
+
+    def held(self, permit: Permit) -> bool:
+        """Whether the permit is still surely held (a lease: renewed recently enough by the
+        local monotonic clock, with a margin): no request is sent without it."""
         ...
 
     async def release(self, permit: Permit) -> None:
@@ -55,8 +93,26 @@ class Coordination(Protocol):
         """Tell the others that ``human_id``'s grant changed in the store."""
         ...
 
-    def subscribe(self, on_change: OnChange) -> None:
-        """Call ``on_change`` for each grant another party published as changed."""
+    def subscribe(self, listener: Listener) -> None:
+        """Tell ``listener`` of each grant another party changed (and of resyncs)."""
+        ...
+
+    def defer(self, human_id: str) -> float:
+        """Seconds to add to the grant's scheduled refresh here: 0 on the instance the
+        cluster's spread gives it to, a fallback delay on the others."""
+        ...
+
+    @property
+    def wait(self) -> float:
+        """How long to wait for another holder's refresh before trying again."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why this instance cannot take part in the cluster now (health), or None."""
+        ...
+
+    def instances(self) -> Sequence[Instance]:
+        """The live instances (empty for one haasd on its own)."""
         ...
 
 
@@ -64,27 +120,46 @@ class InProcess:
     """One haasd: every permit is granted (the engine's single flight keeps one refresh
     per grant); a publication goes to the local subscribers only."""
 
-    __slots__ = ("_held", "_subscribers")
+    __slots__ = ("_held", "_listeners")
+
+    shared = False
+    instance_id: str | None = None
+    wait = 0.0
 
     def __init__(self) -> None:
         self._held: set[str] = set()
-        self._subscribers: list[OnChange] = []
+        self._listeners: list[Listener] = []
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()  # nobody else to hear
 
     async def acquire(self, human_id: str) -> Permit | None:
         self._held.add(human_id)
         return Permit(human_id, "local")
 
+    def held(self, permit: Permit) -> bool:
+        return permit.human_id in self._held
+
     async def release(self, permit: Permit) -> None:
         self._held.discard(permit.human_id)
 
     async def publish(self, human_id: str) -> None:
-        for on_change in list(self._subscribers):
-            on_change(human_id)
+        for listener in list(self._listeners):
+            listener.changed(human_id)
 
-    def subscribe(self, on_change: OnChange) -> None:
-        self._subscribers.append(on_change)
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def defer(self, human_id: str) -> float:
+        return 0.0
+
+    def problem(self) -> str | None:
+        return None
+
+    def instances(self) -> Sequence[Instance]:
+        return ()
 
     @property
-    def held(self) -> frozenset[str]:
+    def held_now(self) -> frozenset[str]:
         """The grants whose permit is out now (for tests and health)."""
         return frozenset(self._held)

@@ -10,6 +10,8 @@ callers decide with ``except``/``match`` on a class, never on a message string::
     │   ├── StoreCorruptError  not a haasd store, or SQLite says it is damaged
     │   ├── StoreLockedError   another haasd holds this store
     │   ├── StoreNewerError    written by a newer haasd (schema version ahead of us)
+    │   ├── FencedError        another instance changed the grant, or this one's lease
+    │   │                      ended: the refresh did not begin (a cluster; re-read it)
     │   └── UnknownHumanError  no grant for that human
     ├── DecryptError           a sealed value failed authentication (tampered or moved)
     ├── NeedsReconsentError    the grant is dead until the human consents again (409)
@@ -55,6 +57,7 @@ __all__ = [
     "DecryptError",
     "ExchangeFailedError",
     "ExchangeUnavailableError",
+    "FencedError",
     "HaasdError",
     "InvalidGrantError",
     "InvalidStateError",
@@ -108,6 +111,11 @@ class StoreLockedError(StoreError):
 
 class StoreNewerError(StoreError):
     """The store's schema is newer than this haasd understands."""
+
+
+class FencedError(StoreError):
+    """A shared store refused to begin a refresh: the grant changed since this instance
+    read it, or this instance no longer holds its lease. Nothing was spent; re-read."""
 
 
 class UnknownHumanError(StoreError):

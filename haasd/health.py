@@ -8,10 +8,34 @@ from typing import Final, Literal
 
 from haasd.demand import RefusalReason
 
-__all__ = ["Health", "health_reasons"]
+__all__ = ["Health", "Instance", "health_reasons"]
 
 #: peers (and faulty grants) named in one health reason at most
 PEERS_SHOWN: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One haasd of a cluster, as its last heartbeat showed it (for status and health)."""
+
+    instance_id: str
+    host: str
+    pid: int
+    #: seconds since its last heartbeat, and since it started (the database's clock)
+    heartbeat_age: float
+    uptime: float
+    #: leases it holds now
+    leases: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "instance": self.instance_id,
+            "host": self.host,
+            "pid": self.pid,
+            "heartbeat_age": round(self.heartbeat_age, 1),
+            "uptime": round(self.uptime),
+            "leases": self.leases,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +49,9 @@ class Health:
     rate_budget_remaining: int = 0
     #: seconds until the rate budget (or the server's Retry-After) lets a request go
     rate_blocked_for: float | None = None
+    #: in a cluster: this instance's name and the live instances (None: one haasd alone)
+    instance: str | None = None
+    instances: tuple[Instance, ...] = ()
 
     @property
     def status(self) -> Literal["ok", "degraded"]:
@@ -36,7 +63,7 @@ class Health:
 
     def to_json(self) -> dict[str, object]:
         """The body of ``GET /v1/health``."""
-        return {
+        body: dict[str, object] = {
             "status": self.status,
             "reasons": list(self.reasons),
             "grants": self.grants,
@@ -45,6 +72,12 @@ class Health:
             "rate_budget_remaining": self.rate_budget_remaining,
             "rate_blocked_for": self.rate_blocked_for,
         }
+        if self.instance is not None:
+            body["cluster"] = {
+                "instance": self.instance,
+                "instances": [i.to_json() for i in self.instances],
+            }
+        return body
 
 
 def health_reasons(
@@ -55,9 +88,10 @@ def health_reasons(
     refused_peers: Sequence[tuple[int | None, RefusalReason, int]],
     unreadable: frozenset[str],
     faults: Mapping[str, str],
+    cluster: str | None = None,
 ) -> tuple[str, ...]:
     """Why the engine is degraded, in the order an operator should look (none: ok)."""
-    reasons: list[str] = []
+    reasons: list[str] = [cluster] if cluster else []
     if client_fault:
         reasons.append(f"refreshing stopped: {client_fault}")
     if store_error:

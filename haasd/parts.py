@@ -10,6 +10,7 @@ import anyio
 import structlog
 
 from haasd.config import Config
+from haasd.coordination import Coordination, InProcess
 from haasd.crypto import Key, Sealer
 from haasd.errors import (
     ConfigError,
@@ -22,7 +23,7 @@ from haasd.grants import Policy
 from haasd.grantstore import GrantStore
 from haasd.store import Store, instance_lock
 
-__all__ = ["open_store", "policy_of", "sealer_of"]
+__all__ = ["coordination_of", "open_store", "policy_of", "sealer_of"]
 
 _log: Final = structlog.get_logger("haasd")
 
@@ -91,3 +92,15 @@ async def open_store(
         yield pg
     finally:
         await pg.close()
+
+
+def coordination_of(config: Config, store: GrantStore) -> Coordination:
+    """Leases on PostgreSQL for a store shared by several instances (``store.url``);
+    for a SQLite store, the one haasd coordinates with itself."""
+    if config.store.url is None:
+        return InProcess()
+    from haasd.pgstore import PgCoordination, PgStore
+
+    if not isinstance(store, PgStore):  # pragma: no cover - open_store gave the other kind
+        raise TypeError("store.url is set but the store is not PostgreSQL's")
+    return PgCoordination(store, lease=config.cluster.lease)

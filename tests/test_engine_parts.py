@@ -47,17 +47,36 @@ def test_a_flight_needs_the_engine_running() -> None:
     assert flights.get("usr_a") is None
 
 
+class Heard:
+    """A coordination listener that notes what it hears."""
+
+    def __init__(self) -> None:
+        self.changed_: list[str] = []
+
+    def changed(self, human_id: str) -> None:
+        self.changed_.append(human_id)
+
+    def resync(self) -> None:
+        raise AssertionError("one haasd never resyncs")
+
+    def replan(self) -> None:
+        raise AssertionError("one haasd never replans")
+
+
 async def test_in_process_coordination_grants_every_permit_and_tells_subscribers() -> None:
     coordination = InProcess()
-    heard: list[str] = []
-    coordination.subscribe(heard.append)
+    heard = Heard()
+    coordination.subscribe(heard)
     permit = await coordination.acquire("usr_a")
     assert permit == Permit("usr_a", "local")
-    assert coordination.held == {"usr_a"}
+    assert coordination.held_now == {"usr_a"} and coordination.held(permit)
+    assert coordination.defer("usr_a") == 0.0 and not coordination.shared
+    assert coordination.problem() is None and not coordination.instances()
     await coordination.publish("usr_a")
     await coordination.release(permit)
     await coordination.release(permit)  # idempotent
-    assert heard == ["usr_a"] and coordination.held == frozenset()
+    assert heard.changed_ == ["usr_a"] and coordination.held_now == frozenset()
+    assert not coordination.held(permit)
 
 
 def test_health_is_ok_without_reasons_and_shows_its_figures() -> None:

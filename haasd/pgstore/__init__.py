@@ -15,7 +15,8 @@ The modules: ``_sql`` (the migrations and statements), ``_database`` (the pool),
 ``_open`` (key check and migrations) and ``_store`` (:class:`PgStore`).
 """
 
+from haasd.pgstore._coordination import PgCoordination
 from haasd.pgstore._database import describe
 from haasd.pgstore._store import PgStore
 
-__all__ = ["PgStore", "describe"]
+__all__ = ["PgCoordination", "PgStore", "describe"]

@@ -44,7 +44,7 @@ def describe(url: str) -> str:
 class Database:
     """The pool, what it is called in messages, and whether it is closed."""
 
-    __slots__ = ("_closed", "_password", "pool", "timeout", "where")
+    __slots__ = ("_closed", "_connect", "_password", "pool", "timeout", "where")
 
     def __init__(
         self, pool: psycopg_pool.AsyncConnectionPool[Any], where: str, password: str, timeout: float
@@ -54,6 +54,8 @@ class Database:
         self.timeout = timeout
         self._password = password
         self._closed = False
+        #: the address and options the pool's connections are made with
+        self._connect: tuple[str, dict[str, Any]] = ("", {})
 
     @classmethod
     async def connect(
@@ -76,6 +78,7 @@ class Database:
             name="haasd-store",
         )  # fmt: skip
         db = cls(pool, describe(url), secret, timeout)
+        db._connect = (url, kwargs)
         try:
             with db.translate("connect"):
                 await pool.open(wait=True, timeout=timeout)
@@ -88,6 +91,15 @@ class Database:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def dedicated(self, what: str) -> psycopg.AsyncConnection[Any]:
+        """A connection outside the pool, as the pool's are made (for ``LISTEN``, which
+        holds its connection for good); :class:`StoreError` if none can be made."""
+        self.check_open()
+        with self.translate(what):
+            with anyio.fail_after(self.timeout * 2):
+                url, kwargs = self._connect
+                return await psycopg.AsyncConnection.connect(url, **kwargs)
 
     def check_open(self) -> None:
         if self._closed:

@@ -19,6 +19,22 @@ MIGRATION_LOCK: Final = 0x48414153_4D494752
 #: the transaction-level advisory lock that bounds the pending consents across instances
 PENDING_LOCK: Final = 0x48414153_50454E44
 
+#: the transaction-level advisory lock under which the cluster's rate budget is spent
+RATE_LOCK: Final = 0x48414153_52415445
+
+# What makes a new version of a grant (all but the served time), and what the other
+# instances must re-read (all but the served time and the refresher's intent).
+_NOTIFIED: Final = (
+    "environment", "scope", "access_token", "access_expires_at", "refresh_token",
+    "refresh_expires_at", "consented_at", "last_refresh_at", "state", "last_error",
+    "consecutive_failures", "next_refresh_at",
+)  # fmt: skip
+_CHANGING: Final = (*_NOTIFIED, "intent_attempt_id", "intent_fingerprint", "intent_started_at")
+_CHANGING_OLD: Final = ", ".join(f"OLD.{c}" for c in _CHANGING)
+_CHANGING_NEW: Final = ", ".join(f"NEW.{c}" for c in _CHANGING)
+_NOTIFIED_OLD: Final = ", ".join(f"OLD.{c}" for c in _NOTIFIED)
+_NOTIFIED_NEW: Final = ", ".join(f"NEW.{c}" for c in _NOTIFIED)
+
 # Migration N (0-based) takes the schema from version N to N + 1, in one transaction
 # that also records it in haasd_schema.
 MIGRATIONS: Final[Sequence[tuple[str, ...]]] = (
@@ -57,6 +73,85 @@ MIGRATIONS: Final[Sequence[tuple[str, ...]]] = (
         )""",
         "CREATE INDEX pending_consents_by_expiry ON pending_consents (expires_at)",
     ),
+    (
+        # Several instances on one store (haasd.pgstore._coordination). A grant's version
+        # comes from one sequence, so a grant deleted and consented again never repeats
+        # one; a trigger gives every change a new version — except a served time alone —
+        # and tells the listening instances (NOTIFY haasd_grants, "human_id version").
+        "CREATE SEQUENCE haasd_grant_version",
+        "ALTER TABLE grants ADD COLUMN version BIGINT NOT NULL"
+        " DEFAULT nextval('haasd_grant_version')",
+        f"""CREATE FUNCTION haasd_grant_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'UPDATE' AND ROW({_CHANGING_OLD}) IS NOT DISTINCT FROM
+                    ROW({_CHANGING_NEW}) THEN
+                RETURN NEW;
+            END IF;
+            NEW.version := nextval('haasd_grant_version');
+            RETURN NEW;
+        END $$""",
+        """CREATE FUNCTION haasd_grant_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                PERFORM pg_notify('haasd_grants', OLD.human_id || ' 0');
+            ELSE
+                PERFORM pg_notify('haasd_grants', NEW.human_id || ' ' || NEW.version);
+            END IF;
+            RETURN NULL;
+        END $$""",
+        "CREATE TRIGGER grants_version BEFORE INSERT OR UPDATE ON grants"
+        " FOR EACH ROW EXECUTE FUNCTION haasd_grant_changed()",
+        # an intent alone is the refresher's own business: others need not re-read
+        "CREATE TRIGGER grants_notify AFTER INSERT OR DELETE ON grants"
+        " FOR EACH ROW EXECUTE FUNCTION haasd_grant_notify()",
+        f"""CREATE TRIGGER grants_notify_update AFTER UPDATE ON grants FOR EACH ROW
+        WHEN (ROW({_NOTIFIED_OLD}) IS DISTINCT FROM ROW({_NOTIFIED_NEW}))
+        EXECUTE FUNCTION haasd_grant_notify()""",
+        """CREATE TABLE haasd_instances (
+            instance_id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            expires_at TIMESTAMPTZ NOT NULL
+        )""",
+        """CREATE TABLE haasd_leases (
+            human_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        )""",
+        "CREATE INDEX haasd_leases_by_owner ON haasd_leases (owner)",
+        # the cluster's one rate budget: a log of the sends of the last minute, and what
+        # the server said (a Retry-After, a lower limit), under one advisory lock
+        "CREATE TABLE haasd_rate_log (at TIMESTAMPTZ NOT NULL)",
+        "CREATE INDEX haasd_rate_log_by_time ON haasd_rate_log (at)",
+        """CREATE TABLE haasd_rate_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            blocked_until TIMESTAMPTZ
+        )""",
+        "INSERT INTO haasd_rate_state (id) VALUES (1)",
+        f"""CREATE FUNCTION haasd_take_rate(capacity INTEGER) RETURNS DOUBLE PRECISION
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            blocked TIMESTAMPTZ;
+            used INTEGER;
+            oldest TIMESTAMPTZ;
+        BEGIN
+            PERFORM pg_advisory_xact_lock({RATE_LOCK});
+            DELETE FROM haasd_rate_log WHERE at <= clock_timestamp() - interval '60 s';
+            SELECT blocked_until INTO blocked FROM haasd_rate_state WHERE id = 1;
+            IF blocked IS NOT NULL AND blocked > clock_timestamp() THEN
+                RETURN extract(epoch FROM blocked - clock_timestamp());
+            END IF;
+            SELECT count(*), min(at) INTO used, oldest FROM haasd_rate_log;
+            IF used >= capacity THEN
+                RETURN greatest(0.001,
+                    extract(epoch FROM oldest + interval '60 s' - clock_timestamp()));
+            END IF;
+            INSERT INTO haasd_rate_log (at) VALUES (clock_timestamp());
+            RETURN 0;
+        END $$""",
+    ),
 )
 
 SCHEMA_EXISTS: Final = "SELECT to_regclass('haasd_schema') IS NOT NULL"
@@ -73,11 +168,14 @@ _GRANT_COLUMNS: Final = (
 )
 # Column order of haasd.store._grants.to_grant's rows.
 SELECT_GRANTS: Final = f"SELECT {_GRANT_COLUMNS} FROM grants"
+# The same, with the row's version last (split off before the row becomes a grant).
+SELECT_VERSIONED: Final = f"SELECT {_GRANT_COLUMNS}, version FROM grants"
 # Parameters: haasd.store._grants.grant_row's.
 PUT_GRANT: Final = (
     f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES ({', '.join(['%s'] * 17)})"
     " ON CONFLICT (human_id) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _GRANT_COLUMNS.split(", ")[1:])
+    + " RETURNING version"
 )
 BEGIN_REFRESH: Final = (
     "UPDATE grants SET intent_attempt_id = %s, intent_fingerprint = %s,"
@@ -92,15 +190,24 @@ FINISH_REFRESH: Final = (
     " WHERE human_id = %s"
 )
 # The fenced finish: only while the row still carries the refresh's intent.
-FINISH_FENCED: Final = f"{FINISH_REFRESH} AND intent_attempt_id = %s"
+FINISH_FENCED: Final = f"{FINISH_REFRESH} AND intent_attempt_id = %s RETURNING version"
+# Beginning a refresh in a cluster: only on the version this instance read, and only
+# while this instance holds the grant's lease by the database's clock.
+BEGIN_LEASED: Final = (
+    f"{BEGIN_REFRESH} AND version = %s AND EXISTS (SELECT 1 FROM haasd_leases AS l"
+    " WHERE l.human_id = grants.human_id AND l.owner = %s AND l.expires_at > now())"
+    " RETURNING version"
+)
 _CLEAR_INTENT: Final = (
     ", intent_attempt_id = NULL, intent_fingerprint = NULL, intent_started_at = NULL"
 )
 _STATUS: Final = "last_error = %s, consecutive_failures = %s, next_refresh_at = %s"
-SET_STATUS: Final = f"UPDATE grants SET state = %s, {_STATUS}{{}} WHERE human_id = %s"
+SET_STATUS: Final = (
+    f"UPDATE grants SET state = %s, {_STATUS}{{}} WHERE human_id = %s RETURNING version"
+)
 SET_STATE: Final = (
     f"UPDATE grants SET state = %s, access_token = %s, refresh_token = %s, {_STATUS}{{}}"
-    " WHERE human_id = %s"
+    " WHERE human_id = %s RETURNING version"
 )
 SELECT_SEALED: Final = (
     "SELECT scope, state, access_token, access_expires_at, refresh_token,"

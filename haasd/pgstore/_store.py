@@ -10,7 +10,7 @@ import anyio
 import structlog
 
 from haasd.crypto import Sealer
-from haasd.errors import DecryptError, NeedsReconsentError, UnknownHumanError
+from haasd.errors import DecryptError, FencedError, NeedsReconsentError, UnknownHumanError
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.pgstore import _sql as sql
 from haasd.pgstore._database import POOL_SIZE, TIMEOUT, Database, Row
@@ -40,6 +40,11 @@ class PgStore:
         self._served: dict[str, float] = {}
         self._unflushed: set[str] = set()
         self._unreadable: dict[str, str] = {}
+        #: each grant's version as this instance last read or wrote it
+        self._versions: dict[str, int] = {}
+        #: this instance's name in a cluster (haasd.pgstore._coordination): a refresh
+        #: then begins only on the version read and under this instance's lease
+        self.owner: str | None = None
 
     @classmethod
     async def open(
@@ -68,8 +73,17 @@ class PgStore:
         return self._db.where
 
     @property
+    def database(self) -> Database:
+        """The pool (the cluster's coordination shares it)."""
+        return self._db
+
+    @property
     def unreadable(self) -> frozenset[str]:
         return frozenset(self._unreadable)
+
+    def version_of(self, human_id: str) -> int | None:
+        """The grant's version as this instance last read or wrote it (None: unknown)."""
+        return self._versions.get(human_id)
 
     async def close(self) -> None:
         """Write the served times not written yet, and close the pool. Idempotent."""
@@ -90,8 +104,9 @@ class PgStore:
     # -- grants ---------------------------------------------------------------------------
 
     async def get_grant(self, human_id: str, *, warn: bool = True) -> Grant:
-        rows = await self._db.fetch(f"{sql.SELECT_GRANTS} WHERE human_id = %s", (human_id,))
+        rows = await self._db.fetch(f"{sql.SELECT_VERSIONED} WHERE human_id = %s", (human_id,))
         if not rows:
+            self._versions.pop(human_id, None)
             raise UnknownHumanError(human_id)
         (grant,), unreadable = self._to_grants(rows)
         known = dict(self._unreadable)
@@ -100,7 +115,8 @@ class PgStore:
         return grant
 
     async def list_grants(self, *, warn: bool = True) -> list[Grant]:
-        rows = await self._db.fetch(f'{sql.SELECT_GRANTS} ORDER BY human_id COLLATE "C"')
+        rows = await self._db.fetch(f'{sql.SELECT_VERSIONED} ORDER BY human_id COLLATE "C"')
+        self._versions = {}
         grants, unreadable = await anyio.to_thread.run_sync(self._to_grants, rows)
         before, self._unreadable = self._unreadable, {}
         self._quarantine(unreadable, warn=warn, known=before)
@@ -113,7 +129,8 @@ class PgStore:
         kept = [grant for grant in grants if not is_placeholder(grant)]
         rows = [grant_row(g, self._sealer) for g in kept]
         if len(rows) == 1:
-            await self._db.execute(sql.PUT_GRANT, rows[0], what)
+            (version,), *_ = await self._db.returning(sql.PUT_GRANT, rows[0], what)
+            self._versions[kept[0].human_id] = version
         else:
             await self._db.execute_many(sql.PUT_GRANT, rows, what)
         for grant in kept:
@@ -126,6 +143,7 @@ class PgStore:
             "DELETE FROM grants WHERE human_id = %s", (human_id,), "delete grant"
         )
         self._unreadable.pop(human_id, None)
+        self._versions.pop(human_id, None)
         return changed > 0
 
     async def begin_refresh(self, human_id: str, intent: RefreshIntent) -> None:
@@ -133,8 +151,18 @@ class PgStore:
         if reason is not None:
             raise NeedsReconsentError(human_id, unreadable_error(reason))
         params = (intent.attempt_id, intent.fingerprint, intent.started_at, human_id)
-        if await self._db.execute(sql.BEGIN_REFRESH, params, "begin refresh") == 0:
-            raise UnknownHumanError(human_id)
+        if self.owner is None:
+            if await self._db.execute(sql.BEGIN_REFRESH, params, "begin refresh") == 0:
+                raise UnknownHumanError(human_id)
+            return
+        leased = (*params, self._versions.get(human_id, -1), self.owner)
+        rows = await self._db.returning(sql.BEGIN_LEASED, leased, "begin refresh")
+        if not rows:
+            raise FencedError(
+                f"the grant of {human_id} changed since this instance read it, or its"
+                " lease ended: the refresh did not begin"
+            )
+        self._versions[human_id] = rows[0][0]
 
     async def finish_refresh(self, grant: Grant, *, attempt_id: str | None = None) -> bool:
         """Write a refresh's outcome; with ``attempt_id`` fenced on the row's intent
@@ -147,7 +175,10 @@ class PgStore:
                 raise UnknownHumanError(grant.human_id)
             return True
         fenced = (*params, attempt_id)
-        return await self._db.execute(sql.FINISH_FENCED, fenced, "finish refresh") == 1
+        rows = await self._db.returning(sql.FINISH_FENCED, fenced, "finish refresh")
+        if rows:
+            self._versions[grant.human_id] = rows[0][0]
+        return bool(rows)
 
     async def update_status(
         self,
@@ -175,10 +206,13 @@ class PgStore:
                 return
             if tokens is None:
                 statement = sql.status_sql(sql.SET_STATUS, clear_intent=clear_intent)
-                await conn.execute(statement, (State(state).value, *status))
+                cursor = await conn.execute(statement, (State(state).value, *status))
             else:
                 statement = sql.status_sql(sql.SET_STATE, clear_intent=clear_intent)
-                await conn.execute(statement, (State(state).value, *tokens, *status))
+                cursor = await conn.execute(statement, (State(state).value, *tokens, *status))
+            written = await cursor.fetchone()
+            if written is not None:
+                self._versions[human_id] = written[0]
 
     # -- served times ---------------------------------------------------------------------
 
@@ -245,7 +279,10 @@ class PgStore:
     # -- internals ------------------------------------------------------------------------
 
     def _to_grants(self, rows: list[Row]) -> tuple[list[Grant], dict[str, str]]:
-        return to_grants(rows, self._sealer, self._scopes, self._served)
+        """Grants of :data:`~haasd.pgstore._sql.SELECT_VERSIONED` rows; notes the versions."""
+        for row in rows:
+            self._versions[row[0]] = row[-1]
+        return to_grants((row[:-1] for row in rows), self._sealer, self._scopes, self._served)
 
     def _quarantine(
         self, unreadable: dict[str, str], *, warn: bool, known: dict[str, str] | None = None

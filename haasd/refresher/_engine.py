@@ -3,8 +3,9 @@
 Its parts: :class:`~haasd.refresher._memory.Memory` (the grants and notes about them),
 the :class:`~haasd.refresher._scheduler.Scheduler` (deadlines, ready queue, workers),
 :class:`~haasd.refresher._flight.SingleFlight` (one refresh per grant),
-:class:`~haasd.refresher._refresh.Refreshing` (one refresh: permit, intent, request) and
-:class:`~haasd.refresher._outcome.Outcomes` (written, then kept and announced). What to
+:class:`~haasd.refresher._refresh.Refreshing` (one refresh: permit, intent, request),
+:class:`~haasd.refresher._outcome.Outcomes` (written, then kept and announced) and
+:class:`~haasd.refresher._reload.Reloads` (what other instances changed). What to
 decide — when to refresh, whether a caller's refresh may go — is
 :mod:`haasd.refresh_policy`'s, given the figures read here.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Final
 
 import anyio
@@ -27,15 +27,17 @@ from haasd.coordination import Coordination, InProcess
 from haasd.demand import DEFAULT_WAIT, MAX_WAIT, OnDemand
 from haasd.errors import NeedsReconsentError, StoreError, TokenUnavailableError, UnknownHumanError
 from haasd.events import EventBus
-from haasd.grants import Grant, Policy, Serve, State, after_clock, serve_decision, state_at
+from haasd.grants import Grant, Policy, Serve, State, serve_decision, state_at
 from haasd.grantstore import GrantStore
 from haasd.health import Health, health_reasons
 from haasd.ratelimit import RateBudget
 from haasd.refresher._asking import Gate
 from haasd.refresher._flight import Background, Flight, SingleFlight
+from haasd.refresher._loading import load_grants
 from haasd.refresher._memory import Memory
 from haasd.refresher._outcome import Outcomes, state_reason
 from haasd.refresher._refresh import Checkpoint, Refreshing
+from haasd.refresher._reload import Adoption, Reloads
 from haasd.refresher._risk import RiskWatch, log_loaded
 from haasd.refresher._scheduler import Scheduler
 from haasd.refresher._stats import RefresherStats
@@ -90,17 +92,25 @@ class Refresher:
             rng=self._rng,
             activity=self._activity,
         )
-        self._refreshing = self._compose_refreshing(coordination or InProcess(), checkpoint)
+        self._coordination: Coordination = coordination or InProcess()
+        self._reloads = self._compose_reloads()
+        self._coordination.subscribe(self._reloads)
+        self._refreshing = self._compose_refreshing(self._coordination, checkpoint)
         self._gate = Gate(
             self._memory, demand=self.demand, budget=budget, clock=clock, idle=self._idle
         )
         self._risk = RiskWatch(
-            self._memory.stats,
-            budget=budget,
-            clock=clock,
-            ready_expiries=self._scheduler.ready_expiries,
-            in_flight=self._flights.__len__,
-        )
+            self._memory.stats, budget=budget, clock=clock,
+            ready_expiries=self._scheduler.ready_expiries, in_flight=self._flights.__len__,
+        )  # fmt: skip
+
+    def _compose_reloads(self) -> Reloads:
+        memory, scheduler = self._memory, self._scheduler
+        adopt = Adoption(
+            memory, clock=self.clock, place=self._place, drop=scheduler.drop,
+            demand=self.demand, events=self.events, outcomes=self._outcomes,
+        )  # fmt: skip
+        return Reloads(self.store, adopt=adopt, replan=self._replan, known=memory.grants.keys)
 
     def _compose_refreshing(
         self, coordination: Coordination, checkpoint: Checkpoint | None
@@ -110,6 +120,7 @@ class Refresher:
             auth=self.auth,
             clock=self.clock,
             coordination=coordination,
+            reloads=self._reloads,
             outcomes=self._outcomes,
             place=self._place,
             rng=self._rng,
@@ -233,6 +244,7 @@ class Refresher:
             refused_peers=self.demand.refused_peers(monotonic),
             unreadable=self.store.unreadable,
             faults=self._memory.faults,
+            cluster=self._coordination.problem(),
         )
         blocked = self.budget.blocked_until
         return Health(
@@ -242,6 +254,8 @@ class Refresher:
             in_flight=len(self._flights),
             rate_budget_remaining=self.budget.remaining,
             rate_blocked_for=None if blocked is None else max(0.0, blocked - monotonic),
+            instance=self._coordination.instance_id,
+            instances=tuple(self._coordination.instances()),
         )
 
     @property
@@ -266,7 +280,15 @@ class Refresher:
             idle=self._idle(grant, now),
             startup=self._rng if startup else None,
         )
+        if when is not None:  # in a cluster, another instance may be the one for it
+            when += self._coordination.defer(grant.human_id)
         self._scheduler.place(grant.human_id, when)
+
+    def _replan(self) -> None:
+        """The live instances changed: every grant's deadline again."""
+        now = self.clock.time()
+        for grant in self._memory.grants.values():
+            self._place(grant, now)
 
     def _served(self, grant: Grant, now: float) -> None:
         # the hot path: a dict write, and a reschedule only when waking a dormant grant
@@ -296,7 +318,10 @@ class Refresher:
 
     def _fly(self, human_id: str, *, force: bool = False) -> Flight:
         """The refresh in flight for ``human_id``, starting one if there is none."""
-        return self._flights.fly(human_id, lambda: self._refreshing.refresh(human_id, force=force))
+        judged = self._memory.grants.get(human_id)
+        return self._flights.fly(
+            human_id, lambda: self._refreshing.refresh(human_id, force=force, judged=judged)
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Load every grant, then keep them fresh until cancelled."""
@@ -305,6 +330,7 @@ class Refresher:
             self._background.bind(tg)
             self._scheduler.start_workers(tg)
             tg.start_soon(self._flush_served_loop)
+            tg.start_soon(self._reloads.run)
             task_status.started()
             await self._scheduler.loop()
 
@@ -320,25 +346,13 @@ class Refresher:
                 _log.warning("cannot write the served times yet", error=str(exc))
 
     async def _load(self) -> None:
-        memory = self._memory
+        memory, now = self._memory, self.clock.time()
         with self._activity.busy():
             grants = await self.store.list_grants()
-        now = self.clock.time()
-        for grant in grants:
-            if grant.intent is not None:
-                # the last attempt's answer may have been lost: retry promptly
-                memory.interrupted.add(grant.human_id)
-                grant = replace(grant, next_refresh_at=now)
-            memory.grants[grant.human_id] = grant
-        # the clock moved while haasd was down: apply it to all in memory, write every
-        # change in one transaction (not one synced write per grant), then announce them
-        changed = [c for g in memory.grants.values() if (c := after_clock(g, now, self.policy))]
-        if changed:
-            with anyio.CancelScope(shield=True), self._activity.busy():
-                await self.store.put_grants(changed)
-            for grant in changed:
-                memory.grants[grant.human_id] = grant
-                self._outcomes.announce_state(grant, state_reason(grant))
+            shared = self._coordination.shared
+            changed = await load_grants(memory, grants, now, self.store, shared=shared)
+        for grant in changed:
+            self._outcomes.announce_state(grant, state_reason(grant))
         for grant in memory.grants.values():
             self._place(grant, now, startup=True)
         lifetime = decide.typical_lifetime(decide.lifetime_of(g, None) for g in self.grants())

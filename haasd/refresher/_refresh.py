@@ -21,10 +21,11 @@ import structlog
 
 from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock
-from haasd.coordination import Coordination
+from haasd.coordination import Coordination, Permit
 from haasd.crypto import fingerprint
 from haasd.errors import (
     ClientAuthError,
+    FencedError,
     HaasdError,
     NeedsReconsentError,
     StoreError,
@@ -35,6 +36,7 @@ from haasd.errors import (
 from haasd.grants import Grant, RefreshIntent, State, failure_retry_at
 from haasd.refresher._memory import Memory
 from haasd.refresher._outcome import Outcomes
+from haasd.refresher._reload import Reloads, newer
 
 _log = structlog.get_logger("haasd.refresher")
 
@@ -58,6 +60,7 @@ class Refreshing:
         auth: AuthClient,
         clock: Clock,
         coordination: Coordination,
+        reloads: Reloads,
         outcomes: Outcomes,
         place: Place,
         rng: random.Random,
@@ -68,20 +71,31 @@ class Refreshing:
         self._auth = auth
         self._clock = clock
         self._coordination = coordination
+        self._reloads = reloads
         self._outcomes = outcomes
         self._place = place
         self._rng = rng
         self._activity = activity
         self._checkpoint = checkpoint
 
-    async def refresh(self, human_id: str, *, force: bool = False) -> HaasdError | None:
+    async def refresh(
+        self, human_id: str, *, force: bool = False, judged: Grant | None = None
+    ) -> HaasdError | None:
         """Refresh ``human_id``'s grant (``force``: even while haasd's client is rejected);
-        what it met, or None. Errors of the disk or of haasd itself postpone the grant."""
+        what it met, or None. ``judged``: the grant as it was when the refresh was decided
+        (in a cluster, a newer one in the store means another instance did it). Errors of
+        the disk or of haasd itself postpone the grant."""
         memory = self._memory
         try:
-            error = await self._refresh_permitted(human_id, force=force)
+            error = await self._refresh_permitted(human_id, force=force, judged=judged)
         except UnknownHumanError as exc:
             return exc  # deleted while the refresh began
+        except FencedError as exc:
+            # another instance changed the grant, or the lease ended, before anything
+            # was spent: read it again (which places it) and let the caller look again
+            _log.info("refresh not begun: the grant changed elsewhere", human_id=human_id)
+            await self._reread_quietly(human_id)
+            return TokenUnavailableError(human_id, str(exc), 1.0)
         except StoreError as exc:
             # the disk said no: nothing is served that is not on disk; try again later
             memory.stats.store_error = str(exc)
@@ -122,18 +136,54 @@ class Refreshing:
             memory.grants[human_id] = replace(grant, next_refresh_at=retry)
             self._place(memory.grants[human_id], now)
 
-    async def _refresh_permitted(self, human_id: str, *, force: bool) -> HaasdError | None:
-        permit = await self._coordination.acquire(human_id)
+    async def _refresh_permitted(
+        self, human_id: str, *, force: bool, judged: Grant | None
+    ) -> HaasdError | None:
+        coordination = self._coordination
+        permit = await coordination.acquire(human_id)
         if permit is None:
-            return TokenUnavailableError(human_id, "another instance is refreshing it", 1.0)
+            return await self._await_holder(human_id)
         try:
-            error = await self._refresh(human_id, force=force)
+            if coordination.shared and await self._done_elsewhere(human_id, judged):
+                return None  # whoever asked looks at the new grant again
+            error = await self._refresh(human_id, force=force, permit=permit)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._coordination.release(permit)
         return error
 
-    async def _refresh(self, human_id: str, *, force: bool) -> HaasdError | None:
+    async def _done_elsewhere(self, human_id: str, judged: Grant | None) -> bool:
+        """Read the grant again now that this instance holds its lease: True if another
+        instance refreshed (or replaced) it since it was ``judged`` here. A left-over
+        intent is a dead holder's lost answer: recovered as after a restart."""
+        grant = await self._reloads.reread(human_id)
+        if grant is None or judged is None:
+            return False
+        if grant.intent is not None:
+            self._memory.interrupted.add(human_id)
+        return newer(grant, judged)
+
+    async def _await_holder(self, human_id: str) -> HaasdError | None:
+        """Another instance holds the lease: wait for its result instead of asking HaaS
+        a second time; None once the grant was read again."""
+        wait = self._coordination.wait
+        if await self._reloads.wait(human_id, wait):
+            return None
+        grant = self._memory.grants.get(human_id)
+        if grant is not None:  # try again soon: the lease ends by itself
+            self._place(grant, self._clock.time() + 1.0)
+        return TokenUnavailableError(
+            human_id, f"another instance holds its lease and did not refresh it in {wait:g}s", 1.0
+        )
+
+    async def _reread_quietly(self, human_id: str) -> None:
+        try:
+            await self._reloads.reread(human_id)
+        except StoreError as exc:
+            _log.warning("cannot re-read a grant", human_id=human_id, error=str(exc))
+            self._postpone(human_id)
+
+    async def _refresh(self, human_id: str, *, force: bool, permit: Permit) -> HaasdError | None:
         memory = self._memory
         grant = await self._outcomes.apply_clock(human_id, self._clock.time())
         if grant is None:
@@ -146,6 +196,10 @@ class Refreshing:
         grant = await self._begin(grant)
         lost = 0
         while True:
+            if not self._coordination.held(permit):
+                # the lease may end before an answer could be written: send nothing
+                self._place(grant, self._clock.time() + 1.0)
+                return TokenUnavailableError(human_id, "this instance's lease ran out", 1.0)
             started = time.perf_counter()  # real time: latency is a measurement
             try:
                 answer = await self._auth.refresh(
