@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-import anyio
-from anyio.abc import TaskStatus
+from typing import TYPE_CHECKING, Protocol
 
 from haasd.health import Instance
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 __all__ = ["Coordination", "InProcess", "Instance", "Listener", "Permit"]
 
@@ -71,7 +71,7 @@ class Coordination(Protocol):
         """This instance's name in the cluster (None: one haasd on its own)."""
         ...
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = ...) -> None:
         """Take part (heartbeats, listening) until cancelled; started once able to hear
         the others, before the engine loads the grants."""
         ...
@@ -130,8 +130,9 @@ class InProcess:
         self._held: set[str] = set()
         self._listeners: list[Listener] = []
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()  # nobody else to hear
+    async def run(self, *, task_status: TaskStatus[None] | None = None) -> None:
+        if task_status is not None:
+            task_status.started()  # nobody else to hear
 
     async def acquire(self, human_id: str) -> Permit | None:
         self._held.add(human_id)
