@@ -74,11 +74,11 @@ def password_of(config: Config) -> Secret | None:
     return source.load_optional() if source is not None else None
 
 
-async def _connect(config: Config, sealer: Sealer) -> Database:
+async def _connect(config: Config, sealer: Sealer, *, create: bool = False) -> Database:
     url = config.store.url
     if url is None:  # pragma: no cover - the callers dispatch on store.url
         raise HaasdError("the store is not a PostgreSQL database")
-    return await connect(url, sealer, password_of(config))
+    return await connect(url, sealer, password_of(config), create=create)
 
 
 async def rekey_database(config: Config, old: Sealer, new: Sealer) -> tuple[str, Contents]:
@@ -152,7 +152,7 @@ async def restore_database(
         rows = await anyio.to_thread.run_sync(read_sqlite, copy)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    db = await _connect(config, sealer)
+    db = await _connect(config, sealer, create=True)  # a new database: the schema first
     where = db.where
     try:
         async with exclusive(db, "restore", force=force, hint=_FORCE_HINT) as conn:

@@ -40,6 +40,7 @@ from haasd.errors import ConfigError, HaasdError, StoreError
 from haasd.grantstore import GrantStore
 from haasd.maintenance import require_store, stopped_daemon
 from haasd.parts import sealer_of
+from haasd.pgmaintenance import password_of
 from haasd.pgstore import PgStore
 from haasd.pgstore._rows import connect, exclusive, read_stopped, write_rows
 from haasd.secret import Secret
@@ -120,8 +121,7 @@ async def move_store(config: Config, target: _Target) -> Moved:
         return await _sqlite_to_postgresql(config.store.path, target.url, target.password, sealer)
     if config.store.url is None:  # pragma: no cover - target_of refuses it
         raise HaasdError("the store is a SQLite file already")
-    source = config.store.password
-    password = source.load_optional() if source is not None else None
+    password = password_of(config)
     return await _postgresql_to_sqlite(config.store.url, password, target.path, sealer)
 
 
@@ -130,7 +130,7 @@ async def _sqlite_to_postgresql(
 ) -> Moved:
     async with _sqlite_source(source, sealer) as rows:
         expected = summary_of(rows, sealer)
-        db = await connect(url, sealer, password)
+        db = await connect(url, sealer, password, create=True)
         where = db.where
         try:
             async with exclusive(db, "move-store") as conn:

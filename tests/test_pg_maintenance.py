@@ -365,3 +365,20 @@ def test_the_password_reaches_no_output(
     for _, out, err in runs:
         assert PASSWORD.encode() not in out + err
         assert b"Traceback" not in err
+
+
+def test_a_database_without_a_store_is_named_and_left_empty(
+    config: Path, pg_cluster: PgCluster, pg_database: PgDatabase
+) -> None:
+    write_key(config.parent / "new.key")
+    for args in (
+        ["status"],
+        ["backup", str(config.parent / "b.db")],
+        ["rekey", "--new-key", str(config.parent / "new.key")],
+    ):
+        code, out, err = haasd(args[0], "--config", str(config), *args[1:])
+        assert (code, out) == (1, b""), args
+        line = one_line(err)
+        assert f"no store in {describe(pg_database.socket_url)}; `haasd import`" in line
+    assert tables(pg_cluster, pg_database) == "tables: []"
+    assert not (config.parent / "b.db").exists()

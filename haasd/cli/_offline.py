@@ -158,6 +158,11 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         )
 
     async def read() -> list[Grant]:
+        if config.store.url is not None:  # a reader creates no store: none yet is an error
+            from haasd.pgmaintenance import password_of
+            from haasd.pgstore._rows import require_store
+
+            await require_store(config.store.url, password_of(config))
         async with open_store(config, lock=False) as store:
             # an unreadable row shows as its human in needs_reconsent, with the reason
             return await store.list_grants(warn=False)

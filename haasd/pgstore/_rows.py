@@ -22,7 +22,7 @@ from typing import Any, Final
 import psycopg
 
 from haasd.crypto import Sealer
-from haasd.errors import StoreLockedError
+from haasd.errors import StoreError, StoreLockedError
 from haasd.pgstore._database import Database
 from haasd.pgstore._open import prepare
 from haasd.secret import Secret
@@ -42,6 +42,7 @@ __all__ = [
     "exclusive",
     "read_rows",
     "read_stopped",
+    "require_store",
     "running_error",
     "sessions",
     "write_rows",
@@ -58,16 +59,36 @@ _SESSIONS: Final = (
 )
 
 
-async def connect(url: str, sealer: Sealer, password: Secret | None) -> Database:
+async def connect(
+    url: str, sealer: Sealer, password: Secret | None, *, create: bool = False
+) -> Database:
     """One connection to the store at ``url``, its key checked and its schema current
-    (:func:`~haasd.pgstore._open.prepare`: a new database gets the schema and our key)."""
+    (:func:`~haasd.pgstore._open.prepare`); a database without a store is refused with
+    :class:`StoreError` unless ``create``, when it gets the schema and our key."""
     db = await Database.connect(url, password=password, size=1)
     try:
+        if not create:
+            await _require_store(db)
         await prepare(db, sealer)
     except BaseException:
         await db.close()
         raise
     return db
+
+
+async def require_store(url: str, password: Secret | None) -> None:
+    """:class:`StoreError` unless the database at ``url`` holds a haasd store; reads only."""
+    db = await Database.connect(url, password=password, size=1)
+    try:
+        await _require_store(db)
+    finally:
+        await db.close()
+
+
+async def _require_store(db: Database) -> None:
+    rows = await db.fetch("SELECT to_regclass('haasd_schema') IS NOT NULL", (), "open")
+    if not rows[0][0]:
+        raise StoreError(f"no store in {db.where}; `haasd import` or `haasd run` creates it")
 
 
 async def sessions(conn: Connection) -> list[int]:
