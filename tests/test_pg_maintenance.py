@@ -6,9 +6,11 @@ nothing replaced that the key does not open — and the password in no output.""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 from factories import make_grant
 from pg_cluster import PgCluster, PgDatabase
@@ -382,3 +384,21 @@ def test_a_database_without_a_store_is_named_and_left_empty(
         assert f"no store in {describe(pg_database.socket_url)}; `haasd import`" in line
     assert tables(pg_cluster, pg_database) == "tables: []"
     assert not (config.parent / "b.db").exists()
+
+
+def test_an_instance_in_a_transaction_is_named_at_once_not_waited_for(
+    config: Path, pg_cluster: PgCluster, pg_database: PgDatabase
+) -> None:
+    anyio.run(seed_pg, pg_database.socket_url, key_of(config), grants(2), [])
+    write_key(config.parent / "new.key")
+    before = tables(pg_cluster, pg_database)
+    with psycopg.connect(pg_database.dsn, application_name="haasd") as instance:
+        instance.execute("SELECT * FROM grants FOR UPDATE")  # a write under way, locks held
+        started = time.monotonic()
+        code, _, err = haasd(
+            "rekey", "--config", str(config), "--new-key", str(config.parent / "new.key")
+        )
+        waited = time.monotonic() - started
+    assert code == 1 and "1 other haasd session connected" in one_line(err)
+    assert waited < 8  # the statement timeout (10 s) was not what ended it
+    assert tables(pg_cluster, pg_database) == before

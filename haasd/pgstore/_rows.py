@@ -107,6 +107,12 @@ def running_error(where: str, pids: list[int], command: str, hint: str = "") -> 
     )
 
 
+async def _refuse_others(conn: Connection, where: str, command: str, hint: str) -> None:
+    others = await sessions(conn)
+    if others:
+        raise running_error(where, others, command, hint)
+
+
 @asynccontextmanager
 async def exclusive(
     db: Database, command: str, *, force: bool = False, hint: str = ""
@@ -115,10 +121,11 @@ async def exclusive(
     it), refused with :class:`StoreLockedError` while another haasd is connected unless
     ``force``; committed when the body returns, rolled back if it raises."""
     async with db.transaction(command) as conn:
+        if not force:  # at once, rather than after waiting for an instance's transaction
+            await _refuse_others(conn, db.where, command, hint)
         await conn.execute(f"LOCK TABLE {_TABLES} IN ACCESS EXCLUSIVE MODE")
-        others = await sessions(conn)
-        if others and not force:
-            raise running_error(db.where, others, command, hint)
+        if not force:  # and one that connected meanwhile
+            await _refuse_others(conn, db.where, command, hint)
         yield conn
 
 
@@ -139,10 +146,9 @@ async def read_stopped(db: Database, command: str, hint: str = "") -> Rows:
     writes after the read would be lost): the tables are held ``SHARE`` (no writer)
     while the sessions are looked at and the rows read."""
     async with db.transaction(f"{command}: read") as conn:
+        await _refuse_others(conn, db.where, command, hint)
         await conn.execute(f"LOCK TABLE {_TABLES} IN SHARE MODE")
-        others = await sessions(conn)
-        if others:
-            raise running_error(db.where, others, command, hint)
+        await _refuse_others(conn, db.where, command, hint)
         return await _read(conn)
 
 
