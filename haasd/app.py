@@ -118,10 +118,10 @@ async def run(
         store = await stack.enter_async_context(
             open_store(config, retry_for=config.store.connect_timeout)
         )
-        budget = RateBudget(config.haas.requests_per_minute, clock)
+        coordination = coordination_of(config, store)
+        budget = RateBudget(config.haas.requests_per_minute, clock, shared=coordination.rate)
         auth = AuthClient.from_config(config.haas, client_secret, budget, activity=activity)
         stack.push_async_callback(auth.aclose)
-        coordination = coordination_of(config, store)
         events, refresher, consent, server = _parts(
             config, store, auth, budget, clock, activity, coordination
         )

@@ -30,6 +30,8 @@ from haasd.health import Instance
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
+    from haasd.ratelimit import SharedBudget
+
 __all__ = ["Coordination", "InProcess", "Instance", "Listener", "Permit"]
 
 
@@ -69,6 +71,11 @@ class Coordination(Protocol):
     @property
     def instance_id(self) -> str | None:
         """This instance's name in the cluster (None: one haasd on its own)."""
+        ...
+
+    @property
+    def rate(self) -> SharedBudget | None:
+        """The rate budget the instances spend together (None: one haasd on its own)."""
         ...
 
     async def run(self, *, task_status: TaskStatus[None] = ...) -> None:
@@ -124,6 +131,7 @@ class InProcess:
 
     shared = False
     instance_id: str | None = None
+    rate: SharedBudget | None = None
     wait = 0.0
 
     def __init__(self) -> None:

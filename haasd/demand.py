@@ -148,6 +148,15 @@ class _PeerRefusals:
             self.bucket_start += passed * WINDOW
 
 
+def _cooling(now: float, last: float, cooldown: float) -> Refusal:
+    return Refusal(
+        RefusalReason.COOLDOWN,
+        f"this human's token was refreshed {now - last:.0f}s ago (on demand, or by another"
+        f" instance); at most one on-demand refresh per {cooldown:g}s per human",
+        last + cooldown - now,
+    )
+
+
 class OnDemand:
     """The on-demand windows, per-grant cooldowns and refusals (monotonic seconds in)."""
 
@@ -176,17 +185,7 @@ class OnDemand:
         """None, and the refresh counted, if it may go now; else why not (also counted)."""
         last = self._last.get(human_id)
         if last is not None and now < last + cooldown:
-            wait = last + cooldown - now
-            return self.refuse(
-                peer,
-                now,
-                Refusal(
-                    RefusalReason.COOLDOWN,
-                    f"this human's token was refreshed on demand {now - last:.0f}s ago; "
-                    f"at most one on-demand refresh per {cooldown:g}s per human",
-                    wait,
-                ),
-            )
+            return self.refuse(peer, now, _cooling(now, last, cooldown))
         cap = on_demand_cap(capacity, share)
         free = self._total.free_at(cap, now)
         if free > now:
@@ -223,6 +222,11 @@ class OnDemand:
         self._total.add(now)
         self._last[human_id] = now
         return None
+
+    def refreshed_elsewhere(self, human_id: str, now: float) -> None:
+        """Another instance of a cluster refreshed ``human_id``'s grant: its cooldown runs
+        from now here too, so that the cooldown holds for the cluster."""
+        self._last[human_id] = max(now, self._last.get(human_id, now))
 
     def refuse(self, peer: int | None, now: float, refusal: Refusal) -> Refusal:
         """Count ``refusal`` against ``peer`` (also for refusals decided elsewhere)."""

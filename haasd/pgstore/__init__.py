@@ -17,6 +17,7 @@ The modules: ``_sql`` (the migrations and statements), ``_database`` (the pool),
 
 from haasd.pgstore._coordination import PgCoordination
 from haasd.pgstore._database import describe
+from haasd.pgstore._rate import PgRate
 from haasd.pgstore._store import PgStore
 
-__all__ = ["PgCoordination", "PgStore", "describe"]
+__all__ = ["PgCoordination", "PgRate", "PgStore", "describe"]

@@ -36,6 +36,7 @@ from anyio.abc import TaskStatus
 
 from haasd.coordination import Instance, Listener, Permit
 from haasd.errors import StoreError
+from haasd.pgstore._rate import PgRate
 from haasd.pgstore._store import PgStore
 
 __all__ = ["PgCoordination"]
@@ -120,6 +121,8 @@ class PgCoordination:
         self._lost: str | None = None
         self._lost_at: float | None = None
         self._tidied = -float("inf")
+        #: the rate budget all instances spend together
+        self.rate = PgRate(self._db, members=lambda: len(self._live_ids))
 
     # -- the Coordination protocol --------------------------------------------------------
 
@@ -180,6 +183,7 @@ class PgCoordination:
             async with anyio.create_task_group() as tg:
                 await tg.start(self._listen)
                 tg.start_soon(self._beat_loop)
+                tg.start_soon(self.rate.run)
                 task_status.started()
         finally:
             with anyio.CancelScope(shield=True):

@@ -74,7 +74,7 @@ class Gate:
             grant.human_id,
             peer,
             self._clock.monotonic(),
-            capacity=self._budget.capacity,
+            capacity=self._budget.instance_capacity,  # in a cluster: this one's part
             share=policy.on_demand_share,
             cooldown=policy.on_demand_cooldown,
         )

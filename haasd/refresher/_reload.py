@@ -183,6 +183,8 @@ class Adoption:
             memory.forget(human_id)
             self._demand.forget(human_id)
         self._place(grant, now)
+        if old is not None and newer(grant, old) and grant.consented_at == old.consented_at:
+            self._demand.refreshed_elsewhere(human_id, self._clock.monotonic())
         if old is not None and grant.access_expires_at > old.access_expires_at:
             details = {"expires_at": rfc3339(grant.access_expires_at), "elsewhere": True}
             self._events.publish(Event("token.refreshed", human_id, now, details))
