@@ -18,7 +18,13 @@ import pytest
 
 import haasd.simulator
 from haasd.clock import ManualClock
-from haasd.simulator import MalformedKind, Simulator, SimulatorError, TokenRequestRecord
+from haasd.simulator import (
+    MalformedKind,
+    Simulator,
+    SimulatorError,
+    SpentTokenRecord,
+    TokenRequestRecord,
+)
 
 CLIENT_ID = "sim-client"
 CLIENT_SECRET = "sim-client-secret"
@@ -536,6 +542,23 @@ async def test_grace_window_accepts_the_old_token_once_with_the_same_answer() ->
     assert sim.stats.grace_replays == 1
     assert sim.stats.refreshes["usr_ann"] == 1
     assert sim.stats.reuse_events == 1
+
+
+async def test_every_spent_token_presented_again_is_logged_with_its_rotation() -> None:
+    clock = ManualClock(start=START)
+    async with serving(clock, rotate_refresh_tokens=True, reuse_grace=30) as (sim, client):
+        tokens = await sim.consent("usr_ann")
+        await clock.advance(5)
+        assert (await refresh(client, tokens["refresh_token"])).status_code == 200
+        await clock.advance(10)
+        assert (await refresh(client, tokens["refresh_token"])).status_code == 200
+        await clock.advance(1)
+        assert oauth_error_of(await refresh(client, tokens["refresh_token"])) == "invalid_grant"
+    assert sim.stats.spent_presented == [
+        SpentTokenRecord(START + 15, "usr_ann", START + 5, replayed=True),
+        SpentTokenRecord(START + 16, "usr_ann", START + 5, replayed=False),
+    ]
+    assert (sim.stats.grace_replays, sim.stats.reuse_events) == (1, 1)
 
 
 @pytest.mark.parametrize("why", ["grace-over", "successor-used"])

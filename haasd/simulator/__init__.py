@@ -25,7 +25,7 @@ from haasd.simulator._faults import MalformedKind
 from haasd.simulator._ratelimit import Plan
 from haasd.simulator._settings import Decision
 from haasd.simulator._simulator import Simulator, SimulatorError
-from haasd.simulator._stats import SimulatorStats, TokenRequestRecord
+from haasd.simulator._stats import SimulatorStats, SpentTokenRecord, TokenRequestRecord
 
 __all__ = [
     "Decision",
@@ -34,5 +34,6 @@ __all__ = [
     "Simulator",
     "SimulatorError",
     "SimulatorStats",
+    "SpentTokenRecord",
     "TokenRequestRecord",
 ]

@@ -30,7 +30,7 @@ from haasd.simulator._messages import Reply, html_reply, json_reply, oauth_error
 from haasd.simulator._ratelimit import FixedWindowLimiter, too_many
 from haasd.simulator._records import AccessTokenRecord, Code, Family, RefreshTokenRecord
 from haasd.simulator._settings import SCOPES, Decision, Settings
-from haasd.simulator._stats import SimulatorStats
+from haasd.simulator._stats import SimulatorStats, SpentTokenRecord
 from haasd.simulator._tokenrequest import (
     WWW_AUTHENTICATE,
     TokenRequest,
@@ -327,7 +327,13 @@ class Authority:
     def _reused(self, record: RefreshTokenRecord, now: float) -> Reply:
         """A spent refresh token presented again: a grace replay, or reuse (revoking the
         grant when reuse detection is on)."""
-        if replay := self._grace_replay(record, now):
+        replay = self._grace_replay(record, now)
+        if record.spent_at is not None:
+            spent = SpentTokenRecord(
+                now, record.family.human_id, record.spent_at, replay is not None
+            )
+            self._stats.spent_presented.append(spent)
+        if replay is not None:
             return replay
         self._stats.reuse_events += 1
         if self.settings.reuse_detection:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["SimulatorStats", "TokenRequestRecord"]
+__all__ = ["SimulatorStats", "SpentTokenRecord", "TokenRequestRecord"]
 
 
 class TokenRequestRecord(NamedTuple):
@@ -22,9 +22,21 @@ class TokenRequestRecord(NamedTuple):
     """HTTP status sent; ``None`` when the connection was dropped without an answer."""
 
 
+class SpentTokenRecord(NamedTuple):
+    """A spent (rotated) refresh token presented again: a grace replay or a reuse event."""
+
+    time: float
+    """The clock's wall time when it was presented again."""
+    human_id: str
+    rotated_at: float
+    """When the token was spent: the rotation whose answer the client may have lost."""
+    replayed: bool
+    """True: honoured as a grace replay; False: a reuse event."""
+
+
 @dataclass(slots=True)
 class SimulatorStats:
-    """Counters, all starting at zero; read them, don't write them."""
+    """Counters, all starting at zero (and one log); read them, don't write them."""
 
     requests: int = 0
     """Every HTTP request received, any path, faults included."""
@@ -55,3 +67,5 @@ class SimulatorStats:
     """Responses replaced by fault injection (fail, flaky, malformed)."""
     dropped: int = 0
     """Connections closed without an answer by :meth:`Simulator.drop_next`."""
+    spent_presented: list[SpentTokenRecord] = field(default_factory=list)
+    """Every grace replay and reuse event, in order: which rotation each one repeated."""
