@@ -39,6 +39,8 @@ from haasd.client._errors import (
     UnknownHuman,
 )
 from haasd.client._model import (
+    Cluster,
+    ClusterInstance,
     ConsentSettings,
     FinishedConsent,
     Health,
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SOCKET",
     "AsyncHaasdClient",
+    "Cluster",
+    "ClusterInstance",
     "ConsentDenied",
     "ConsentSettings",
     "DaemonUnreachable",

@@ -13,6 +13,8 @@ from haasd.secret import Secret
 from haasd.timefmt import rfc3339
 
 __all__ = [
+    "Cluster",
+    "ClusterInstance",
     "ConsentSettings",
     "EventParser",
     "FinishedConsent",
@@ -220,13 +222,77 @@ class ConsentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterInstance:
+    """One haasd of a cluster, as its last heartbeat showed it: ``heartbeat_age`` and
+    ``uptime`` in seconds (the database's clock), ``leases`` the grants it holds now."""
+
+    instance_id: str
+    host: str
+    pid: int
+    heartbeat_age: float
+    uptime: float
+    leases: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClusterInstance:
+        return cls(
+            instance_id=str(data["instance"]),
+            host=str(data["host"]),
+            pid=_whole(data["pid"], "pid"),
+            heartbeat_age=float(data["heartbeat_age"]),
+            uptime=float(data["uptime"]),
+            leases=_whole(data["leases"], "leases"),
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """The daemon's own shape."""
+        return {
+            "instance": self.instance_id,
+            "host": self.host,
+            "pid": self.pid,
+            "heartbeat_age": self.heartbeat_age,
+            "uptime": self.uptime,
+            "leases": self.leases,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """The haasd instances sharing one PostgreSQL store: ``instance`` is the name of the
+    one that answered; ``instances`` the live ones, by name."""
+
+    instance: str
+    instances: tuple[ClusterInstance, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Cluster:
+        instances = data["instances"]
+        if not isinstance(instances, list):
+            raise ValueError("cluster.instances is not a list")
+        parsed = tuple(ClusterInstance.from_json(i) for i in instances)
+        return cls(str(data["instance"]), parsed)
+
+    def to_json(self) -> dict[str, object]:
+        """The daemon's own shape."""
+        return {"instance": self.instance, "instances": [i.to_json() for i in self.instances]}
+
+
+def _whole(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} is not a whole number")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     """``GET /v1/health``: ``status`` is ``ok`` or ``degraded``, with the reasons; the
-    rest of the answer (grants, backlog, rate budget, ...) is in ``details``."""
+    rest of the answer (grants, backlog, rate budget, ...) is in ``details``. ``cluster``:
+    the instances sharing the store, when it is PostgreSQL (None: one haasd alone)."""
 
     status: str
     reasons: tuple[str, ...]
     details: Mapping[str, Any] = field(default_factory=dict)
+    cluster: Cluster | None = None
 
     @property
     def ok(self) -> bool:
@@ -238,7 +304,15 @@ class Health:
         if not isinstance(reasons, list | tuple):
             raise ValueError("reasons is not a list")
         details = {k: v for k, v in data.items() if k not in {"status", "reasons"}}
-        return cls(str(data["status"]), tuple(str(r) for r in reasons), details)
+        cluster = data.get("cluster")
+        if cluster is not None and not isinstance(cluster, Mapping):
+            raise ValueError("cluster is not an object")
+        return cls(
+            str(data["status"]),
+            tuple(str(r) for r in reasons),
+            details,
+            None if cluster is None else Cluster.from_json(cluster),
+        )
 
 
 class EventParser:
