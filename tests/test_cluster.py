@@ -20,7 +20,7 @@ import anyio
 import httpx
 import pytest
 from harness import simulator
-from pg_cluster import PgDatabase
+from pg_cluster import PgCluster, PgDatabase
 from support import eventually
 from support_daemon import daemon_at, write_config, write_key
 
@@ -85,6 +85,16 @@ async def instances(
         yield started
 
 
+async def converged(cluster: list[Instance], human_id: str) -> None:
+    """Wait until every instance holds the same token for ``human_id``."""
+
+    def same() -> bool:
+        grants = [i.daemon.refresher.grant(human_id) for i in cluster]
+        return len({g.access_token.reveal() for g in grants if g is not None}) == 1
+
+    await eventually(same, 10)
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(start=time.time())
@@ -103,13 +113,7 @@ async def test_instances_refresh_each_grant_once_per_cycle_and_all_serve_it(
 
             await eventually(refreshed, 20)
             for human_id in HUMANS:
-                tokens = {await i.token(human_id) for i in cluster}
-
-                def same(human_id: str = human_id) -> bool:
-                    return len({i.daemon.refresher.grant(human_id).access_token.reveal()  # type: ignore[union-attr]
-                                for i in cluster}) == 1  # fmt: skip
-
-                await eventually(same, 10)
+                await converged(cluster, human_id)
                 tokens = {await i.token(human_id) for i in cluster}
                 assert len(tokens) == 1, "every instance serves the one new token"
                 assert sim.validate_access_token(tokens.pop()) == human_id
@@ -152,3 +156,39 @@ async def test_an_on_demand_refresh_elsewhere_waits_for_the_holder(
         assert len({r.json()["access_token"] for r in replies}) == 1
         assert sim.stats.refreshes[human] == 1, "never a second request to HaaS"
         assert sim.stats.reuse_events == 0
+
+
+async def test_without_the_database_instances_serve_what_they_hold_then_catch_up(
+    short_dir: Path, pg_cluster: PgCluster, pg_database: PgDatabase, clock: ManualClock
+) -> None:
+    sim = simulator(clock, rotate_refresh_tokens=True, reuse_detection=True)
+    async with sim.running(), instances(short_dir, pg_database, sim, clock, 2) as cluster:
+        before = {h: await cluster[0].token(h) for h in HUMANS}
+        pg_cluster.kill()  # the database is gone, abruptly
+
+        def degraded() -> bool:
+            return all(not i.daemon.refresher.health().ok for i in cluster)
+
+        await eventually(degraded, 10)
+        reasons = cluster[1].daemon.refresher.health().reasons
+        assert any("unreachable" in r for r in reasons), reasons
+        await clock.advance(3000)  # past every refresh point: no refresh can be written
+        await anyio.sleep(1.0)
+        assert sum(sim.stats.refreshes.values()) == 0, "nothing is spent while cut off"
+        for instance in cluster:  # the tokens in hand are still good for ten minutes
+            assert {h: await instance.token(h) for h in HUMANS} == before
+
+        pg_cluster.start()
+
+        def recovered() -> bool:
+            return all(i.daemon.refresher.health().ok for i in cluster)
+
+        await clock.advance(600)  # the postponed refreshes come due again
+        await eventually(lambda: all(sim.stats.refreshes[h] == 1 for h in HUMANS), 20)
+        await eventually(recovered, 15)
+        for human_id in HUMANS:
+            await converged(cluster, human_id)
+            tokens = {await i.token(human_id) for i in cluster}
+            assert len(tokens) == 1 and tokens != {before[human_id]}
+            assert sim.validate_access_token(tokens.pop()) == human_id
+        assert sim.stats.reuse_events == 0 and sim.stats.families_revoked == 0
