@@ -83,7 +83,7 @@ class Daemon:
             return False
         restart = [
             name
-            for name in ("haas", "store", "socket")
+            for name in ("haas", "store", "socket", "cluster")
             if getattr(new, name) != getattr(self.config, name)
         ]
         configure_logging(new.log.level, new.log.format)

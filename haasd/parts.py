@@ -74,7 +74,7 @@ async def open_store(
 
     source = config.store.password
     password = source.load_optional() if source is not None else None
-    deadline = anyio.current_time() + retry_for
+    deadline, warned = anyio.current_time() + retry_for, False
     while True:
         try:
             pg = await PgStore.open(config.store.url, sealer, password=password)
@@ -86,7 +86,11 @@ async def open_store(
                 if retry_for <= 0:
                     raise
                 raise StoreError(f"{exc} (retried for {retry_for:g}s)") from None
-            _log.warning("cannot reach the store yet; retrying", error=str(exc))
+            if not warned:  # once: the final error, if it comes, says the rest
+                _log.warning(
+                    "cannot reach the store yet; retrying", error=str(exc), retry_for=retry_for
+                )
+                warned = True
             await anyio.sleep(min(1.0, max(0.0, deadline - anyio.current_time())))
     try:
         yield pg

@@ -82,7 +82,7 @@ async def test_serves_refreshes_and_administers_over_the_socket(
     gone = await client.delete("/v1/humans/usr_maria_42")
     assert gone.status_code == 204
     assert (await client.get("/v1/tokens/usr_maria_42")).status_code == 404
-    assert await d.store.count_grants() == 0
+    assert await d.store.list_grants() == []
 
 
 def haasd(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -249,3 +249,28 @@ async def test_a_sigterm_right_after_ready_stops_cleanly(short_dir: Path) -> Non
                     if proc.poll() is None:
                         proc.kill()
                 assert proc.returncode == 0, err
+
+
+async def test_an_unreachable_database_is_retried_then_named_in_one_line(
+    short_dir: Path,
+) -> None:
+    config = write_config(short_dir, "http://127.0.0.1:9/token")
+    password = "pw-never-shown-2c9e"
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = config.read_text().replace(
+        'path = "haasd.db"',
+        f'url = "postgresql://haasd@127.0.0.1:{port}/haasd"\nconnect_timeout = "2s"',
+    )
+    config.write_text(text)
+    started = time.monotonic()
+    proc = haasd(
+        "run", "--config", str(config), cwd=short_dir, env={"HAASD_STORE_PASSWORD": password}
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert time.monotonic() - started >= 2.0, "retried for store.connect_timeout first"
+    last = err.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}/haasd" in last and "retried for 2s" in last, err
+    assert "Traceback" not in err and password not in err

@@ -186,7 +186,7 @@ async def test_served_times_reach_the_store_within_seconds(live: Running) -> Non
     served_at = live.clock.time()
 
     def on_disk() -> float | None:  # what a daemon restarted after a crash would read
-        with closing(sqlite3.connect(live.daemon.store.path)) as db:
+        with closing(sqlite3.connect(live.daemon.config.store.path)) as db:
             row = db.execute("SELECT last_served_at FROM grants WHERE human_id = ?", (A,))
             value = row.fetchone()[0]
         return None if value is None else float(value)

@@ -81,6 +81,10 @@ class Database:
         db._connect = (url, kwargs)
         try:
             with db.translate("connect"):
+                # one connection first: a refused or failed login says why at once,
+                # where the pool would only say it had none after its timeout
+                probe = await psycopg.AsyncConnection.connect(url, **kwargs)
+                await probe.close()
                 await pool.open(wait=True, timeout=timeout)
         except BaseException:
             with anyio.CancelScope(shield=True):
