@@ -582,12 +582,9 @@ def test_check_config_refuses_an_open_password_file(
 @pytest.mark.parametrize(
     ("command", "args"),
     [
+        # import, status --config, rekey, backup and restore work on PostgreSQL:
+        # tests/test_pg_maintenance.py
         ("haasd run", ["run"]),
-        ("haasd import", ["import", "-"]),
-        ("haasd status --config", ["status"]),
-        ("haasd rekey", ["rekey", "--new-key", "new.key"]),
-        ("haasd backup", ["backup", "backup.db"]),
-        ("haasd restore", ["restore", "backup.db"]),
     ],
 )
 def test_commands_not_wired_to_postgresql_refuse_it_clearly(
