@@ -36,6 +36,7 @@ class EngineCollector(Collector):
         yield from self._refreshes()
         yield from self._budget_and_backlog()
         yield from self._refusals_and_faults()
+        yield from self._cluster()
 
     def _refreshes(self) -> Iterator[Metric]:
         """Refreshes by outcome, the late ones, and their round trip."""
@@ -107,4 +108,26 @@ class EngineCollector(Collector):
             "haasd_refreshing_stopped",
             "1 while refreshing is stopped by a client-credentials fault",
             value=1.0 if self._refresher.stats.client_fault else 0.0,
+        )
+
+    def _cluster(self) -> Iterator[Metric]:
+        """In a cluster: the live instances, and the leases this one holds."""
+        health = self._refresher.health()
+        if health.instance is None:
+            return
+        yield GaugeMetricFamily(
+            "haasd_cluster_instances",
+            "Live haasd instances sharing the store (heartbeats within cluster.lease)",
+            value=float(len(health.instances)),
+        )
+        mine = [i.leases for i in health.instances if i.instance_id == health.instance]
+        yield GaugeMetricFamily(
+            "haasd_cluster_leases_held",
+            "Grant leases this instance holds now (refreshes under way here)",
+            value=float(mine[0] if mine else 0),
+        )
+        yield GaugeMetricFamily(
+            "haasd_cluster_store_reachable",
+            "1 while this instance reaches the shared store, 0 while it is cut off",
+            value=0.0 if any(r.startswith("cluster:") for r in health.reasons) else 1.0,
         )

@@ -192,3 +192,24 @@ async def test_without_the_database_instances_serve_what_they_hold_then_catch_up
             assert len(tokens) == 1 and tokens != {before[human_id]}
             assert sim.validate_access_token(tokens.pop()) == human_id
         assert sim.stats.reuse_events == 0 and sim.stats.families_revoked == 0
+
+
+async def test_a_consent_started_on_one_instance_finishes_on_another(
+    short_dir: Path, pg_database: PgDatabase, clock: ManualClock
+) -> None:
+    sim = simulator(clock, rotate_refresh_tokens=True, reuse_detection=True)
+    async with sim.running(), instances(short_dir, pg_database, sim, clock, 2) as (a, b):
+        sim.queue_human("usr_new_1")
+        started = await a.http.post("/v1/consents", json={"human_id": "usr_new_1"})
+        assert started.status_code == 201, started.text
+        back = await sim.visit(started.json()["authorization_url"])
+        finished = await b.http.post("/v1/consents/callback", json={"callback_url": back})
+        assert finished.status_code == 201, finished.text
+        again = await a.http.post("/v1/consents/callback", json={"callback_url": back})
+        assert again.status_code == 400, "a consent is finished once, cluster-wide"
+        await eventually(lambda: a.daemon.refresher.grant("usr_new_1") is not None, 10)
+        assert await a.token("usr_new_1") == await b.token("usr_new_1")
+        await eventually(lambda: len(a.daemon.refresher.health().instances) == 2, 10)
+        metrics = (await a.http.get("/metrics")).text
+        assert "haasd_cluster_instances 2.0" in metrics
+        assert "haasd_cluster_store_reachable 1.0" in metrics
