@@ -3,8 +3,8 @@
 Error answers are :class:`Problem` exceptions raised anywhere below a route and turned into
 the HaaS docs' shape, ``{"error": {"code", "type", "message", ...}}``, in one place.
 
-A token answer is encoded once per token (:class:`TokenBody`): only ``expires_in`` is
-written per request.
+A token answer is encoded once per token (:class:`TokenBody`, kept for the humans served
+most recently: :mod:`haasd.server.bodies`): only ``expires_in`` is written per request.
 
 Every token handed out is audited as ``token.served`` with human, scope, peer uid/pid and
 the token's fingerprint — never the token (:class:`AuditLedger`). One structlog line

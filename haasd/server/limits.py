@@ -51,6 +51,9 @@ class Limits:
     #: repeats of a refusal or error by one peer within this many seconds share a line
     #: (its ``count`` says how many; see :mod:`haasd.server.tally`); 0 logs each
     refusal_window: float = 10.0
+    #: token answers kept encoded, for the humans served most recently (see
+    #: :mod:`haasd.server.bodies`): about half a kilobyte each
+    cached_answers: int = 4096
 
     def __post_init__(self) -> None:
         for name in self.__slots__:

@@ -19,9 +19,10 @@ about nobody); ``consent.*`` events go to admins only — for the human they nam
 any admin while the human is not known yet (a consent started without ``human_id``).
 
 A token whose grant in memory has the time asked for is answered without an await (the
-body is cached per token, only ``expires_in`` changes); only otherwise is the refresh
-engine awaited. Refusals are audited as ``access.denied``; every token handed out as
-``token.served`` (see :mod:`haasd.server.answers`).
+bodies of the humans served most recently are kept encoded, only ``expires_in`` changes:
+:mod:`haasd.server.bodies`); only otherwise is the refresh engine awaited. Refusals
+are audited as ``access.denied``; every token handed out as ``token.served`` (see
+:mod:`haasd.server.answers`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ from haasd.server.answers import (
     PLAIN,
     AuditLedger,
     Problem,
-    TokenBody,
     TokenQuery,
     check_ceiling,
     check_method,
@@ -71,6 +71,7 @@ from haasd.server.answers import (
     unavailable,
     unknown,
 )
+from haasd.server.bodies import TokenBodies
 from haasd.server.consents import CONSENTS, ConsentRoutes
 from haasd.server.http import Limits, Takeover, json_response
 from haasd.server.humans import (
@@ -139,8 +140,8 @@ class Router:
         self._daemon_uid = daemon_uid
         self._pattern = human_id_pattern
         self._rules = effective_rules(rules, daemon_uid)
-        #: token answers encoded once per token
-        self.bodies: dict[str, TokenBody] = {}
+        #: token answers encoded once per token, for the humans served most recently
+        self.bodies = TokenBodies(limits.cached_answers)
         #: bumped on every rule change, so connections re-match their peer
         self.generation = 0
         #: tokens served, and the other outcomes of token requests, for /metrics
@@ -166,7 +167,7 @@ class Router:
         return parse_human_id(raw, self._pattern)
 
     def forget(self, human_id: str) -> None:
-        self.bodies.pop(human_id, None)
+        self.bodies.forget(human_id)
 
 
 class PeerContext:
@@ -351,9 +352,7 @@ class PeerContext:
 
     def _serve(self, grant: Grant, now: float) -> bytes:
         router = self.router
-        body = router.bodies.get(grant.human_id)
-        if body is None or not body.fits(grant):
-            body = router.bodies[grant.human_id] = TokenBody.of(grant)
+        body = router.bodies.body(grant)
         router.served += 1
         self._ledger.served(grant.human_id, body)
         return body.answer(int(grant.access_expires_at - now))
