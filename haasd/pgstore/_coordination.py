@@ -3,9 +3,10 @@
 * **Leases.** A permit to refresh a grant is a row of ``haasd_leases`` — owner and end,
   taken and renewed on PostgreSQL's clock, never an instance's. The holder renews its
   leases with its heartbeat (every third of ``cluster.lease``) and trusts one only until
-  the lease's length, less a margin, has passed on its *own monotonic* clock since the
-  last renewal that succeeded: an instance cut off from the database, or paused, stops
-  sending before anyone else may take the lease (:meth:`PgCoordination.held`).
+  the lease's length, less a margin, has passed on its *own* clock since the
+  last renewal that succeeded (:func:`local_now`: it runs on while the host sleeps): an
+  instance cut off from the database, paused or suspended stops sending before anyone
+  else may take the lease (:meth:`PgCoordination.held`).
 * **Fencing.** A refresh begins only on the grant's version this instance read and only
   while its lease is live (:data:`~haasd.pgstore._sql.BEGIN_LEASED`); its result is
   written only while the row still carries that refresh's intent. So a holder that comes
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final
@@ -83,6 +85,16 @@ TIDY_EVERY: Final = 600.0
 RECONNECT_MAX: Final = 5.0
 
 
+def local_now() -> float:
+    """This host's clock for trusting a lease: CLOCK_BOOTTIME where there is one, which
+    — unlike the monotonic clock — goes on while the host is suspended, so a host that
+    wakes up does not think a lease it held before still holds."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:  # pragma: no cover - not Linux
+        return time.monotonic()
+    return time.clock_gettime(boottime)
+
+
 def new_instance_id() -> str:
     """``host/pid/random``: unique across restarts, readable in ``haasd status``."""
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
@@ -131,7 +143,7 @@ class PgCoordination:
         return self.lease
 
     async def acquire(self, human_id: str) -> Permit | None:
-        sent = anyio.current_time()
+        sent = local_now()
         rows = await self._db.returning(
             ACQUIRE, (human_id, self.instance_id, self.lease), "take a lease"
         )
@@ -142,7 +154,7 @@ class PgCoordination:
 
     def held(self, permit: Permit) -> bool:
         until = self._leases.get(permit.human_id)
-        return until is not None and anyio.current_time() < until
+        return until is not None and local_now() < until
 
     async def release(self, permit: Permit) -> None:
         if self._leases.pop(permit.human_id, None) is None:
@@ -165,7 +177,7 @@ class PgCoordination:
     def problem(self) -> str | None:
         if self._lost is None or self._lost_at is None:
             return None
-        for_ = anyio.current_time() - self._lost_at
+        for_ = local_now() - self._lost_at
         return (
             f"cluster: the store {self._db.where} is unreachable for {for_:.0f}s"
             f" ({self._lost}): not refreshing, serving the tokens in memory"
@@ -199,7 +211,7 @@ class PgCoordination:
 
     async def _beat(self) -> None:
         """Say this instance lives, renew its leases, and read who else lives."""
-        sent = anyio.current_time()
+        sent = local_now()
         held = list(self._leases)
         async with self._db.transaction("heartbeat") as conn:
             host, pid = socket.gethostname(), os.getpid()
@@ -239,7 +251,7 @@ class PgCoordination:
                 store=self._db.where,
                 error=reason,
             )
-            self._lost_at = anyio.current_time()
+            self._lost_at = local_now()
         self._lost = reason
 
     async def _listen(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
