@@ -32,7 +32,6 @@ from haasd.config._model import (
 )
 from haasd.config._model import STAR_SCOPE_ADVICE as STAR_SCOPE_ADVICE  # not in __all__
 from haasd.config._secrets import SecretSource
-from haasd.config._store import sqlite_only
 from haasd.config._values import known_keys, parse_duration
 from haasd.loopback import is_loopback
 
@@ -55,5 +54,4 @@ __all__ = [
     "known_keys",
     "load_config",
     "parse_duration",
-    "sqlite_only",
 ]

@@ -64,15 +64,3 @@ def split_password(url: str) -> tuple[str, str | None]:
     # by hand: urlunsplit would turn postgresql:///db (no host) into postgresql:/db
     query = f"?{new_query}" if new_query else ""
     return f"{parts.scheme}://{netloc}{parts.path}{query}", password
-
-
-def sqlite_only(config: Config, command: str) -> None:
-    """Refuse ``command`` when the store is PostgreSQL: it works on a SQLite store only
-    (the PostgreSQL backend is not wired into it yet)."""
-    if config.store.url is not None:
-        raise ConfigError(
-            config.source,
-            "store.url",
-            f"the PostgreSQL store backend is not wired into {command} yet; "
-            "set store.path (a SQLite file) instead for now",
-        )
