@@ -11,9 +11,6 @@ from __future__ import annotations
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from haasd.config._model import Config
-from haasd.errors import ConfigError
-
 SCHEME: Final = "postgresql"
 URL_EXAMPLE: Final = "postgresql://haasd@db.example.com:5432/haasd"
 
