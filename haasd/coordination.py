@@ -53,6 +53,10 @@ class Listener(Protocol):
     def changed(self, human_id: str) -> None:
         """Another instance changed (or deleted) ``human_id``'s grant: re-read it."""
 
+    def released(self, human_id: str) -> None:
+        """Another instance gave back ``human_id``'s lease (a refresh waiting for it may
+        look again)."""
+
     def resync(self) -> None:
         """Changes may have been missed (a reconnect): re-read every grant."""
 

@@ -56,6 +56,9 @@ class Heard:
     def changed(self, human_id: str) -> None:
         self.changed_.append(human_id)
 
+    def released(self, human_id: str) -> None:
+        raise AssertionError("one haasd has no leases")
+
     def resync(self) -> None:
         raise AssertionError("one haasd never resyncs")
 

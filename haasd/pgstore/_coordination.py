@@ -281,7 +281,11 @@ class PgCoordination:
 
     def _heard(self, channel: str, payload: str) -> None:
         human_id, _, version = payload.partition(" ")
-        if channel == "haasd_grants" and version.isdigit():
+        if channel == "haasd_leases":
+            for listener in self._listeners:
+                listener.released(human_id)
+            return
+        if version.isdigit():
             known = self._store.version_of(human_id)
             if known is not None and known == int(version):
                 return  # this instance's own write, or already read

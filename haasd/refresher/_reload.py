@@ -63,6 +63,10 @@ class Reloads:
         self._pending.add(human_id)
         self._wakeup.set()
 
+    def released(self, human_id: str) -> None:
+        if human_id in self._waiting:  # only a refresh waiting for the holder cares
+            self.changed(human_id)
+
     def resync(self) -> None:
         self._everything = True
         self._wakeup.set()
