@@ -149,8 +149,12 @@ async def test_two_sidecars_of_the_compose_file_share_one_database(
             assert health[:4] == ["CMD", "haasd", "health", "--socket"]
             for socket in sockets:  # the compose healthcheck, as the engine runs it
                 assert await haasd_at(socket, *health[2:-2]) == (0, "haasd is ok\n")
-            code, out = await haasd_at(sockets[1], "status")
-            assert code == 0 and "cluster: 2 instances" in out, out
+            for _ in range(60):  # started together, each may see the other only at its
+                out = (await haasd_at(sockets[1], "status"))[1]  # next heartbeat (5 s)
+                if "cluster: 2 instances" in out:
+                    break
+                await anyio.sleep(0.2)
+            assert "cluster: 2 instances" in out, out
             assert out.count("this instance") == 1
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
