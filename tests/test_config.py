@@ -579,31 +579,6 @@ def test_check_config_refuses_an_open_password_file(
     assert "hunter2-db" not in err
 
 
-@pytest.mark.parametrize(
-    ("command", "args"),
-    [
-        # import, status --config, rekey, backup and restore work on PostgreSQL:
-        # tests/test_pg_maintenance.py
-        ("haasd run", ["run"]),
-    ],
-)
-def test_commands_not_wired_to_postgresql_refuse_it_clearly(
-    pg_config_file: Path, capsys: pytest.CaptureFixture[str], command: str, args: list[str]
-) -> None:
-    """Until the PostgreSQL backend is wired in, no command quietly works on a SQLite
-    file instead: each names the key and says so, exit 2, nothing written."""
-    from haasd.cli import main
-
-    before = sorted(p.name for p in pg_config_file.parent.iterdir())
-    assert main([*args, "--config", str(pg_config_file)]) == 2
-    err = capsys.readouterr().err
-    assert (
-        f"{pg_config_file}: store.url: the PostgreSQL store backend is not wired into "
-        f"{command} yet" in err
-    )
-    assert sorted(p.name for p in pg_config_file.parent.iterdir()) == before
-
-
 def test_connect_timeout_and_lease_have_defaults_and_bounds(tmp_path: Path) -> None:
     base = LIVE + f'[store]\nurl = "{PG_URL}"\n'
     config = load_config(write(tmp_path, base), {})
