@@ -2,8 +2,12 @@
 
 * **Deadlines**: one heap entry per grant — the next instant something may happen to it
   (a refresh falls due, the re-consent warning or the refresh-token limit arrives).
-  Re-placing a grant bumps its version; stale entries are skipped when they surface, so a
-  move is O(log n) and nothing is ever searched.
+  An entry is ``(when, human)``; it is live while the grant's deadline is that very
+  ``when`` object (its identity is the entry's version, and an older entry holding the
+  same object is due at the same instant: whichever surfaces first fires, once).
+  Re-placing a grant leaves its old entries stale; they are skipped when they surface, so
+  a move is O(log n) and nothing is ever searched. Placing every grant at start is one
+  O(n) heapify (:meth:`Schedule.place_all`).
 * **Ready**: grants whose refresh is due, ordered by access-token expiry, so when demand
   exceeds the rate budget the token that ends first is refreshed first.
 """
@@ -12,17 +16,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 __all__ = ["Schedule"]
 
 
 class Schedule:
-    __slots__ = ("_deadlines", "_ready", "_seq", "_versions")
+    __slots__ = ("_deadlines", "_ready", "_seq", "_when")
 
     def __init__(self) -> None:
-        self._deadlines: list[tuple[float, int, str, int]] = []  # (when, seq, human, version)
-        self._versions: dict[str, int] = {}
+        self._deadlines: list[tuple[float, str]] = []  # (when, human)
+        self._when: dict[str, float] = {}  # human -> its live entry's when (that object)
         self._ready: list[tuple[float, int, str]] = []  # (access expiry, seq, human)
         self._seq = itertools.count()
 
@@ -30,23 +34,32 @@ class Schedule:
 
     def place(self, human_id: str, when: float) -> bool:
         """Put the grant's one entry at ``when``; True if it is now the earliest."""
-        version = self._versions.get(human_id, 0) + 1
-        self._versions[human_id] = version
-        heapq.heappush(self._deadlines, (when, next(self._seq), human_id, version))
+        when = self._when[human_id] = float(when)
+        heapq.heappush(self._deadlines, (when, human_id))
         return when <= self._deadlines[0][0]
+
+    def place_all(self, entries: Iterable[tuple[str, float]]) -> None:
+        """:meth:`place` for many grants at once, in O(n) (at start: every grant)."""
+        live = self._when
+        for human_id, when in entries:
+            live[human_id] = when = float(when)
+            self._deadlines.append((when, human_id))
+        heapq.heapify(self._deadlines)
 
     def drop(self, human_id: str) -> None:
         """Forget the grant's entry (it surfaces later as stale and is skipped)."""
-        self._versions.pop(human_id, None)
+        self._when.pop(human_id, None)
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
 
     def pop_due(self, now: float) -> Iterator[str]:
         """Every grant whose entry is due at ``now``, earliest first (each entry once)."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, human_id, version = heapq.heappop(self._deadlines)
-            if self._versions.get(human_id) == version:
+        deadlines, live = self._deadlines, self._when
+        while deadlines and deadlines[0][0] <= now:
+            when, human_id = heapq.heappop(deadlines)
+            if live.get(human_id) is when:
+                del live[human_id]
                 yield human_id
 
     # --- ready to refresh ---------------------------------------------------------------

@@ -28,3 +28,28 @@ def test_ready_queue_serves_the_earliest_expiry_first() -> None:
         "usr_late",
         None,
     ]
+
+
+def test_placing_every_grant_at_once_orders_them_as_placing_each() -> None:
+    whens = {f"usr_{i:03d}": float((i * 37) % 101) for i in range(100)}
+    one, many = Schedule(), Schedule()
+    for human_id, when in whens.items():
+        one.place(human_id, when)
+    many.place("usr_000", 500.0)  # an entry already there is replaced, as by place
+    many.place_all(whens.items())
+    many.place("usr_001", 1000.0)  # and later moves still work
+    one.place("usr_001", 1000.0)
+    assert many.next_deadline() == one.next_deadline() == 0.0
+    expected = list(one.pop_due(2000.0))
+    assert list(many.pop_due(2000.0)) == expected
+    assert len(expected) == 100 and expected[-1] == "usr_001"
+
+
+def test_a_deadline_placed_again_at_the_same_instant_fires_once() -> None:
+    s = Schedule()
+    when = 10.0
+    s.place("usr_a", when)
+    s.place("usr_a", 20.0)
+    s.place("usr_a", when)  # the same float object as the first, now stale, entry
+    assert list(s.pop_due(15.0)) == ["usr_a"]
+    assert list(s.pop_due(30.0)) == [], "the entry at 20 went stale"

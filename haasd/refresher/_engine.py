@@ -33,7 +33,7 @@ from haasd.health import Health, health_reasons
 from haasd.ratelimit import RateBudget
 from haasd.refresher._asking import Gate
 from haasd.refresher._flight import Background, Flight, SingleFlight
-from haasd.refresher._loading import load_grants
+from haasd.refresher._loading import Placing, deadline_here, load_grants
 from haasd.refresher._memory import Memory
 from haasd.refresher._outcome import Outcomes, state_reason
 from haasd.refresher._refresh import Checkpoint, Refreshing
@@ -270,18 +270,16 @@ class Refresher:
     def _idle(self, grant: Grant, now: float) -> bool:
         return decide.is_idle(grant, self.store.served_at(grant.human_id), now, self.policy)
 
-    def _place(self, grant: Grant, now: float, *, startup: bool = False) -> None:
+    def _place(self, grant: Grant, now: float) -> None:
         """(Re)place the grant's one deadline."""
-        when = decide.deadline(
+        when = deadline_here(
             grant,
             now,
             self.policy,
             client_fault=self._memory.stats.client_fault,
             idle=self._idle(grant, now),
-            startup=self._rng if startup else None,
+            defer=self._coordination.defer,
         )
-        if when is not None:  # in a cluster, another instance may be the one for it
-            when += self._coordination.defer(grant.human_id)
         self._scheduler.place(grant.human_id, when)
 
     def _replan(self) -> None:
@@ -353,12 +351,13 @@ class Refresher:
             changed = await load_grants(memory, grants, now, self.store, shared=shared)
         for grant in changed:
             self._outcomes.announce_state(grant, state_reason(grant))
-        for grant in memory.grants.values():
-            self._place(grant, now, startup=True)
-        lifetime = decide.typical_lifetime(decide.lifetime_of(g, None) for g in self.grants())
-        capacity = decide.capacity(self.budget.limit, self.policy.refresh_fraction, lifetime)
-        live = sum(1 for g in memory.grants.values() if not self._idle(g, now))
-        log_loaded(len(grants), len(memory.interrupted), live, capacity, self.budget.limit)
+        placing = Placing(
+            now, self.policy, client_fault=memory.stats.client_fault,
+            served_at=self.store.served_at, defer=self._coordination.defer, rng=self._rng,
+        )  # fmt: skip
+        self._scheduler.place_all(placing.deadlines(memory.grants.values()))
+        capacity = placing.capacity(self.budget.limit)
+        log_loaded(len(grants), len(memory.interrupted), placing.live, capacity, self.budget.limit)
 
     async def _due(self, human_id: str, now: float) -> None:
         """A grant's deadline came: refresh it (ready it for a worker) or place it again."""

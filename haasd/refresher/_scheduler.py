@@ -9,7 +9,7 @@ the engine's; this module only keeps the queues (:class:`haasd.schedule.Schedule
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Final
 
 import anyio
@@ -49,6 +49,20 @@ class Scheduler:
             self._schedule.drop(human_id)
         elif self._schedule.place(human_id, when):
             self._wakeup.set()  # the new entry is first: the loop must look again
+
+    def place_all(self, deadlines: Iterable[tuple[str, float | None]]) -> None:
+        """:meth:`place` for many grants at once (at start), in O(n)."""
+        schedule = self._schedule
+
+        def placed() -> Iterator[tuple[str, float]]:
+            for human_id, when in deadlines:
+                if when is None:
+                    schedule.drop(human_id)
+                else:
+                    yield human_id, when
+
+        schedule.place_all(placed())
+        self._wakeup.set()
 
     def drop(self, human_id: str) -> None:
         self._schedule.drop(human_id)
