@@ -17,6 +17,8 @@ from haasd.pgstore._database import POOL_SIZE, TIMEOUT, Database, Row
 from haasd.pgstore._open import prepare
 from haasd.secret import Secret
 from haasd.store._grants import (
+    LOAD_CHUNK,
+    Loaded,
     grant_row,
     is_placeholder,
     refresh_row,
@@ -115,12 +117,22 @@ class PgStore:
         return grant
 
     async def list_grants(self, *, warn: bool = True) -> list[Grant]:
-        rows = await self._db.fetch(f'{sql.SELECT_VERSIONED} ORDER BY human_id COLLATE "C"')
+        """Every grant, ordered by human id, read in one transaction (one snapshot) through
+        a server-side cursor :data:`LOAD_CHUNK` rows at a time, each chunk turned into
+        grants in a worker thread: never every row in memory beside its grant (all of
+        them at once were most of a large store's peak RSS)."""
         self._versions = {}
-        grants, unreadable = await anyio.to_thread.run_sync(self._to_grants, rows)
+        loaded = Loaded(self._sealer, self._scopes, self._served)
+        query = f'{sql.SELECT_VERSIONED} ORDER BY human_id COLLATE "C"'
+        async with self._db.transaction("read grants") as conn:
+            cursor = conn.cursor(name="haasd_list_grants")  # a named cursor: server-side
+            await cursor.execute(query)
+            while rows := await cursor.fetchmany(LOAD_CHUNK):
+                await anyio.to_thread.run_sync(loaded.take, self._unversioned(rows))
+            await cursor.close()
         before, self._unreadable = self._unreadable, {}
-        self._quarantine(unreadable, warn=warn, known=before)
-        return grants
+        self._quarantine(loaded.unreadable, warn=warn, known=before)
+        return loaded.grants
 
     async def put_grant(self, grant: Grant) -> None:
         await self.put_grants([grant], what="put grant")
@@ -280,9 +292,15 @@ class PgStore:
 
     def _to_grants(self, rows: list[Row]) -> tuple[list[Grant], dict[str, str]]:
         """Grants of :data:`~haasd.pgstore._sql.SELECT_VERSIONED` rows; notes the versions."""
+        return to_grants(self._unversioned(rows), self._sealer, self._scopes, self._served)
+
+    def _unversioned(self, rows: list[Row]) -> list[Row]:
+        """:data:`~haasd.pgstore._sql.SELECT_VERSIONED` rows without their trailing
+        ``version``, which is noted (the one place the versions read are kept)."""
+        versions = self._versions
         for row in rows:
-            self._versions[row[0]] = row[-1]
-        return to_grants((row[:-1] for row in rows), self._sealer, self._scopes, self._served)
+            versions[row[0]] = row[-1]
+        return [row[:-1] for row in rows]
 
     def _quarantine(
         self, unreadable: dict[str, str], *, warn: bool, known: dict[str, str] | None = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from typing import Any, Final
 
 from haasd.crypto import RowValues, Sealer
@@ -184,9 +185,13 @@ def to_grant(
         bound = grant_bound(scope, state, at_exp, rt_exp)
         access, refresh = _open_tokens(hid, at, rt, bound, sealer)
         pending = served.get(hid)
-        last_served = _maybe_number(last_served, "last_served_at")
-        if pending is not None and (last_served is None or pending > last_served):
-            last_served = pending
+        if _usual(row) and (known := _STATES.get(state)) is not None:
+            # what haasd writes but for a refresh in flight or failing: checked at once
+            return _stored_grant((
+                hid, sys.intern(env), _scope_tuple(scopes, scope), Secret(access), at_exp,
+                Secret(refresh), rt_exp, consented, last_refresh, known, None, failures,
+                next_refresh, _latest(last_served, pending), None,
+            ))  # fmt: skip
         return Grant(
             human_id=hid,
             environment=sys.intern(_text(env, "environment")),
@@ -201,7 +206,7 @@ def to_grant(
             last_error=None if error is None else _text(error, "last_error"),
             consecutive_failures=_count(failures),
             next_refresh_at=_maybe_number(next_refresh, "next_refresh_at"),
-            last_served_at=last_served,
+            last_served_at=_latest(_maybe_number(last_served, "last_served_at"), pending),
             intent=_intent(attempt, fp, started),
         )
     except (DecryptError, ValueError) as exc:  # ValueError: grant_bound's, ours, Grant's
@@ -325,6 +330,11 @@ def _maybe_number(value: object, name: str) -> float | None:
     return None if value is None else _number(value, name)
 
 
+def _latest(stored: float | None, pending: float | None) -> float | None:
+    """The later of a stored ``last_served_at`` and one not yet written."""
+    return pending if pending is not None and (stored is None or pending > stored) else stored
+
+
 def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("consecutive_failures is not a count")
@@ -354,3 +364,37 @@ def _scope_tuple(scopes: dict[str, tuple[str, ...]], scope: str) -> tuple[str, .
     if cached is None:
         cached = scopes[scope] = tuple(scope.split())
     return cached
+
+
+_FLOAT_OR_NONE: Final = (float, type(None))
+#: each Grant field's slot setter, in field order (see _stored_grant)
+_SETTERS: Final = tuple(Grant.__dict__[field.name].__set__ for field in fields(Grant))
+
+
+def _usual(row: Sequence[Any]) -> bool:
+    """Whether a row holds what haasd writes for a grant without a refresh in flight or
+    failing (every time a float, no error, no intent): no column needs a check of its own."""
+    (_, env, _, _, at_exp, _, rt_exp, consented, last_refresh, _, error, failures,
+     next_refresh, last_served, attempt, _, _) = row  # fmt: skip
+    return (
+        type(env) is str
+        and type(at_exp) is float
+        and type(rt_exp) is float
+        and type(consented) is float
+        and type(last_refresh) in _FLOAT_OR_NONE
+        and type(next_refresh) in _FLOAT_OR_NONE
+        and type(last_served) in _FLOAT_OR_NONE
+        and failures == 0
+        and type(failures) is int
+        and error is None
+        and attempt is None
+    )
+
+
+def _stored_grant(values: tuple[Any, ...]) -> Grant:
+    """The Grant of ``values`` in field order, checked already (the human id is text, the
+    scope split words): its slots set directly, in half the time of ``Grant(...)``."""
+    grant: Grant = object.__new__(Grant)
+    for set_field, value in zip(_SETTERS, values, strict=True):
+        set_field(grant, value)
+    return grant
