@@ -315,7 +315,13 @@ def test_the_compose_example_configures_what_the_image_expects() -> None:
         if name.startswith("HAASD_"):
             assert name in not_keys or name.startswith(sections), name
     config = load_config(None, {**env, **haasd_env})
-    assert [r.uid for r in config.access] == [1000]
+    # the app, and the image's own user: its healthcheck must not be refused, or the
+    # sidecar never turns healthy and the app that waits for it never starts
+    (user,) = [i.args for i in final_stage() if i.keyword == "USER"]
+    assert [(r.uid, r.admin) for r in config.access] == [
+        (1000, False),
+        (int(user.split(":")[0]), True),
+    ]
     assert str(config.socket.path) == app_env["HAASD_SOCKET"]
     # both services mount the socket volume where the image keeps the socket
     socket_dir = str(Path(env["HAASD_SOCKET_PATH"]).parent)
