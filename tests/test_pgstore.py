@@ -273,3 +273,14 @@ async def test_the_pool_is_bounded_however_many_tasks_call_at_once(
                 await other.rollback()
         assert connections == (2,)
         assert await store.list_grants() == []
+
+
+async def test_a_database_that_acknowledges_before_it_is_durable_is_named(
+    pg_cluster: PgCluster, pg_database: PgDatabase
+) -> None:
+    key = Key.generate()
+    async with opened(pg_database.socket_url, key) as store:
+        assert store.durability is None  # the default, on
+    pg_cluster.psql(f'ALTER DATABASE "{pg_database.name}" SET synchronous_commit = off')
+    async with opened(pg_database.socket_url, key) as store:
+        assert store.durability is not None and "synchronous_commit" in store.durability

@@ -44,6 +44,8 @@ class PgStore:
         self._unreadable: dict[str, str] = {}
         #: each grant's version as this instance last read or wrote it
         self._versions: dict[str, int] = {}
+        #: why a write PostgreSQL calls done may not be durable (None: it is)
+        self.durability: str | None = None
         #: this instance's name in a cluster (haasd.pgstore._coordination): a refresh
         #: then begins only on the version read and under this instance's lease
         self.owner: str | None = None
@@ -67,7 +69,11 @@ class PgStore:
             with anyio.CancelScope(shield=True):
                 await db.close()
             raise
-        return cls(db, sealer)
+        store = cls(db, sealer)
+        store.durability = await _durability(db)
+        if store.durability is not None:
+            _log.warning(store.durability, store=db.where)
+        return store
 
     @property
     def where(self) -> str:
@@ -315,3 +321,16 @@ class PgStore:
                     store=self._db.where,
                 )
         self._unreadable.update(unreadable)
+
+
+async def _durability(db: Database) -> str | None:
+    """A warning when ``synchronous_commit`` lets PostgreSQL report a commit before it is
+    on disk: a crash of the database could then lose a rotated refresh token haasd was
+    told was written."""
+    rows = await db.fetch("SHOW synchronous_commit", (), "read synchronous_commit")
+    if rows and rows[0][0] == "off":
+        return (
+            "synchronous_commit is off for the store's database: a database crash can lose"
+            " a rotated refresh token haasd was told was written; set it to on"
+        )
+    return None
