@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Final, Self
 
@@ -10,12 +9,13 @@ import anyio
 import structlog
 
 from haasd.crypto import Sealer
-from haasd.errors import DecryptError, FencedError, NeedsReconsentError, UnknownHumanError
+from haasd.errors import DecryptError, FencedError, UnknownHumanError
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.pgstore import _sql as sql
 from haasd.pgstore._database import POOL_SIZE, TIMEOUT, Database, Row
 from haasd.pgstore._open import prepare
 from haasd.secret import Secret
+from haasd.store._books import Quarantine, ServedTimes
 from haasd.store._grants import (
     LOAD_CHUNK,
     Loaded,
@@ -24,7 +24,6 @@ from haasd.store._grants import (
     refresh_row,
     resealed,
     to_grants,
-    unreadable_error,
     why_unreadable,
 )
 from haasd.store._pending import PendingRecord, pending_row, to_pending, to_taken
@@ -39,9 +38,8 @@ class PgStore:
         self._db = db
         self._sealer = sealer
         self._scopes: dict[str, tuple[str, ...]] = {}
-        self._served: dict[str, float] = {}
-        self._unflushed: set[str] = set()
-        self._unreadable: dict[str, str] = {}
+        self._served = ServedTimes()
+        self._quarantine = Quarantine(db.where)
         #: each grant's version as this instance last read or wrote it
         self._versions: dict[str, int] = {}
         #: why a write PostgreSQL calls done may not be durable (None: it is)
@@ -87,7 +85,7 @@ class PgStore:
 
     @property
     def unreadable(self) -> frozenset[str]:
-        return frozenset(self._unreadable)
+        return self._quarantine.humans
 
     def version_of(self, human_id: str) -> int | None:
         """The grant's version as this instance last read or wrote it (None: unknown)."""
@@ -117,9 +115,7 @@ class PgStore:
             self._versions.pop(human_id, None)
             raise UnknownHumanError(human_id)
         (grant,), unreadable = self._to_grants(rows)
-        known = dict(self._unreadable)
-        self._unreadable.pop(grant.human_id, None)
-        self._quarantine(unreadable, warn=warn, known=known)
+        self._quarantine.read_one(grant.human_id, unreadable, warn=warn)
         return grant
 
     async def list_grants(self, *, warn: bool = True) -> list[Grant]:
@@ -128,7 +124,7 @@ class PgStore:
         grants in a worker thread: never every row in memory beside its grant (all of
         them at once were most of a large store's peak RSS)."""
         self._versions = {}
-        loaded = Loaded(self._sealer, self._scopes, self._served)
+        loaded = Loaded(self._sealer, self._scopes, self._served.times)
         query = f'{sql.SELECT_VERSIONED} ORDER BY human_id COLLATE "C"'
         async with self._db.transaction("read grants") as conn:
             cursor = conn.cursor(name="haasd_list_grants")  # a named cursor: server-side
@@ -136,8 +132,7 @@ class PgStore:
             while rows := await cursor.fetchmany(LOAD_CHUNK):
                 await anyio.to_thread.run_sync(loaded.take, self._unversioned(rows))
             await cursor.close()
-        before, self._unreadable = self._unreadable, {}
-        self._quarantine(loaded.unreadable, warn=warn, known=before)
+        self._quarantine.read_all(loaded.unreadable, warn=warn)
         return loaded.grants
 
     async def put_grant(self, grant: Grant) -> None:
@@ -152,22 +147,19 @@ class PgStore:
         else:
             await self._db.execute_many(sql.PUT_GRANT, rows, what)
         for grant in kept:
-            self._unreadable.pop(grant.human_id, None)
+            self._quarantine.release(grant.human_id)
 
     async def delete_grant(self, human_id: str) -> bool:
-        self._served.pop(human_id, None)
-        self._unflushed.discard(human_id)
+        self._served.forget(human_id)
         changed = await self._db.execute(
             "DELETE FROM grants WHERE human_id = %s", (human_id,), "delete grant"
         )
-        self._unreadable.pop(human_id, None)
+        self._quarantine.release(human_id)
         self._versions.pop(human_id, None)
         return changed > 0
 
     async def begin_refresh(self, human_id: str, intent: RefreshIntent) -> None:
-        reason = self._unreadable.get(human_id)
-        if reason is not None:
-            raise NeedsReconsentError(human_id, unreadable_error(reason))
+        self._quarantine.refuse(human_id)
         params = (intent.attempt_id, intent.fingerprint, intent.started_at, human_id)
         if self.owner is None:
             if await self._db.execute(sql.BEGIN_REFRESH, params, "begin refresh") == 0:
@@ -185,7 +177,7 @@ class PgStore:
     async def finish_refresh(self, grant: Grant, *, attempt_id: str | None = None) -> bool:
         """Write a refresh's outcome; with ``attempt_id`` fenced on the row's intent
         (``... WHERE human_id = $1 AND intent_attempt_id = $2``): one statement."""
-        if grant.human_id in self._unreadable or is_placeholder(grant):
+        if grant.human_id in self._quarantine or is_placeholder(grant):
             return False
         params = refresh_row(grant, self._sealer)
         if attempt_id is None:
@@ -210,7 +202,7 @@ class PgStore:
     ) -> None:
         """As :meth:`haasd.store.Store.update_status`: a new state re-seals the tokens in
         the same transaction, the row locked meanwhile."""
-        if human_id in self._unreadable:
+        if human_id in self._quarantine:
             return
         status = (last_error, consecutive_failures, next_refresh_at, human_id)
         async with self._db.transaction("update status") as conn:
@@ -220,7 +212,7 @@ class PgStore:
             try:
                 tokens = resealed(human_id, row, State(state), self._sealer)
             except (DecryptError, ValueError) as exc:
-                self._quarantine({human_id: why_unreadable(exc)}, warn=True)
+                self._quarantine.add({human_id: why_unreadable(exc)}, warn=True)
                 return
             if tokens is None:
                 statement = sql.status_sql(sql.SET_STATUS, clear_intent=clear_intent)
@@ -236,28 +228,19 @@ class PgStore:
 
     def mark_served(self, human_id: str, at: float) -> None:
         self._db.check_open()
-        if at > self._served.get(human_id, -math.inf):
-            self._served[human_id] = at
-            self._unflushed.add(human_id)
+        self._served.note(human_id, at)
 
     def served_at(self, human_id: str) -> float | None:
         return self._served.get(human_id)
 
     async def flush_served(self) -> int:
         """Write the served times noted since the last flush, in one statement; how many."""
-        if not self._unflushed:
-            return 0
-        unflushed, self._unflushed = self._unflushed, set()
-        unflushed -= self._unreadable.keys()
-        humans = [hid for hid in unflushed if hid in self._served]
-        times = [self._served[hid] for hid in humans]
-        try:
-            if humans:
-                await self._db.execute(sql.SET_SERVED, (humans, times), "write last_served_at")
-        except BaseException:
-            self._unflushed |= unflushed
-            raise
-        return len(humans)
+
+        async def write(pairs: list[tuple[str, float]]) -> None:
+            humans, times = [h for h, _ in pairs], [at for _, at in pairs]
+            await self._db.execute(sql.SET_SERVED, (humans, times), "write last_served_at")
+
+        return await self._served.flush(write, skip=self._quarantine)
 
     # -- pending consents -----------------------------------------------------------------
 
@@ -298,7 +281,7 @@ class PgStore:
 
     def _to_grants(self, rows: list[Row]) -> tuple[list[Grant], dict[str, str]]:
         """Grants of :data:`~haasd.pgstore._sql.SELECT_VERSIONED` rows; notes the versions."""
-        return to_grants(self._unversioned(rows), self._sealer, self._scopes, self._served)
+        return to_grants(self._unversioned(rows), self._sealer, self._scopes, self._served.times)
 
     def _unversioned(self, rows: list[Row]) -> list[Row]:
         """:data:`~haasd.pgstore._sql.SELECT_VERSIONED` rows without their trailing
@@ -307,20 +290,6 @@ class PgStore:
         for row in rows:
             versions[row[0]] = row[-1]
         return [row[:-1] for row in rows]
-
-    def _quarantine(
-        self, unreadable: dict[str, str], *, warn: bool, known: dict[str, str] | None = None
-    ) -> None:
-        known = self._unreadable if known is None else known
-        for human_id, reason in unreadable.items():
-            if warn and known.get(human_id) != reason:
-                _log.warning(
-                    "store row unreadable: quarantined until the human re-consents",
-                    human_id=human_id,
-                    reason=reason,
-                    store=self._db.where,
-                )
-        self._unreadable.update(unreadable)
 
 
 async def _durability(db: Database) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -14,9 +13,10 @@ import anyio
 import structlog
 
 from haasd.crypto import Sealer
-from haasd.errors import DecryptError, NeedsReconsentError, UnknownHumanError
+from haasd.errors import DecryptError, UnknownHumanError
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
+from haasd.store._books import Quarantine, ServedTimes
 from haasd.store._database import Database
 from haasd.store._grants import (
     BEGIN_REFRESH,
@@ -36,7 +36,6 @@ from haasd.store._grants import (
     refresh_row,
     resealed,
     to_grants,
-    unreadable_error,
     why_unreadable,
 )
 from haasd.store._open import open_connection
@@ -70,27 +69,15 @@ class Store:
     touches the row, which stays as it is for whoever looks into it.
     """
 
-    __slots__ = (
-        "_db",
-        "_path",
-        "_scopes",
-        "_sealer",
-        "_served",
-        "_unflushed",
-        "_unreadable",
-    )
+    __slots__ = ("_db", "_path", "_quarantine", "_scopes", "_sealer", "_served")
 
     def __init__(self, conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None:
         self._db = Database(conn, path)
         self._sealer = sealer
         self._path = path
-        # the latest served time of each human, as this process knows it (the one copy),
-        # and the humans whose time is not written yet
-        self._served: dict[str, float] = {}
-        self._unflushed: set[str] = set()
+        self._served = ServedTimes()
         self._scopes: dict[str, tuple[str, ...]] = {}
-        # human id -> why its row is unreadable (as last read), see _grants.why_unreadable
-        self._unreadable: dict[str, str] = {}
+        self._quarantine = Quarantine(str(path))
 
     @classmethod
     async def open(cls, path: Path, sealer: Sealer) -> Store:
@@ -108,7 +95,7 @@ class Store:
     @property
     def unreadable(self) -> frozenset[str]:
         """The humans whose rows were unreadable when last read: quarantined."""
-        return frozenset(self._unreadable)
+        return self._quarantine.humans
 
     async def close(self) -> None:
         """Write pending ``last_served_at`` values and close. Idempotent."""
@@ -136,9 +123,7 @@ class Store:
             raise UnknownHumanError(human_id)
         # no await from here on: nothing changes the quarantine in between
         (grant,), unreadable = self._to_grants(rows)
-        known = dict(self._unreadable)
-        self._unreadable.pop(grant.human_id, None)
-        self._quarantine(unreadable, warn=warn, known=known)
+        self._quarantine.read_one(grant.human_id, unreadable, warn=warn)
         return grant
 
     async def list_grants(self, *, warn: bool = True) -> list[Grant]:
@@ -149,11 +134,10 @@ class Store:
         async with self._db.lock:  # a consent cannot land between reading and quarantining
             # ~10 µs a row: off the event loop, and a chunk of rows at a time (not every
             # row in memory beside its grant: that was most of a large store's peak RSS)
-            loaded = Loaded(self._sealer, self._scopes, self._served)
+            loaded = Loaded(self._sealer, self._scopes, self._served.times)
             sql = f"{SELECT_GRANTS} ORDER BY human_id"
             await self._db.fetch_chunks_locked(sql, loaded.take, LOAD_CHUNK)
-            before, self._unreadable = self._unreadable, {}
-            self._quarantine(loaded.unreadable, warn=warn, known=before)
+            self._quarantine.read_all(loaded.unreadable, warn=warn)
         return loaded.grants
 
     async def count_grants(self) -> int:
@@ -176,15 +160,14 @@ class Store:
         rows = [grant_row(g, self._sealer) for g in kept]
         await self._db.write(PUT_GRANT, rows, what)
         for grant in kept:
-            self._unreadable.pop(grant.human_id, None)
+            self._quarantine.release(grant.human_id)
 
     async def delete_grant(self, human_id: str) -> bool:
         """Forget the grant of ``human_id`` (quarantined or not); False if there was none."""
-        self._served.pop(human_id, None)
-        self._unflushed.discard(human_id)
+        self._served.forget(human_id)
         sql = "DELETE FROM grants WHERE human_id = ?"
         existed = await self._db.write(sql, [(human_id,)], "delete grant") > 0
-        self._unreadable.pop(human_id, None)
+        self._quarantine.release(human_id)
         return existed
 
     async def begin_refresh(self, human_id: str, intent: RefreshIntent) -> None:
@@ -193,7 +176,7 @@ class Store:
         Overwrites a left-over intent (from a crash): the caller has judged it by then.
         A quarantined grant has no refresh token to spend: :class:`NeedsReconsentError`.
         """
-        self._refuse_quarantined(human_id)
+        self._quarantine.refuse(human_id)
         params = (intent.attempt_id, intent.fingerprint, intent.started_at, human_id)
         await self._db.update(human_id, BEGIN_REFRESH, params, "begin refresh")
 
@@ -206,7 +189,7 @@ class Store:
         written) when the grant was replaced or deleted while the refresh was in flight.
         False too for a quarantined grant (or its stand-in): its row is left as it is.
         """
-        if grant.human_id in self._unreadable or is_placeholder(grant):
+        if grant.human_id in self._quarantine or is_placeholder(grant):
             return False
         params = refresh_row(grant, self._sealer)
         if attempt_id is None:
@@ -233,7 +216,7 @@ class Store:
         since the grant in memory is still what it was.
         """
         self._db.check_open()
-        if human_id in self._unreadable:
+        if human_id in self._quarantine:
             return
         status = (last_error, consecutive_failures, next_refresh_at, human_id)
         with anyio.CancelScope(shield=True), translate(self._path, "update status"):
@@ -244,7 +227,7 @@ class Store:
                 try:
                     tokens = resealed(human_id, rows[0], State(state), self._sealer)
                 except (DecryptError, ValueError) as exc:
-                    self._quarantine({human_id: why_unreadable(exc)}, warn=True)
+                    self._quarantine.add({human_id: why_unreadable(exc)}, warn=True)
                     return
                 if tokens is None:
                     sql = SET_STATUS_CLEAR if clear_intent else SET_STATUS
@@ -262,7 +245,7 @@ class Store:
         little more dormant than they were. Reads include the pending times.
         """
         self._db.check_open()
-        self._note_served(human_id, at)
+        self._served.note(human_id, at)
 
     def served_at(self, human_id: str) -> float | None:
         """The latest time :meth:`mark_served` noted for ``human_id`` (written or not), or
@@ -270,18 +253,14 @@ class Store:
         return self._served.get(human_id)
 
     async def flush_served(self) -> int:
-        """Write the ``last_served_at`` times not written yet, in one transaction; how many."""
-        if not self._unflushed:
-            return 0
-        unflushed, self._unflushed = self._unflushed, set()
-        unflushed -= self._unreadable.keys()  # never served; and the row is evidence
-        rows = [(self._served[hid], hid) for hid in unflushed if hid in self._served]
-        try:
+        """Write the ``last_served_at`` times not written yet, in one transaction; how many
+        (a quarantined row is left as it is: it was never served, and it is evidence)."""
+
+        async def write(pairs: list[tuple[str, float]]) -> None:
+            rows = [(at, human_id) for human_id, at in pairs]
             await self._db.write(SET_SERVED, rows, "write last_served_at")
-        except BaseException:
-            self._unflushed |= unflushed  # the next flush tries again
-            raise
-        return len(rows)
+
+        return await self._served.flush(write, skip=self._quarantine)
 
     # -- pending consents (haasd.consent) ------------------------------------------------
 
@@ -347,33 +326,6 @@ class Store:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _note_served(self, human_id: str, at: float) -> None:
-        if at > self._served.get(human_id, -math.inf):
-            self._served[human_id] = at
-            self._unflushed.add(human_id)
-
-    def _refuse_quarantined(self, human_id: str) -> None:
-        reason = self._unreadable.get(human_id)
-        if reason is not None:
-            raise NeedsReconsentError(human_id, unreadable_error(reason))
-
     def _to_grants(self, rows: list[sqlite3.Row]) -> tuple[list[Grant], dict[str, str]]:
         """The grants of ``rows``, stand-ins for the unreadable ones, and those's reasons."""
-        return to_grants(rows, self._sealer, self._scopes, self._served)
-
-    def _quarantine(
-        self, unreadable: dict[str, str], *, warn: bool, known: dict[str, str] | None = None
-    ) -> None:
-        """Record unreadable rows (human id -> reason); warn of each not ``known`` (default:
-        recorded already) with that reason, which names a column and a cause, never a
-        value."""
-        known = self._unreadable if known is None else known
-        for human_id, reason in unreadable.items():
-            if warn and known.get(human_id) != reason:
-                _log.warning(
-                    "store row unreadable: quarantined until the human re-consents",
-                    human_id=human_id,
-                    reason=reason,
-                    store=str(self._path),
-                )
-        self._unreadable.update(unreadable)
+        return to_grants(rows, self._sealer, self._scopes, self._served.times)
