@@ -33,7 +33,11 @@ class Schedule:
     # --- deadlines ----------------------------------------------------------------------
 
     def place(self, human_id: str, when: float) -> bool:
-        """Put the grant's one entry at ``when``; True if it is now the earliest."""
+        """Put the grant's one entry at ``when``; True if it is now the earliest. A grant
+        placed again at the instant its entry holds keeps that entry (replanning every
+        grant adds no entry for those whose deadline stayed)."""
+        if self._when.get(human_id) == when:
+            return False  # the loop knows of that entry already
         when = self._when[human_id] = float(when)
         heapq.heappush(self._deadlines, (when, human_id))
         return when <= self._deadlines[0][0]
@@ -49,6 +53,11 @@ class Schedule:
     def drop(self, human_id: str) -> None:
         """Forget the grant's entry (it surfaces later as stale and is skipped)."""
         self._when.pop(human_id, None)
+
+    @property
+    def entries(self) -> int:
+        """Deadline entries held, stale ones included (each surfaces once, at its time)."""
+        return len(self._deadlines)
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None

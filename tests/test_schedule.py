@@ -53,3 +53,15 @@ def test_a_deadline_placed_again_at_the_same_instant_fires_once() -> None:
     s.place("usr_a", when)  # the same float object as the first, now stale, entry
     assert list(s.pop_due(15.0)) == ["usr_a"]
     assert list(s.pop_due(30.0)) == [], "the entry at 20 went stale"
+
+
+def test_placing_a_grant_again_at_its_deadline_adds_no_entry() -> None:
+    s = Schedule()
+    s.place_all([("usr_a", 10.0), ("usr_b", 20.0)])
+    assert s.place("usr_a", 10.0) is False and s.place("usr_b", 20.0) is False
+    assert s.entries == 2, "a replan that moves nothing leaves no stale entry behind"
+    s.place("usr_b", 15.0)
+    assert s.entries == 3
+    assert list(s.pop_due(30.0)) == ["usr_a", "usr_b"]
+    s.place("usr_a", 10.0)  # fired already: placed at the same instant, it is due again
+    assert list(s.pop_due(30.0)) == ["usr_a"]
