@@ -37,12 +37,15 @@ from haasd.grants import Grant, RefreshIntent, State, failure_retry_at
 from haasd.refresher._memory import Memory
 from haasd.refresher._outcome import Outcomes
 from haasd.refresher._reload import Reloads, newer
+from haasd.tokens import TokenResponse
 
 _log = structlog.get_logger("haasd.refresher")
 
 #: prompt retries, with the same refresh token, of a request whose answer was lost
 LOST_ANSWER_RETRIES: Final = 2
 LOST_ANSWER_DELAY: Final = 1.0
+#: how soon a shared store's failed write of an answer is tried again (real seconds)
+WRITE_RETRY_DELAY: Final = 0.2
 
 #: a test's hook: called with ("answered" | "written", human id) during a refresh
 Checkpoint = Callable[[str, str], None]
@@ -218,10 +221,32 @@ class Refreshing:
                 return await self._outcomes.failed(grant, exc, interrupted=interrupted)
             memory.stats.observe_latency(time.perf_counter() - started)
             self._hook("answered", human_id)
-            if await self._outcomes.succeeded(grant, answer):
+            if await self._keep(grant, answer):
                 await self._coordination.publish(human_id)
             self._hook("written", human_id)
             return None
+
+    async def _keep(self, grant: Grant, answer: TokenResponse) -> bool:
+        """Write a successful answer (:meth:`Outcomes.succeeded`). On a shared store, a
+        write the database failed — a restart broke the connection — is tried again for
+        two leases: the rotated token exists only in memory, and whoever refreshes next
+        could only spend the old one again. The write stays fenced on this refresh's
+        intent, so trying late can never overwrite another instance's result."""
+        if not self._coordination.shared:
+            return await self._outcomes.succeeded(grant, answer)
+        give_up = anyio.current_time() + 2 * self._coordination.wait
+        while True:
+            try:
+                return await self._outcomes.succeeded(grant, answer)
+            except StoreError as exc:
+                if anyio.current_time() >= give_up:
+                    raise
+                _log.warning(
+                    "cannot write a refresh's answer yet; trying again",
+                    human_id=grant.human_id,
+                    error=str(exc),
+                )
+            await anyio.sleep(WRITE_RETRY_DELAY)
 
     async def _begin(self, grant: Grant) -> Grant:
         """Write the intent — which refresh token is about to be spent — before spending it."""
