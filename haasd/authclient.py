@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Final, Literal, Self
@@ -47,7 +47,7 @@ from haasd import __version__
 from haasd.clock import Activity
 from haasd.config import AuthMethod, HaasConfig
 from haasd.credentials import basic_authorization, hidden, with_credentials
-from haasd.errors import AuthError, TransientAuthError
+from haasd.errors import AuthError, LeaseEndedError, TransientAuthError
 from haasd.ratelimit import RateBudget
 from haasd.replies import (
     AUTH_METHODS,
@@ -214,14 +214,17 @@ class AuthClient:
         return await self._call(asked, fields)
 
     async def refresh(
-        self, refresh_token: Secret, *, human_id: str, scope: tuple[str, ...]
-    ) -> TokenResponse:
+        self, refresh_token: Secret, *, human_id: str, scope: tuple[str, ...],
+        may_send: Callable[[], bool] | None = None,
+    ) -> TokenResponse:  # fmt: skip
         """A new access token for ``human_id``; ``refresh_token`` None in the answer means
-        the server kept the old one (RFC 6749 §6)."""
+        the server kept the old one (RFC 6749 §6). ``may_send`` is asked once the rate
+        budget let the request go, right before it goes (in a cluster: is the grant's lease
+        still surely held?); False: :class:`TransientAuthError`, nothing sent."""
         token = refresh_token.reveal()
         fields = {"grant_type": "refresh_token", "refresh_token": token}
         asked = self._asked("refresh", (token,), human_id=human_id, scope=scope)
-        return await self._call(asked, fields)
+        return await self._call(asked, fields, may_send)
 
     # --- revocation (RFC 7009) ------------------------------------------------------------
 
@@ -278,9 +281,14 @@ class AuthClient:
             max_body=self._max_body,
         )
 
-    async def _call(self, asked: Asked, fields: dict[str, str]) -> TokenResponse:
+    async def _call(
+        self, asked: Asked, fields: dict[str, str], may_send: Callable[[], bool] | None = None
+    ) -> TokenResponse:
         """A token request: its checked tokens, or the error its reply stands for."""
         await self._budget.acquire()  # outside "busy": waiting for the clock is not I/O
+        if may_send is not None and not may_send():  # the wait outlasted the leave to send
+            why = "the grant's lease ended before the request could go"
+            raise LeaseEndedError("lease_ended", why, sent=False)
         started = time.perf_counter()  # real time: latency is a measurement, not a schedule
         form = self._format == "form"
         try:

@@ -20,7 +20,8 @@ callers decide with ``except``/``match`` on a class, never on a message string::
     │   └── UnnamedHumanError  neither the answer nor the consent names the human
     ├── AuthError              the HaaS token endpoint said no, or could not be reached
     │   ├── TransientAuthError     retry later: network, timeout, 5xx, 429, malformed 200
-    │   │   └── RateLimitedError   429 / rate budget: carries retry_after
+    │   │   ├── RateLimitedError   429 / rate budget: carries retry_after
+    │   │   └── LeaseEndedError    a cluster's lease ended before the request could go
     │   ├── InvalidGrantError      permanent for one grant: the human must re-consent
     │   ├── ClientAuthError        invalid_client / unauthorized_client: daemon-wide fault
     │   └── RequestRejectedError   invalid_request, unsupported_grant_type, ...: our bug
@@ -61,6 +62,7 @@ __all__ = [
     "HaasdError",
     "InvalidGrantError",
     "InvalidStateError",
+    "LeaseEndedError",
     "ListenTimeoutError",
     "NeedsReconsentError",
     "RateLimitedError",
@@ -217,6 +219,11 @@ class TransientAuthError(AuthError):
 
 class RateLimitedError(TransientAuthError):
     """HTTP 429 or an exhausted local budget; ``retry_after`` says how long to wait."""
+
+
+class LeaseEndedError(TransientAuthError):
+    """The grant's lease (a cluster) was no longer surely held when the request was about
+    to go: nothing was sent; another instance may refresh it."""
 
 
 class InvalidGrantError(AuthError):

@@ -21,6 +21,7 @@ from haasd.errors import (
     AuthError,
     ClientAuthError,
     InvalidGrantError,
+    LeaseEndedError,
     RateLimitedError,
     RequestRejectedError,
     TokenResponseError,
@@ -121,6 +122,23 @@ async def test_refresh_sends_the_documented_json_body() -> None:
     assert (answer.expires_in, answer.scope, answer.human_id) == (3600, SCOPE, HUMAN)
     assert client.stats.requests == {("refresh", "ok"): 1}
     assert client.stats.last_status == 200
+
+
+async def test_a_refresh_whose_leave_to_send_ended_while_it_waited_sends_nothing() -> None:
+    server = Server(httpx.Response(200, json=GRANT))
+    asked: list[bool] = []
+
+    def may_send() -> bool:  # asked once the budget let the request go
+        asked.append(True)
+        return False
+
+    async with client_for(server) as client:
+        with pytest.raises(LeaseEndedError) as ended:
+            await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE, may_send=may_send)
+        assert server.requests == [] and asked == [True]
+        assert not ended.value.sent
+        await client.refresh(Secret(REFRESH), human_id=HUMAN, scope=SCOPE, may_send=lambda: True)
+    assert len(server.requests) == 1
 
 
 async def test_exchange_sends_the_documented_json_body_with_the_pkce_verifier() -> None:

@@ -107,13 +107,6 @@ async def test_an_answer_that_meets_a_database_restart_is_written_once_it_is_bac
     assert sim.stats.refreshes[human] == 2
 
 
-@pytest.mark.xfail(
-    reason="the lease is checked before the rate budget is spent (a database round trip"
-    " under a lock, since the cluster shares it), not right before the request goes out:"
-    " an instance paused in between sends the spent token after its lease has passed",
-    # not strict: the pause lands inside the budget's wait in most runs, not all
-    strict=False,
-)
 @pytest.mark.timeout(90)
 async def test_a_paused_instance_sends_no_refresh_once_its_lease_has_passed(
     short_dir: Path, pg_database: PgDatabase

@@ -27,6 +27,7 @@ from haasd.errors import (
     ClientAuthError,
     FencedError,
     HaasdError,
+    LeaseEndedError,
     NeedsReconsentError,
     StoreError,
     TokenUnavailableError,
@@ -199,15 +200,17 @@ class Refreshing:
         grant = await self._begin(grant)
         lost = 0
         while True:
-            if not self._coordination.held(permit):
-                # the lease may end before an answer could be written: send nothing
-                self._place(grant, self._clock.time() + 1.0)
-                return TokenUnavailableError(human_id, "this instance's lease ran out", 1.0)
             started = time.perf_counter()  # real time: latency is a measurement
             try:
                 answer = await self._auth.refresh(
-                    grant.refresh_token, human_id=human_id, scope=grant.scope
+                    grant.refresh_token,
+                    human_id=human_id,
+                    scope=grant.scope,
+                    # asked right before it goes, once the rate budget let it
+                    may_send=lambda: self._coordination.held(permit),
                 )
+            except LeaseEndedError:
+                return self._lease_ended(grant)
             except TransientAuthError as exc:
                 memory.stats.observe_latency(time.perf_counter() - started)
                 if exc.sent and exc.issued_refresh_token is None and lost < LOST_ANSWER_RETRIES:
@@ -247,6 +250,12 @@ class Refreshing:
                     error=str(exc),
                 )
             await anyio.sleep(WRITE_RETRY_DELAY)
+
+    def _lease_ended(self, grant: Grant) -> HaasdError:
+        """The lease may end before an answer could be written: nothing was sent. Look
+        again shortly (another instance may have it by then)."""
+        self._place(grant, self._clock.time() + 1.0)
+        return TokenUnavailableError(grant.human_id, "this instance's lease ran out", 1.0)
 
     async def _begin(self, grant: Grant) -> Grant:
         """Write the intent — which refresh token is about to be spent — before spending it."""
