@@ -8,8 +8,10 @@ import pytest
 from haasd.coordination import InProcess, Permit
 from haasd.demand import RefusalReason
 from haasd.errors import HaasdError, UnknownHumanError
+from haasd.grants import Policy
 from haasd.health import Health, health_reasons
 from haasd.refresher._flight import Background, SingleFlight
+from haasd.refresher._memory import LIFETIMES_KEPT, Memory
 
 
 async def test_one_flight_per_grant_and_a_caller_going_away_cannot_cut_it() -> None:
@@ -126,3 +128,12 @@ def test_health_reasons_come_in_order_and_name_at_most_three() -> None:
         )
         == ()
     )
+
+
+def test_one_short_answer_does_not_shorten_the_lifetime_the_server_grants() -> None:
+    memory = Memory(Policy())
+    assert memory.lifetime is None
+    memory.lifetimes.extend([3600.0, 2.0])  # a reuse-grace replay: the token's time left
+    assert memory.lifetime == 3600.0
+    memory.lifetimes.extend([600.0] * LIFETIMES_KEPT)  # the server changed its mind
+    assert memory.lifetime == 600.0

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Final
 
 from haasd.grants import Grant, Policy
 from haasd.refresher._stats import RefresherStats
 
-__all__ = ["Memory"]
+__all__ = ["LIFETIMES_KEPT", "Memory"]
+
+#: how many of the server's last answers the lifetime it grants is judged by
+LIFETIMES_KEPT: Final = 8
 
 
 @dataclass(slots=True)
@@ -26,8 +31,16 @@ class Memory:
     interrupted: set[str] = field(default_factory=set)
     #: humans whose handling met an unexpected error, and what it was (for health)
     faults: dict[str, str] = field(default_factory=dict)
-    #: the access-token lifetime the server last granted, any grant (seconds)
-    lifetime: float | None = None
+    #: the access-token lifetimes the server granted in its last answers, any grant
+    lifetimes: deque[float] = field(default_factory=lambda: deque(maxlen=LIFETIMES_KEPT))
+
+    @property
+    def lifetime(self) -> float | None:
+        """The lifetime the server grants (seconds): the longest of its last answers. One
+        short answer — a reuse-grace replay repeats a token with the time it has left —
+        does not make a min_ttl look impossible; a lasting change is learnt within
+        :data:`LIFETIMES_KEPT` answers."""
+        return max(self.lifetimes, default=None)
 
     def forget(self, human_id: str) -> None:
         """A new consent or a delete: nothing noted about the old grant still holds."""

@@ -115,7 +115,7 @@ class Outcomes:
             _log.warning(
                 "refresh answer: a field was refused", human_id=new.human_id, problem=problem
             )
-        memory.lifetime = float(answer.expires_in)
+        memory.lifetimes.append(float(answer.expires_in))
         memory.faults.pop(grant.human_id, None)
         memory.interrupted.discard(grant.human_id)
         if memory.stats.client_fault is not None:
