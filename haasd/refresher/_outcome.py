@@ -103,9 +103,14 @@ class Outcomes:
 
     # --- a refresh's outcome ------------------------------------------------------------
 
-    async def succeeded(self, grant: Grant, answer: TokenResponse) -> bool:
-        """Keep the answer's tokens; False if the grant was replaced or deleted meanwhile."""
-        memory, now = self._memory, self._clock.time()
+    async def succeeded(
+        self, grant: Grant, answer: TokenResponse, *, answered_at: float | None = None
+    ) -> bool:
+        """Keep the answer's tokens; False if the grant was replaced or deleted meanwhile.
+        ``answered_at``: when the answer came (default: now), which its expiries count
+        from — not when a write retried after a store error finally went through."""
+        memory = self._memory
+        now = self._clock.time() if answered_at is None else answered_at
         if now >= grant.access_expires_at and grant.state is not State.NEEDS_RECONSENT:
             memory.stats.late += 1
         new = after_refresh(grant, answer, now, memory.policy, self._rng)

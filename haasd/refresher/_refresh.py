@@ -238,9 +238,10 @@ class Refreshing:
         if not self._coordination.shared:
             return await self._outcomes.succeeded(grant, answer)
         give_up = anyio.current_time() + 2 * self._coordination.wait
+        answered_at = self._clock.time()  # the token's life counts from the answer
         while True:
             try:
-                return await self._outcomes.succeeded(grant, answer)
+                return await self._outcomes.succeeded(grant, answer, answered_at=answered_at)
             except StoreError as exc:
                 if anyio.current_time() >= give_up:
                     raise
