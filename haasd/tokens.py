@@ -205,6 +205,8 @@ def parse_refresh_answer(
         default_lifetime,
         f"taken as {default_lifetime}s",
     )
+    if (note := _lifetime_note(data, expires_in)) is not None:
+        warnings.append(note)
     scopes = scope if scope is not None else ()
     if data.get("scope") is not None:
         scopes = lenient(lambda: parse_scope(data.get("scope")), scopes, "kept the old scope")
@@ -281,10 +283,33 @@ def _well_formed(data: Mapping[str, Any], name: str) -> Secret | None:
 
 
 def _lifetime(data: Mapping[str, Any], default_lifetime: int) -> int:
-    """``expires_in``, or ``default_lifetime`` when the answer leaves it out (§5.1)."""
-    if data.get("expires_in") is None:
+    """``expires_in``, or ``default_lifetime`` when the answer leaves it out (§5.1).
+
+    Never longer than the server said: a number of seconds in a string (some servers
+    send ``"3599"``) is read as such; zero or less means the token is already expired
+    (a reuse-grace replay of a token whose time ran out says 0): it is never served and
+    the grant is refreshed at once; more than :data:`MAX_LIFETIME` is capped to it.
+    Anything else is a :class:`TokenResponseError`."""
+    value = data.get("expires_in")
+    if value is None:
         return default_lifetime
-    return _seconds(data, "expires_in")
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,12}\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TokenResponseError(
+            f"expires_in must be a whole number of seconds, got {type(value).__name__}"
+        )
+    return max(0, min(value, MAX_LIFETIME))
+
+
+def _lifetime_note(data: Mapping[str, Any], lifetime: int) -> str | None:
+    """A warning when ``expires_in`` was read as other than it says (expired, capped)."""
+    raw = data.get("expires_in")
+    if raw is None or lifetime not in (0, MAX_LIFETIME) or str(raw).strip() == str(lifetime):
+        return None
+    if lifetime == 0:
+        return f"expires_in is {shown(raw)}: the token is taken as expired and refreshed"
+    return f"expires_in is {shown(raw)}: capped to {MAX_LIFETIME}s"
 
 
 def _check_lifetime(default_lifetime: int) -> None:

@@ -855,7 +855,7 @@ async def test_a_first_grant_naming_no_human_is_unnamed_human_with_its_refresh_t
         {"scope": "status:read \x1b[2J"},
         {"access_token": "bad token"},
         {"token_type": "mac"},
-        {"expires_in": -1},
+        {"expires_in": "an hour"},
         {"human_id": "Maria"},
         {"refresh_token_expires_in": "soon"},
     ],

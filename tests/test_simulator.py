@@ -959,3 +959,19 @@ def test_public_surface_is_sorted_and_complete() -> None:
     assert sorted(haasd.simulator.__all__) == haasd.simulator.__all__
     for name in haasd.simulator.__all__:
         assert hasattr(haasd.simulator, name)
+
+
+async def test_a_grace_window_without_a_replay_limit_honours_every_presentation_in_it() -> None:
+    clock = ManualClock(start=START)
+    options = {"rotate_refresh_tokens": True, "reuse_grace": 30, "grace_replays": None}
+    async with serving(clock, **options) as (sim, client):
+        tokens = await sim.consent("usr_ann")
+        rotated = (await refresh(client, tokens["refresh_token"])).json()
+        for _ in range(3):  # three holders that lost the answer, one after the other
+            await clock.advance(5)
+            replay = (await refresh(client, tokens["refresh_token"])).json()
+            assert replay["refresh_token"] == rotated["refresh_token"]
+        await clock.advance(20)  # the window is over
+        late = await refresh(client, tokens["refresh_token"])
+    assert oauth_error_of(late) == "invalid_grant"
+    assert (sim.stats.grace_replays, sim.stats.reuse_events) == (3, 1)

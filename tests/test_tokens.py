@@ -7,6 +7,7 @@ import pytest
 from haasd.errors import TokenResponseError, UnnamedHumanError
 from haasd.tokens import (
     DEFAULT_LIFETIME,
+    MAX_LIFETIME,
     parse_first_grant,
     parse_refresh_answer,
     parse_token_response,
@@ -56,8 +57,8 @@ def test_server_lifetime_for_refresh_token_is_kept() -> None:
         ({"access_token": 5}, "access_token is missing"),
         ({"access_token": "x" * 5000}, "not a plausible token"),
         ({"token_type": "mac"}, "Bearer"),
-        ({"expires_in": "3600"}, "whole number"),
-        ({"expires_in": 0}, "between 1 and"),
+        ({"expires_in": "soon"}, "whole number"),
+        ({"expires_in": 1.5}, "whole number"),
         ({"expires_in": True}, "whole number"),
         ({"scope": ""}, "scope"),
         ({"human_id": "maria"}, "usr_"),
@@ -86,9 +87,9 @@ def test_an_answer_that_is_no_object_is_refused() -> None:
         ({"scope": "status:read \x1b[2J"}, "scope", ("tasks:dispatch",)),
         ({"scope": 'status:read "quoted"'}, "scope", ("tasks:dispatch",)),
         ({"scope": ["status:read"]}, "scope", ("tasks:dispatch",)),
-        ({"expires_in": "3600"}, "expires_in", 1800),
-        ({"expires_in": -5}, "expires_in", 1800),
-        ({"expires_in": 10**12}, "expires_in", 1800),
+        ({"expires_in": "soon"}, "expires_in", 1800),
+        ({"expires_in": -5}, "expires_in", 0),
+        ({"expires_in": 10**12}, "expires_in", MAX_LIFETIME),
         ({"token_type": "mac"}, "token_type", "bearer"),
         ({"human_id": "usr_bob_1"}, "human_id", "usr_maria_42"),
         ({"refresh_token_expires_in": "soon"}, "refresh_token_expires_in", None),
@@ -200,7 +201,7 @@ def test_token_type_is_matched_case_insensitively_on_both_paths(token_type: str)
     [
         {"access_token": "bad token"},
         {"token_type": "mac"},
-        {"expires_in": "3600"},
+        {"expires_in": "an hour"},
         {"scope": "status:read \ud800"},
         {"human_id": "Maria"},
         {"refresh_token_expires_in": 0},
@@ -227,3 +228,20 @@ def test_a_refresh_answer_without_refresh_token_keeps_the_current_one() -> None:
 def test_a_default_lifetime_out_of_range_is_a_programming_error(lifetime: int) -> None:
     with pytest.raises(ValueError, match="default_lifetime"):
         parse_first_grant(SEED_ANSWER, default_lifetime=lifetime)
+
+
+@pytest.mark.parametrize(
+    ("given", "read"), [("3599", 3599), (" 20 ", 20), (0, 0), ("0", 0), (-1, 0), (10**9, None)]
+)
+def test_expires_in_is_never_read_longer_than_the_server_said(
+    given: object, read: int | None
+) -> None:
+    """A count of seconds in a string is read (some servers send one); zero or less is a
+    token already expired — a grace replay of a token whose time ran out says 0 — never
+    the default lifetime; an absurd count is capped. On both paths."""
+    expected = MAX_LIFETIME if read is None else read
+    data = {**SEED_ANSWER, "expires_in": given}
+    assert parse_token_response(data).expires_in == expected
+    again = parse_token_response(data, human_id="usr_maria_42", default_lifetime=1800)
+    assert again.expires_in == expected and not again.lifetime_defaulted
+    assert bool(again.warnings) == (expected in (0, MAX_LIFETIME) and str(given) != "0")

@@ -342,7 +342,8 @@ class Authority:
         return oauth_error(400, "invalid_grant", "refresh token already used")
 
     def _grace_replay(self, record: RefreshTokenRecord, now: float) -> Reply | None:
-        """Within ``reuse_grace`` of its rotation, a spent token is honoured once more.
+        """Within ``reuse_grace`` of its rotation, a spent token is honoured again
+        (``grace_replays`` times at most).
 
         The answer repeats the rotation's tokens (the same access and refresh token,
         ``expires_in`` counted from now), as a client that lost the answer needs — but
@@ -351,13 +352,14 @@ class Authority:
         if record.spent_at is None or record.successor is None or record.successor_access is None:
             return None
         successor = self._refresh_tokens[record.successor]
+        limit = self.settings.grace_replays
         if (
-            record.grace_used
+            (limit is not None and record.grace_used >= limit)
             or now >= record.spent_at + self.settings.reuse_grace
             or successor.spent_at is not None
         ):
             return None
-        record.grace_used = True
+        record.grace_used += 1
         self._stats.grace_replays += 1
         return self._token_reply(record.family, record.successor_access, record.successor, now)
 

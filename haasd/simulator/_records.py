@@ -47,7 +47,8 @@ class RefreshTokenRecord:
     """The refresh token that replaced this one (rotation)."""
     successor_access: str | None = None
     """The access token issued with ``successor``, replayed within the grace window."""
-    grace_used: bool = False
+    grace_used: int = 0
+    """How many times it was honoured within the grace window."""
 
 
 @dataclass(slots=True, eq=False)

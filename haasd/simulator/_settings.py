@@ -43,6 +43,10 @@ class Settings:
     include_scope: bool = True
     #: pick the human by ``login_hint``; False: the hint is ignored, as many servers do
     honour_login_hint: bool = True
+    #: how many times a spent refresh token is honoured within ``reuse_grace``; None:
+    #: as often as it is presented in the window (Okta's grace period, Auth0's reuse
+    #: interval)
+    grace_replays: int | None = 1
 
     def __post_init__(self) -> None:
         if not self.client_id or not self.client_secret:
@@ -53,6 +57,8 @@ class Settings:
             raise ValueError("lifetimes must be positive")
         if self.reuse_grace < 0:
             raise ValueError("reuse_grace must not be negative")
+        if self.grace_replays is not None and self.grace_replays < 1:
+            raise ValueError("grace_replays must be at least 1, or None (no limit)")
 
 
 def decision_of(decision: str) -> Decision:

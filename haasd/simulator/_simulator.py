@@ -57,9 +57,10 @@ class Simulator:
       rotation never extends it. Several grants per human may live side by side.
     * A code is spent by its first presentation, successful or not; presenting it again
       revokes the grant issued from it.
-    * With rotation, a spent refresh token is honoured once more within ``reuse_grace``
-      seconds, answering the *same* access and refresh token as the rotation did (so a
-      client that lost the answer recovers it) — unless the new token was used already.
+    * With rotation, a spent refresh token is honoured once more (``grace_replays``
+      times; None: every time) within ``reuse_grace`` seconds, answering the *same*
+      access and refresh token as the rotation did (so a client that lost the answer
+      recovers it) — unless the new token was used already.
       Otherwise it is a reuse event: ``invalid_grant``, and the grant is revoked when
       ``reuse_detection`` is on.
     * The rate limit counts ``/token`` requests per claimed client id (a fixed 60-second
@@ -100,6 +101,7 @@ class Simulator:
         name_humans: bool = True,
         include_scope: bool = True,
         honour_login_hint: bool = True,
+        grace_replays: int | None = 1,
     ) -> None:
         secret = client_secret if isinstance(client_secret, Secret) else Secret(client_secret)
         rate = plan_rate(plan)
@@ -129,6 +131,7 @@ class Simulator:
                 name_humans=name_humans,
                 include_scope=include_scope,
                 honour_login_hint=honour_login_hint,
+                grace_replays=grace_replays,
             ),
             self.stats,
         )
