@@ -29,7 +29,7 @@ is needed, :class:`~haasd.errors.StoreError` when the storage says no.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from haasd.grants import Grant, RefreshIntent, State
@@ -58,6 +58,12 @@ class GrantStore(Protocol):
     async def get_grant(self, human_id: str, *, warn: bool = True) -> Grant:
         """The grant of ``human_id`` (its stand-in if unreadable), or UnknownHumanError.
         ``warn``: log a record newly found unreadable."""
+        ...
+
+    async def get_grants(self, human_ids: Sequence[str], *, warn: bool = True) -> list[Grant]:
+        """The grants of ``human_ids`` that exist (stand-ins for unreadable ones), read
+        in one statement (or a few, for many): what a cluster's instance re-reads when
+        others changed several grants at once."""
         ...
 
     async def list_grants(self, *, warn: bool = True) -> list[Grant]:

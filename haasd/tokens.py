@@ -200,13 +200,7 @@ def parse_refresh_answer(
     if not _is_bearer(token_type):
         warnings.append(f"token_type is {shown(token_type)}, not 'Bearer'; served as Bearer")
     defaulted = data.get("expires_in") is None
-    expires_in = lenient(
-        lambda: _lifetime(data, default_lifetime),
-        default_lifetime,
-        f"taken as {default_lifetime}s",
-    )
-    if (note := _lifetime_note(data, expires_in)) is not None:
-        warnings.append(note)
+    expires_in = _lenient_lifetime(data, default_lifetime, warnings)
     scopes = scope if scope is not None else ()
     if data.get("scope") is not None:
         scopes = lenient(lambda: parse_scope(data.get("scope")), scopes, "kept the old scope")
@@ -300,6 +294,19 @@ def _lifetime(data: Mapping[str, Any], default_lifetime: int) -> int:
             f"expires_in must be a whole number of seconds, got {type(value).__name__}"
         )
     return max(0, min(value, MAX_LIFETIME))
+
+
+def _lenient_lifetime(data: Mapping[str, Any], default_lifetime: int, warnings: list[str]) -> int:
+    """A refresh answer's lifetime (:func:`_lifetime`); what is not a number at all is
+    taken as ``default_lifetime``, and either way a warning says what was read."""
+    try:
+        lifetime = _lifetime(data, default_lifetime)
+    except TokenResponseError as exc:
+        warnings.append(f"{exc}; taken as {default_lifetime}s")
+        return default_lifetime
+    if (note := _lifetime_note(data, lifetime)) is not None:
+        warnings.append(note)
+    return lifetime
 
 
 def _lifetime_note(data: Mapping[str, Any], lifetime: int) -> str | None:

@@ -334,3 +334,13 @@ async def test_no_refresh_writes_a_quarantined_grant(backend: Backend) -> None:
         await store.put_grant(consent)  # a re-consent ends the quarantine
         assert store.unreadable == frozenset()
         assert await store.get_grant("usr_b") == consent
+
+
+async def test_several_grants_are_read_at_once_and_a_missing_one_is_left_out(
+    store: GrantStore,
+) -> None:
+    await store.put_grants([make_grant("usr_a"), make_grant("usr_b"), make_grant("usr_c")])
+    read = await store.get_grants(["usr_c", "usr_a", "usr_gone"])
+    assert sorted(g.human_id for g in read) == ["usr_a", "usr_c"]
+    assert {g.human_id: g for g in read}["usr_a"] == await store.get_grant("usr_a")
+    assert await store.get_grants([]) == []

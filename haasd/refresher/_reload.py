@@ -39,6 +39,8 @@ Drop = Callable[[str], None]
 Replan = Callable[[], None]
 #: the humans whose grants are in memory
 Known = Callable[[], Iterable[str]]
+#: grants re-read in one statement at most
+BATCH: Final = 500
 #: how long a failed re-read waits before it is tried again (seconds)
 RETRY_AFTER: Final = 1.0
 
@@ -127,12 +129,17 @@ class Reloads:
             self._plan = False
             self._replan()
         while self._pending:
-            human_id = self._pending.pop()
+            batch = sorted(self._pending)[:BATCH]  # one statement for many changes
+            self._pending.difference_update(batch)
             try:
-                await self.reread(human_id)
+                found = await self._store.get_grants(batch, warn=False)
             except BaseException:
-                self._pending.add(human_id)
+                self._pending.update(batch)
                 raise
+            grants = {grant.human_id: grant for grant in found}
+            for human_id in batch:
+                self._adopt(human_id, grants.get(human_id))
+                self._woken(human_id)
 
     async def _read_all(self) -> None:
         grants = {g.human_id: g for g in await self._store.list_grants(warn=False)}

@@ -11,7 +11,7 @@ and :class:`~haasd.pgstore.PgStore` keep the same promises through them
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Iterable
 from typing import Final
 
 import structlog
@@ -98,8 +98,16 @@ class Quarantine:
 
     def read_one(self, human_id: str, unreadable: dict[str, str], *, warn: bool) -> None:
         """``human_id``'s row was just read: quarantined if it is in ``unreadable``."""
+        self.read_some((human_id,), unreadable, warn=warn)
+
+    def read_some(
+        self, human_ids: Iterable[str], unreadable: dict[str, str], *, warn: bool
+    ) -> None:
+        """These rows were just read: of them, exactly those in ``unreadable`` are
+        quarantined (the others' quarantine, if any, stands)."""
         known = dict(self.reasons)
-        self.reasons.pop(human_id, None)
+        for human_id in human_ids:
+            self.reasons.pop(human_id, None)
         self.add(unreadable, warn=warn, known=known)
 
     def read_all(self, unreadable: dict[str, str], *, warn: bool) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final, Self
@@ -54,6 +54,8 @@ from haasd.store._sqlite import scalar, transaction, translate
 from haasd.store.schema import KEY_CHECK_COLUMN
 
 _log: Final = structlog.get_logger("haasd.store")
+#: human ids per statement of get_grants (SQLite allows 999 parameters)
+_IDS_PER_READ: Final = 500
 
 
 class Store:
@@ -125,6 +127,18 @@ class Store:
         (grant,), unreadable = self._to_grants(rows)
         self._quarantine.read_one(grant.human_id, unreadable, warn=warn)
         return grant
+
+    async def get_grants(self, human_ids: Sequence[str], *, warn: bool = True) -> list[Grant]:
+        """The grants of ``human_ids`` that exist, a few hundred per statement."""
+        grants: list[Grant] = []
+        for start in range(0, len(human_ids), _IDS_PER_READ):
+            some = list(human_ids[start : start + _IDS_PER_READ])
+            marks = ", ".join("?" * len(some))
+            rows = await self._db.fetch(f"{SELECT_GRANTS} WHERE human_id IN ({marks})", some)
+            read, unreadable = self._to_grants(rows)  # no await until the quarantine is set
+            self._quarantine.read_some(some, unreadable, warn=warn)
+            grants.extend(read)
+        return grants
 
     async def list_grants(self, *, warn: bool = True) -> list[Grant]:
         """Every grant, decrypted, ordered by human_id (one query: for loading at start);
