@@ -201,6 +201,10 @@ class Campaign:
             SystemClock(), client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
             rotate_refresh_tokens=True, reuse_detection=True, reuse_grace=plan.grace,
             expires_in=plan.lifetime, requests_per_minute=RPM,
+            # within the window a spent token is honoured as often as it comes, as Okta's
+            # grace period and Auth0's reuse interval do: a second kill while recovering
+            # the first must not cost the grant
+            grace_replays=None,
         )  # fmt: skip
         self.leases = Leases(db.socket_url)
         self.nodes: list[Node] = []

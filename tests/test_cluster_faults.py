@@ -37,21 +37,11 @@ def campaign_seed() -> int:
     return int(chosen) if chosen else random.SystemRandom().randrange(1, 10**6)
 
 
-#: open findings of the campaign that fail it in some runs: a paused instance sends a
-#: spent token after its lease (test_a_paused_instance_sends_no_refresh_once_its_lease_
-#: has_passed), and grants lost to reuse under a grace window after kills in the window
-OPEN_FINDINGS = pytest.mark.xfail(
-    reason="open campaign findings (see the module): a late send after a pause; grants"
-    " lost despite the grace window after kills inside the window",
-    strict=False,
-)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     "grace",
-    [pytest.param(30.0, marks=OPEN_FINDINGS), pytest.param(0.0, marks=OPEN_FINDINGS)],
+    [30.0, 0.0],
     ids=["grace", "strict"],
 )
 async def test_three_instances_survive_kills_pauses_and_database_restarts(
