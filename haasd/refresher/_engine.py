@@ -351,6 +351,7 @@ class Refresher:
             changed = await load_grants(memory, grants, now, self.store, shared=shared)
         for grant in changed:
             self._outcomes.announce_state(grant, state_reason(grant))
+        self._reloads.planned()  # what is placed below sees the instances as they are
         placing = Placing(
             now, self.policy, client_fault=memory.stats.client_fault,
             served_at=self.store.served_at, defer=self._coordination.defer, rng=self._rng,

@@ -77,6 +77,11 @@ class Reloads:
         self._plan = True
         self._wakeup.set()
 
+    def planned(self) -> None:
+        """Every grant was just placed with the live instances as they are now: a replan
+        asked for before that has nothing left to do."""
+        self._plan = False
+
     # -- waiting for another instance -----------------------------------------------------
 
     async def wait(self, human_id: str, seconds: float) -> bool:
