@@ -9,12 +9,15 @@ The campaign is the test suite's (``tests/cluster_campaign.py``; the short run i
 detection issues tokens of a few seconds, so every grant is refreshed every few seconds
 of real time; faults strike at seeded random moments. It needs the PostgreSQL server
 binaries (a throwaway cluster of its own, as the tests start). It prints one column per
-mode and exits 1 if either mode found a problem (listed below the table).
+mode and exits 1 if either mode found a problem (listed below the table); then the
+instances' logs and the driver's records (``records.json``: faults, spent tokens
+presented again, dead tokens served) stay in the directory it names.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import sys
@@ -36,12 +39,32 @@ GRACE = {"grace": 30.0, "strict": 0.0}
 def run(plan: Plan, pg: PgCluster) -> Result:
     database = pg.new_database()
     base = Path(tempfile.mkdtemp(prefix="hdcf", dir="/tmp"))
+    keep = True  # a campaign that fails midway leaves its logs for a look
     try:
-        return anyio.run(Campaign(plan, pg, database, base).run)
+        result = anyio.run(Campaign(plan, pg, database, base).run)
+        keep = bool(result.problems())
+        if keep:
+            keep_records(result, base)
+        return result
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if keep:
+            print(f"the instances' logs and the records are in {base}", flush=True)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
         pg.start()
         pg.drop_database(database.name)
+
+
+def keep_records(result: Result, base: Path) -> None:
+    """What the driver saw, for a look at a problem beside the instances' logs."""
+    records = {
+        "faults": [fault.__dict__ | {"leases": sorted(fault.leases)} for fault in result.faults],
+        "spent": [spent._asdict() for spent in result.spent],
+        "dead_served": result.served.dead,
+        "lost": result.lost,
+        "problems": result.problems(),
+    }
+    (base / "records.json").write_text(json.dumps(records, indent=1, default=str))
 
 
 def main() -> int:
