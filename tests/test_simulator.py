@@ -975,3 +975,11 @@ async def test_a_grace_window_without_a_replay_limit_honours_every_presentation_
         late = await refresh(client, tokens["refresh_token"])
     assert oauth_error_of(late) == "invalid_grant"
     assert (sim.stats.grace_replays, sim.stats.reuse_events) == (3, 1)
+
+
+async def test_an_access_tokens_end_is_known_to_the_server_that_issued_it() -> None:
+    clock = ManualClock(start=START)
+    async with serving(clock, expires_in=600) as (sim, _client):
+        tokens = await sim.consent("usr_ann")
+        assert sim.access_token_expires_at(tokens["access_token"]) == START + 600
+        assert sim.access_token_expires_at("haas_at_never_issued") is None

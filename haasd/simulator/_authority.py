@@ -103,6 +103,10 @@ class Authority:
             return None
         return record.family.human_id
 
+    def access_token_expires_at(self, token: str) -> float | None:
+        record = self._access_tokens.get(token)
+        return None if record is None else record.expires_at
+
     def has_active_grant(self, human_id: str, now: float) -> bool:
         return any(
             f.human_id == human_id and not f.revoked and now < f.expires_at for f in self._families

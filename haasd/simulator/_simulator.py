@@ -384,6 +384,10 @@ class Simulator:
         """The human an access token speaks for, if it is valid now; else ``None``."""
         return self._authority.validate_access_token(token, self._clock.time())
 
+    def access_token_expires_at(self, token: str) -> float | None:
+        """When an access token this server issued ends (its own clock), or None."""
+        return self._authority.access_token_expires_at(token)
+
     def has_active_grant(self, human_id: str) -> bool:
         """Whether ``human_id`` has a grant that is neither revoked nor past its limit."""
         return self._authority.has_active_grant(human_id, self._clock.time())
