@@ -79,7 +79,8 @@ class Served:
     ok: int = 0
     #: live when asked for, expired by the time the answer arrived (slower than the margin)
     late: int = 0
-    dead: list[tuple[str, float]] = field(default_factory=list)
+    #: (human, when, the instance that served it) for each dead token served
+    dead: list[tuple[str, float, str]] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     unreachable: int = 0
 
@@ -142,9 +143,9 @@ class Result:
         return [h for h in self.lost if h in late]
 
     @property
-    def dead_served(self) -> list[tuple[str, float]]:
+    def dead_served(self) -> list[tuple[str, float, str]]:
         """Tokens served that the simulator did not take, but of a grant not lost."""
-        return [(h, t) for h, t in self.served.dead if h not in self.lost]
+        return [dead for dead in self.served.dead if dead[0] not in self.lost]
 
     def count(self, kind: str) -> int:
         return sum(1 for f in self.faults if f.kind == kind)
@@ -358,7 +359,7 @@ class Campaign:
             # margin to arrive (a loaded machine), not a dead token served
             self.served.late += 1
         else:
-            self.served.dead.append((human_id, time.time()))
+            self.served.dead.append((human_id, time.time(), node.name))
 
     async def _settle(self) -> None:
         """No more faults: every live grant is refreshed once more by the cluster."""
