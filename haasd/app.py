@@ -26,7 +26,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from haasd.authclient import AuthClient
-from haasd.clock import Activity, Clock, SystemClock
+from haasd.clock import Activity, Clock, ManualClock, SystemClock
 from haasd.config import Config, access_override_note, load_config
 from haasd.consent import ConsentFlow
 from haasd.coordination import Coordination
@@ -114,6 +114,8 @@ async def run(
     notifier = Notifier(env)
     client_secret = config.haas.client_secret.load()
     activity = Activity()
+    if isinstance(clock, ManualClock):  # a simulation: time waits while haasd's I/O is out
+        clock.add_settle_hook(activity.wait_idle)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(
             open_store(config, retry_for=config.store.connect_timeout)

@@ -14,7 +14,7 @@ refresh, in this order:
 
 :class:`InProcess` is the first implementation, for one haasd: the single flight already
 keeps refreshes of a grant apart, so a permit is always granted, and every reader of the
-grant shares the engine's memory, so a publication only tells the local subscribers.
+grant shares the engine's memory, so a publication tells nobody.
 :class:`haasd.pgstore.PgCoordination` is the second, for several instances on one
 PostgreSQL store: a permit is a lease taken on the database's clock.
 """
@@ -129,7 +129,7 @@ class Coordination(Protocol):
 
 class InProcess:
     """One haasd: every permit is granted (the engine's single flight keeps one refresh
-    per grant); a publication goes to the local subscribers only."""
+    per grant); a publication has nobody to tell."""
 
     __slots__ = ("_held", "_listeners")
 
@@ -157,8 +157,7 @@ class InProcess:
         self._held.discard(permit.human_id)
 
     async def publish(self, human_id: str) -> None:
-        for listener in list(self._listeners):
-            listener.changed(human_id)
+        """Nothing to do: the engine that wrote the grant is its only reader."""
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

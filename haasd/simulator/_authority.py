@@ -356,12 +356,9 @@ class Authority:
         if record.spent_at is None or record.successor is None or record.successor_access is None:
             return None
         successor = self._refresh_tokens[record.successor]
-        limit = self.settings.grace_replays
-        if (
-            (limit is not None and record.grace_used >= limit)
-            or now >= record.spent_at + self.settings.reuse_grace
-            or successor.spent_at is not None
-        ):
+        limit, grace = self.settings.grace_replays, self.settings.reuse_grace
+        used_up = limit is not None and record.grace_used >= limit
+        if used_up or now >= record.spent_at + grace or successor.spent_at is not None:
             return None
         record.grace_used += 1
         self._stats.grace_replays += 1
