@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Final
 
 import anyio
@@ -52,6 +52,22 @@ WRITE_RETRY_DELAY: Final = 0.2
 Checkpoint = Callable[[str, str], None]
 #: (re)place a grant's deadline, judged at a time
 Place = Callable[[Grant, float], None]
+
+
+@dataclass(slots=True)
+class Sending:
+    """``may_send`` of a refresh's request: asked right before it goes, once the rate
+    budget let it — is the grant's permit still surely held? — and noting when (``at``):
+    the token in the answer was issued no earlier, so its life counts from then."""
+
+    clock: Clock
+    coordination: Coordination
+    permit: Permit
+    at: float
+
+    def __call__(self) -> bool:
+        self.at = self.clock.time()
+        return self.coordination.held(self.permit)
 
 
 class Refreshing:
@@ -199,15 +215,12 @@ class Refreshing:
         interrupted = human_id in memory.interrupted
         grant = await self._begin(grant)
         lost = 0
+        sending = Sending(self._clock, self._coordination, permit, self._clock.time())
         while True:
             started = time.perf_counter()  # real time: latency is a measurement
             try:
                 answer = await self._auth.refresh(
-                    grant.refresh_token,
-                    human_id=human_id,
-                    scope=grant.scope,
-                    # asked right before it goes, once the rate budget let it
-                    may_send=lambda: self._coordination.held(permit),
+                    grant.refresh_token, human_id=human_id, scope=grant.scope, may_send=sending
                 )
             except LeaseEndedError:
                 return self._lease_ended(grant)
@@ -224,24 +237,28 @@ class Refreshing:
                 return await self._outcomes.failed(grant, exc, interrupted=interrupted)
             memory.stats.observe_latency(time.perf_counter() - started)
             self._hook("answered", human_id)
-            if await self._keep(grant, answer):
+            if await self._keep(grant, answer, sending.at):
                 await self._coordination.publish(human_id)
             self._hook("written", human_id)
             return None
 
-    async def _keep(self, grant: Grant, answer: TokenResponse) -> bool:
-        """Write a successful answer (:meth:`Outcomes.succeeded`). On a shared store, a
-        write the database failed — a restart broke the connection — is tried again for
-        two leases: the rotated token exists only in memory, and whoever refreshes next
-        could only spend the old one again. The write stays fenced on this refresh's
-        intent, so trying late can never overwrite another instance's result."""
+    async def _keep(self, grant: Grant, answer: TokenResponse, sent_at: float) -> bool:
+        """Write a successful answer (:meth:`Outcomes.succeeded`), its token's life
+        counted from ``sent_at``, when the request went: the server issued it no earlier,
+        and a pause between its answer and this process reading it (SIGSTOP, a suspended
+        host) must not make haasd believe the token lives longer than the server said.
+
+        On a shared store, a write the database failed — a restart broke the connection —
+        is tried again for two leases: the rotated token exists only in memory, and
+        whoever refreshes next could only spend the old one again. The write stays fenced
+        on this refresh's intent, so trying late can never overwrite another instance's
+        result."""
         if not self._coordination.shared:
-            return await self._outcomes.succeeded(grant, answer)
+            return await self._outcomes.succeeded(grant, answer, answered_at=sent_at)
         give_up = anyio.current_time() + 2 * self._coordination.wait
-        answered_at = self._clock.time()  # the token's life counts from the answer
         while True:
             try:
-                return await self._outcomes.succeeded(grant, answer, answered_at=answered_at)
+                return await self._outcomes.succeeded(grant, answer, answered_at=sent_at)
             except StoreError as exc:
                 if anyio.current_time() >= give_up:
                     raise
