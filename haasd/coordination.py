@@ -131,7 +131,7 @@ class InProcess:
     """One haasd: every permit is granted (the engine's single flight keeps one refresh
     per grant); a publication has nobody to tell."""
 
-    __slots__ = ("_held", "_listeners")
+    __slots__ = ("_held",)
 
     shared = False
     instance_id: str | None = None
@@ -140,7 +140,6 @@ class InProcess:
 
     def __init__(self) -> None:
         self._held: set[str] = set()
-        self._listeners: list[Listener] = []
 
     async def run(self, *, task_status: TaskStatus[None] | None = None) -> None:
         if task_status is not None:
@@ -160,7 +159,7 @@ class InProcess:
         """Nothing to do: the engine that wrote the grant is its only reader."""
 
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        """Nothing to hear: no other party changes the grants."""
 
     def defer(self, human_id: str) -> float:
         return 0.0

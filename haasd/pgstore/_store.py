@@ -15,7 +15,7 @@ from haasd.pgstore import _sql as sql
 from haasd.pgstore._database import POOL_SIZE, TIMEOUT, Database, Row
 from haasd.pgstore._open import prepare
 from haasd.secret import Secret
-from haasd.store._books import Quarantine, ServedTimes
+from haasd.store._books import Quarantine, ServedTimes, flush_then_close
 from haasd.store._grants import (
     LOAD_CHUNK,
     Loaded,
@@ -93,13 +93,8 @@ class PgStore:
 
     async def close(self) -> None:
         """Write the served times not written yet, and close the pool. Idempotent."""
-        if self._db.closed:
-            return
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.flush_served()
-            finally:
-                await self._db.close()
+        if not self._db.closed:
+            await flush_then_close(self.flush_served, self._db.close)
 
     async def __aenter__(self) -> Self:
         return self

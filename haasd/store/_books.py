@@ -14,12 +14,13 @@ import math
 from collections.abc import Awaitable, Callable, Container, Iterable
 from typing import Final
 
+import anyio
 import structlog
 
 from haasd.errors import NeedsReconsentError
 from haasd.store._grants import unreadable_error
 
-__all__ = ["Quarantine", "ServedTimes"]
+__all__ = ["Quarantine", "ServedTimes", "flush_then_close"]
 
 _log: Final = structlog.get_logger("haasd.store")
 
@@ -130,3 +131,15 @@ class Quarantine:
                     store=self._where,
                 )
         self.reasons.update(unreadable)
+
+
+async def flush_then_close(
+    flush: Callable[[], Awaitable[object]], close: Callable[[], Awaitable[object]]
+) -> None:
+    """A store's close: the served times not written yet, then the storage itself (even
+    if the flush failed), shielded from cancellation."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await flush()
+        finally:
+            await close()

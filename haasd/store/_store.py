@@ -16,7 +16,7 @@ from haasd.crypto import Sealer
 from haasd.errors import DecryptError, UnknownHumanError
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
-from haasd.store._books import Quarantine, ServedTimes
+from haasd.store._books import Quarantine, ServedTimes, flush_then_close
 from haasd.store._database import Database
 from haasd.store._grants import (
     BEGIN_REFRESH,
@@ -101,13 +101,8 @@ class Store:
 
     async def close(self) -> None:
         """Write pending ``last_served_at`` values and close. Idempotent."""
-        if self._db.closed:
-            return
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.flush_served()
-            finally:
-                await self._db.close()
+        if not self._db.closed:
+            await flush_then_close(self.flush_served, self._db.close)
 
     async def __aenter__(self) -> Self:
         return self
