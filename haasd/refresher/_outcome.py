@@ -17,12 +17,13 @@ import structlog
 
 from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock
-from haasd.errors import HaasdError, RequestRejectedError, TransientAuthError
+from haasd.errors import HaasdError, RequestRejectedError, StoreError, TransientAuthError
 from haasd.events import Event, EventBus
 from haasd.grants import Grant, Outcome, State, after_clock, after_failure, after_refresh
 from haasd.grantstore import GrantStore
 from haasd.refresher._flight import Background
 from haasd.refresher._memory import Memory
+from haasd.refresher._unwritten import Unwritten
 from haasd.secret import Secret
 from haasd.timefmt import rfc3339
 from haasd.tokens import TokenResponse
@@ -62,6 +63,8 @@ class Outcomes:
         self._drop = drop
         self._rng = rng
         self._activity = activity
+        #: refresh answers the store refused, held in memory until it takes them
+        self.unwritten = Unwritten(background, self._write, memory.stats)
 
     # --- the clock ----------------------------------------------------------------------
 
@@ -104,18 +107,32 @@ class Outcomes:
     # --- a refresh's outcome ------------------------------------------------------------
 
     async def succeeded(
-        self, grant: Grant, answer: TokenResponse, *, answered_at: float | None = None
+        self,
+        grant: Grant,
+        answer: TokenResponse,
+        *,
+        answered_at: float | None = None,
+        hold: bool = False,
     ) -> bool:
         """Keep the answer's tokens; False if the grant was replaced or deleted meanwhile.
         ``answered_at``: when the answer came (default: now), which its expiries count
-        from — not when a write retried after a store error finally went through."""
+        from — not when a write retried after a store error finally went through.
+        ``hold``: if the store refuses the write, keep the tokens in memory anyway and
+        write them later (:class:`~haasd.refresher._unwritten.Unwritten`), rather than
+        raise the :class:`StoreError`."""
         memory = self._memory
         now = self._clock.time() if answered_at is None else answered_at
         if now >= grant.access_expires_at and grant.state is not State.NEEDS_RECONSENT:
             memory.stats.late += 1
         new = after_refresh(grant, answer, now, memory.policy, self._rng)
-        if not await self._write(grant, new):
-            return False
+        try:
+            if not await self._write(grant, new):
+                return False
+        except StoreError as exc:
+            if not hold or grant.human_id not in memory.grants:
+                raise
+            memory.grants[grant.human_id] = new
+            self.unwritten.hold(grant, new, exc)
         for problem in answer.warnings:  # after the write: the rotation is kept first
             _log.warning(
                 "refresh answer: a field was refused", human_id=new.human_id, problem=problem

@@ -129,7 +129,7 @@ class Refreshing:
             memory.interrupted.add(human_id)  # the answer may have come and been lost
             self._postpone(human_id)
             return error
-        memory.stats.store_error = None
+        memory.stats.store_error = self._outcomes.unwritten.problem()
         return error
 
     def fault(self, human_id: str, doing: str, exc: Exception) -> HaasdError:
@@ -206,12 +206,9 @@ class Refreshing:
     async def _refresh(self, human_id: str, *, force: bool, permit: Permit) -> HaasdError | None:
         memory = self._memory
         grant = await self._outcomes.apply_clock(human_id, self._clock.time())
-        if grant is None:
-            return UnknownHumanError(human_id)
-        if grant.state is State.NEEDS_RECONSENT:
-            return NeedsReconsentError(human_id, grant.last_error)
-        if memory.stats.client_fault is not None and not force:
-            return ClientAuthError("client_fault", memory.stats.client_fault)
+        refusal = self._refusal(human_id, grant, force=force)
+        if refusal is not None or grant is None:
+            return refusal
         interrupted = human_id in memory.interrupted
         grant = await self._begin(grant)
         lost = 0
@@ -242,19 +239,38 @@ class Refreshing:
             self._hook("written", human_id)
             return None
 
+    def _refusal(self, human_id: str, grant: Grant | None, *, force: bool) -> HaasdError | None:
+        """Why ``grant`` is not to be refreshed now, or None."""
+        if grant is None:
+            return UnknownHumanError(human_id)
+        if grant.state is State.NEEDS_RECONSENT:
+            return NeedsReconsentError(human_id, grant.last_error)
+        if self._memory.stats.client_fault is not None and not force:
+            return ClientAuthError("client_fault", self._memory.stats.client_fault)
+        if human_id in self._outcomes.unwritten:
+            # its last answer is not on disk yet: spending the new token now would leave
+            # the store two rotations behind. The tokens in hand are served meanwhile.
+            self._postpone(human_id)
+            return TokenUnavailableError(
+                human_id, "its last refresh is not written to the store yet", 5.0
+            )
+        return None
+
     async def _keep(self, grant: Grant, answer: TokenResponse, sent_at: float) -> bool:
         """Write a successful answer (:meth:`Outcomes.succeeded`), its token's life
         counted from ``sent_at``, when the request went: the server issued it no earlier,
         and a pause between its answer and this process reading it (SIGSTOP, a suspended
         host) must not make haasd believe the token lives longer than the server said.
 
-        On a shared store, a write the database failed — a restart broke the connection —
-        is tried again for two leases: the rotated token exists only in memory, and
-        whoever refreshes next could only spend the old one again. The write stays fenced
-        on this refresh's intent, so trying late can never overwrite another instance's
-        result."""
-        if not self._coordination.shared:
-            return await self._outcomes.succeeded(grant, answer, answered_at=sent_at)
+        On the one store of a single haasd, a write the store refuses (a full disk) is
+        held: the tokens are served from memory and written when the store takes them
+        (:mod:`haasd.refresher._unwritten`). On a shared store, a write the database
+        failed — a restart broke the connection — is tried again for two leases: the
+        rotated token exists only in memory, and whoever refreshes next could only spend
+        the old one again. The write stays fenced on this refresh's intent, so trying
+        late can never overwrite another instance's result."""
+        if not self._coordination.shared:  # the one store: a refused write is held
+            return await self._outcomes.succeeded(grant, answer, answered_at=sent_at, hold=True)
         give_up = anyio.current_time() + 2 * self._coordination.wait
         while True:
             try:

@@ -17,7 +17,7 @@ from typing import Final
 import anyio
 import structlog
 
-from haasd.errors import NeedsReconsentError
+from haasd.errors import NeedsReconsentError, StoreError
 from haasd.store._grants import unreadable_error
 
 __all__ = ["Quarantine", "ServedTimes", "flush_then_close"]
@@ -137,9 +137,13 @@ async def flush_then_close(
     flush: Callable[[], Awaitable[object]], close: Callable[[], Awaitable[object]]
 ) -> None:
     """A store's close: the served times not written yet, then the storage itself (even
-    if the flush failed), shielded from cancellation."""
+    if the flush failed), shielded from cancellation. A store that cannot take the
+    served times (a full disk) does not fail the shutdown: they only make humans look
+    less dormant, and are warned about."""
     with anyio.CancelScope(shield=True):
         try:
             await flush()
+        except StoreError as exc:
+            _log.warning("cannot write the served times at close", error=str(exc))
         finally:
             await close()
