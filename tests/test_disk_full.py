@@ -20,6 +20,7 @@ import pytest
 from harness import HOUR, running, simulator
 from structlog.testing import capture_logs
 from support import eventually
+from support_daemon import MARIA, daemon_running
 from support_storage import checkpoint_truncate, fill, intent_of, tmpfs
 
 from haasd.clock import ManualClock
@@ -143,3 +144,34 @@ async def test_a_held_rotation_holds_back_the_next_one_and_a_restart_meanwhile_s
             assert grant is not None
             assert grant.state is State.NEEDS_RECONSENT
             assert grant.last_error is not None and "rotation was interrupted" in grant.last_error
+
+
+async def test_the_daemon_on_a_full_disk_serves_what_it_holds_and_recovers(disk: Path) -> None:
+    """The whole daemon, its socket on the same full disk: a refresh that cannot write its
+    intent spends nothing; a consent that expires meanwhile cannot be deleted; neither
+    stops the daemon. Tokens in hand are served, health says why it is degraded, and
+    everything resumes once there is space."""
+    options = {"rotate_refresh_tokens": True, "reuse_grace": 0.0}
+    async with daemon_running(disk, sim_options=options) as d:
+        first = (await d.http.get(f"/v1/tokens/{MARIA}")).json()["access_token"]
+        assert (await d.start()).status_code == 201  # pending 15 minutes, then pruned
+        checkpoint_truncate(disk / DB)
+        fill(disk / "filler")
+        await d.clock.advance(50 * 60)  # due at 45 minutes; the consent expired at 15
+        assert d.sim.stats.refreshes[MARIA] == 0, "nothing spent without an intent on disk"
+        health = (await d.http.get("/v1/health")).json()
+        assert health["status"] == "degraded"
+        assert any(
+            r.startswith(f"store not writable: store {disk / DB}: begin refresh failed")
+            and "full" in r
+            for r in health["reasons"]
+        ), health["reasons"]
+        assert (await d.http.get(f"/v1/tokens/{MARIA}")).json()["access_token"] == first
+
+        (disk / "filler").unlink()
+        await d.clock.advance(5 * 60)  # the postponed refresh goes, the consent is pruned
+        served = (await d.http.get(f"/v1/tokens/{MARIA}")).json()["access_token"]
+        assert served != first and d.sim.validate_access_token(served) == MARIA
+        assert (await d.http.get("/v1/health")).json()["status"] == "ok"
+        assert await d.daemon.store.list_pending() == []
+        assert d.sim.stats.reuse_events == 0

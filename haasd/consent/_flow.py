@@ -71,6 +71,8 @@ DEFAULT_PENDING_TTL: Final = 15 * 60.0
 DEFAULT_MAX_PENDING: Final = 1000
 #: the longest the expiry loop sleeps without looking again (wall-clock steps)
 MAX_SLEEP: Final = 600.0
+#: how soon expired consents the store would not delete are tried again (seconds)
+PRUNE_RETRY: Final = 30.0
 
 _log = structlog.get_logger("haasd.consent")
 
@@ -367,8 +369,12 @@ class ConsentFlow:
                 first = await self._store.next_pending_expiry()
                 now = self._clock.time()
                 if first is not None and first <= now:
-                    await self.prune(now)
-                    continue
+                    try:
+                        await self.prune(now)
+                        continue
+                    except StoreError as exc:  # a full disk: try again later, serve on
+                        _log.warning("cannot remove expired consents yet", error=str(exc))
+                        first = now + PRUNE_RETRY
             if first is None:
                 await self._wakeup.wait()  # nothing can expire before something is added
             else:
