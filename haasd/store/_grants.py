@@ -40,6 +40,7 @@ UNREADABLE: Final = "store row unreadable"
 #: rows read and converted at a time when a store loads every grant: the rows of one
 #: chunk take about 2 MB, and a chunk's two thread hops cost nothing beside its rows
 LOAD_CHUNK: Final = 2_000
+_TOKEN_COLUMNS: Final = ("access_token", "refresh_token")
 
 # Column order of every SELECT below and of grant_row / to_grant.
 SELECT_GRANTS: Final = (
@@ -306,10 +307,7 @@ def _open_tokens(
         raise ValueError("access_token is not a sealed value")
     if not isinstance(rt, bytes):
         raise ValueError("refresh_token is not a sealed value")
-    return (
-        sealer.open(at, human_id=hid, column="access_token", bound=bound),
-        sealer.open(rt, human_id=hid, column="refresh_token", bound=bound),
-    )
+    return sealer.open_pair(at, rt, human_id=hid, columns=_TOKEN_COLUMNS, bound=bound)
 
 
 def _text(value: object, name: str) -> str:
