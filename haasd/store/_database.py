@@ -68,8 +68,14 @@ class Database:
         the event loop free between chunks."""
         with anyio.CancelScope(shield=True), translate(self.path, "read"):
             async with self.conn.execute(sql) as cursor:
-                while rows := list(await cursor.fetchmany(size)):
-                    await anyio.to_thread.run_sync(take, rows)
+                rows = list(await cursor.fetchmany(size))
+                while rows:
+                    # the next chunk is read (SQLite's thread) while this one is taken
+                    following: list[sqlite3.Row] = []
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_fetch_into, cursor, size, following)
+                        await anyio.to_thread.run_sync(take, rows)
+                    rows = following
 
     async def update(self, human_id: str, sql: str, params: Sequence[Any], what: str) -> None:
         """One statement that must change ``human_id``'s row: else :class:`UnknownHumanError`."""
@@ -104,3 +110,7 @@ class Database:
             async with self.lock:
                 rows = list(await self.conn.execute_fetchall(sql, params))
         return rows
+
+
+async def _fetch_into(cursor: aiosqlite.Cursor, size: int, into: list[sqlite3.Row]) -> None:
+    into += await cursor.fetchmany(size)
