@@ -332,7 +332,7 @@ def _retry_after_header(headers: Mapping[str, str], now: float) -> float | None:
     except ValueError:
         try:
             when = parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a year of 30 digits overflows
             return None
         if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
             when = when.replace(tzinfo=UTC)
