@@ -86,7 +86,9 @@ def install(copy: Path, path: Path, replace_stale: bool) -> None:
 
     They go first (the -wal before the -shm): a -wal left beside the new file would be
     replayed into it. For a rekey, a -wal left after our last connection closed means
-    another process has the store open; then nothing changes.
+    another process has the store open; then nothing changes. For a restore, a -wal a
+    killed haasd left is checkpointed into the store first: a crash before the rename
+    leaves the store whole.
     """
     if any(p.exists() for p in _sidecars(copy)):
         raise StoreError(f"{copy} is still in use; nothing was replaced")
@@ -96,6 +98,8 @@ def install(copy: Path, path: Path, replace_stale: bool) -> None:
         raise StoreLockedError(
             f"another process has the store open ({wal.name} exists); close it and retry"
         )
+    if wal.exists():
+        _fold_wal(path)
     try:
         if path.exists():
             st = path.stat()
@@ -107,6 +111,18 @@ def install(copy: Path, path: Path, replace_stale: bool) -> None:
     except OSError as exc:
         raise HaasdError(f"cannot replace {path}: {exc.strerror}") from exc
     fsync_directory(path.parent)
+
+
+def _fold_wal(path: Path) -> None:
+    """Checkpoint the -wal a killed haasd left into the store's own file, so that a crash
+    after the -wal is removed and before the rename leaves the store as it was, not as
+    it was at its last checkpoint. Best effort: a store too damaged for that is being
+    replaced anyway."""
+    try:
+        with closing(sqlite3.connect(sqlite_uri(path, "mode=rw"), uri=True)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error:
+        pass
 
 
 def remove_database(path: Path) -> None:
