@@ -66,7 +66,7 @@ async def open_store(
         async with AsyncExitStack() as stack:
             if lock:
                 await stack.enter_async_context(instance_lock(config.store.path))
-            store = await Store.open(config.store.path, sealer)
+            store = await Store.open(config.store.path, sealer, writer=lock)
             stack.push_async_callback(store.close)
             yield store
         return

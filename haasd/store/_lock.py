@@ -58,7 +58,10 @@ def _open_lock_file(path: Path) -> IO[str]:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _unsafe_lock_file(path, "a symbolic link") from None
-        raise StoreLockedError(f"cannot open the lock file {path}: {exc.strerror}") from exc
+        hint = ""
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            hint = " (haasd must write beside its store: check the directory and the mount)"
+        raise StoreLockedError(f"cannot open the lock file {path}: {exc.strerror}{hint}") from exc
     try:
         st = os.fstat(fd)
         problem = lock_file_problem(st, os.geteuid(), _owner_of(path.parent))

@@ -39,9 +39,12 @@ from haasd.store.schema import (
 _BUSY_TIMEOUT: Final = 5.0  # seconds
 
 
-async def open_connection(path: Path, sealer: Sealer) -> aiosqlite.Connection:
+async def open_connection(
+    path: Path, sealer: Sealer, *, writer: bool = True
+) -> aiosqlite.Connection:
     """The read-write connection to the store at ``path`` (created if absent or empty),
-    once it is seen to be a haasd store sealed with ``sealer``, and migrated.
+    once it is seen to be a haasd store sealed with ``sealer`` (and, for a ``writer``,
+    one it can write), and migrated.
 
     Raises :class:`WrongKeyError`, :class:`StoreCorruptError` or
     :class:`StoreNewerError` without changing a byte of an existing file.
@@ -61,7 +64,7 @@ async def open_connection(path: Path, sealer: Sealer) -> aiosqlite.Connection:
             await probe.close()
     conn = await _connect(path, uri)
     try:
-        await _setup(conn, sealer, path)
+        await _setup(conn, sealer, path, writer=writer)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await conn.close()
@@ -128,7 +131,7 @@ async def _examine(conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> in
     return int(version)
 
 
-async def _setup(conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None:
+async def _setup(conn: aiosqlite.Connection, sealer: Sealer, path: Path, *, writer: bool) -> None:
     """Verify (again, authoritatively), check integrity, then configure and migrate."""
     version = await _examine(conn, sealer, path)
     with translate(path, "open"):
@@ -137,6 +140,8 @@ async def _setup(conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None
             if problems != ["ok"]:
                 found = "; ".join(problems).replace("\n", "; ")
                 raise StoreCorruptError(f"store {path} is damaged: {found}")
+            if writer:
+                await _try_writing(conn)
         mode = await scalar(conn, "PRAGMA journal_mode = WAL")
         if mode != "wal":
             raise StoreError(f"store {path}: cannot use WAL journaling (got {mode!r})")
@@ -158,6 +163,17 @@ async def _setup(conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> None
         # Put the schema and key check into the main file, where the immutable probe reads.
         with translate(path, "checkpoint"):
             await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+async def _try_writing(conn: aiosqlite.Connection) -> None:
+    """Begin a write and roll it back, changing nothing: a store haasd cannot write (a
+    read-only file, directory or mount) is refused at start, naming the file, rather
+    than found out at the first rotation, whose new refresh token it could not keep."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await conn.execute("UPDATE meta SET value = value WHERE 0")
+    finally:
+        await conn.execute("ROLLBACK")
 
 
 async def _bind_grant_rows(conn: aiosqlite.Connection, sealer: Sealer) -> int:

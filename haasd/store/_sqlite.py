@@ -24,6 +24,11 @@ def store_error_of(path: Path, what: str, exc: sqlite3.Error) -> StoreError:
         return StoreLockedError(f"{message} (busy: is another haasd using it?)")
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return StoreCorruptError(f"{message}; not a usable haasd store")
+    if code == sqlite3.SQLITE_READONLY:
+        return StoreError(
+            f"{message} (read-only: haasd must write the file, its -wal and -shm beside it"
+            " and their directory; check their owner and mode, and the mount)"
+        )
     return StoreError(message)
 
 

@@ -82,13 +82,15 @@ class Store:
         self._quarantine = Quarantine(str(path))
 
     @classmethod
-    async def open(cls, path: Path, sealer: Sealer) -> Store:
+    async def open(cls, path: Path, sealer: Sealer, *, writer: bool = True) -> Store:
         """Open (creating if absent or empty) the store at ``path``.
 
         Raises :class:`WrongKeyError`, :class:`StoreCorruptError` or
-        :class:`StoreNewerError` without changing a byte of an existing file.
+        :class:`StoreNewerError` without changing a byte of an existing file, and
+        :class:`StoreError` if it is read-only, unless the caller only reads
+        (``writer=False``).
         """
-        return cls(await open_connection(path, sealer), sealer, path)
+        return cls(await open_connection(path, sealer, writer=writer), sealer, path)
 
     @property
     def path(self) -> Path:
