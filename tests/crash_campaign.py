@@ -30,13 +30,21 @@ import random
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
 import httpx
 from crash_maintenance import Maintenance
-from crash_procs import Daemon, Zygote, daemon_config, integrity, snapshot, until_ended
+from crash_procs import (
+    Daemon,
+    Zygote,
+    daemon_config,
+    integrity,
+    intent_open,
+    snapshot,
+    until_ended,
+)
 from crash_result import Kill, Lost, Result, Served
 from harness import CLIENT_ID, CLIENT_SECRET
 
@@ -184,8 +192,17 @@ class Campaign:
             else:
                 kill = await self._until_point(point)
             self._asking = False
+        copy = self._check_files()
+        if kill.detail.startswith("mid_commit "):
+            kill = replace(kill, detail=await self._commit_outcome(kill.detail, copy))
         self.kills.append(kill)
-        self._check_files()
+
+    async def _commit_outcome(self, detail: str, copy: Path) -> str:
+        """Whether the write the kill struck had committed ("mid_commit METHOD HUMAN")."""
+        _, method, human_id = detail.split()
+        intent = await intent_open(copy, self.maintenance.key, human_id)
+        committed = intent if method == "begin_refresh" else not intent
+        return f"{method} {'committed' if committed else 'not committed'}"
 
     async def _kill_after(self, wait: float, point: str) -> Kill:
         await anyio.sleep(wait)
@@ -211,12 +228,14 @@ class Campaign:
         if code != -9:
             self.found.append(f"haasd exited {code} instead of dying by SIGKILL")
 
-    def _check_files(self) -> None:
-        """The store's files, as the kill left them, pass SQLite's integrity check."""
+    def _check_files(self) -> Path:
+        """The store's files, as the kill left them, pass SQLite's integrity check; the
+        copy checked."""
         copy = snapshot(self.daemon.store, self.base / "crashed")
         problems = integrity(copy)
         if problems:
             self.found.append(f"integrity check after a kill: {problems[:5]}")
+        return copy
 
     # -- checks ---------------------------------------------------------------------------
 

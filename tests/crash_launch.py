@@ -117,7 +117,9 @@ def patch_commit(trigger: Trigger) -> None:
     async def write(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not trigger.due():
             return await original(self, *args, **kwargs)
-        timer = threading.Timer(trigger.spec["delay"], trigger.die, ("mid_commit",))
+        human = args[0] if isinstance(args[0], str) else args[0].human_id
+        note = f"mid_commit {method} {human}"
+        timer = threading.Timer(trigger.spec["delay"], trigger.die, (note,))
         timer.start()
         result = await original(self, *args, **kwargs)
         timer.join()  # the timer kills the process, during the write or right after it

@@ -240,6 +240,12 @@ async def rows_of(path: Path, key: Key) -> tuple[dict[str, Row], frozenset[str]]
     return rows, unreadable
 
 
+async def intent_open(path: Path, key: Key, human_id: str) -> bool:
+    """Does ``human_id``'s grant in the store at ``path`` hold an open refresh intent?"""
+    async with await Store.open(path, Sealer(key)) as store:
+        return (await store.get_grant(human_id, warn=False)).intent is not None
+
+
 def new_key(path: Path) -> Key:
     """A new store key in ``path`` (mode 0600)."""
     key = Key.generate()

@@ -121,6 +121,7 @@ class Result:
             ("SIGKILLs", str(len(self.kills))),
             *per_point,
             ("kills inside the unavoidable window", str(sum(window.values()))),
+            ("mid_commit: write committed / not", self._commits()),
             ("refreshes (rotations)", str(self.refreshes)),
             ("grace replays", str(sum(1 for s in self.spent if s.replayed))),
             ("reuse events", str(sum(1 for s in self.spent if not s.replayed))),
@@ -137,6 +138,11 @@ class Result:
             ("authorization codes presented twice", str(self.code_replays)),
             ("problems found by the checks", str(len(self.found))),
         ]
+
+    def _commits(self) -> str:
+        struck = [k.detail for k in self.kills if k.point == "mid_commit" and k.reached]
+        done = sum(1 for d in struck if d.endswith(" committed") and "not" not in d)
+        return f"{done} / {len(struck) - done}"
 
     def table(self) -> str:
         width = max(len(name) for name, _ in self.rows())
