@@ -983,3 +983,7 @@ async def test_an_access_tokens_end_is_known_to_the_server_that_issued_it() -> N
         tokens = await sim.consent("usr_ann")
         assert sim.access_token_expires_at(tokens["access_token"]) == START + 600
         assert sim.access_token_expires_at("haas_at_never_issued") is None
+        await clock.advance(600)  # ended now; it was valid a moment ago, and not after
+        assert sim.validate_access_token(tokens["access_token"]) is None
+        assert sim.validate_access_token(tokens["access_token"], at=START + 599) == "usr_ann"
+        assert sim.validate_access_token(tokens["access_token"], at=START + 600) is None

@@ -380,9 +380,9 @@ class Simulator:
 
     # -- observation ----------------------------------------------------------------------
 
-    def validate_access_token(self, token: str) -> str | None:
-        """The human an access token speaks for, if it is valid now; else ``None``."""
-        return self._authority.validate_access_token(token, self._clock.time())
+    def validate_access_token(self, token: str, at: float | None = None) -> str | None:
+        """The human an access token speaks for if valid now (at ``at``); else None."""
+        return self._authority.validate_access_token(token, at or self._clock.time())
 
     def access_token_expires_at(self, token: str) -> float | None:
         """When an access token this server issued ends (its own clock), or None."""
