@@ -21,6 +21,7 @@ from typing import Final
 
 import h11
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 #: how many times the default's examples the ``long`` profile runs
 LONG_FACTOR: Final = 50
@@ -42,6 +43,21 @@ def profile(examples: int) -> settings:
         print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+
+
+#: characters beyond Latin-1 that text handling trips on: separators, a BOM, a
+#: right-to-left override, a combining mark, one outside the BMP
+_EXOTIC: Final = ("\u2028", "\ufeff", "\u202e", "\u0301", "\U0001f600", "\u00e9", "\uffff")
+
+
+def texts(min_size: int = 0, max_size: int = 20) -> st.SearchStrategy[str]:
+    """Any short text: Latin-1 (control characters included) with some characters beyond.
+
+    One draw of bytes per string, where ``st.text()`` draws every character and first
+    builds a table of all of Unicode (seconds on a fresh machine, every CI run)."""
+    latin = st.binary(min_size=min_size, max_size=max_size).map(lambda b: b.decode("latin-1"))
+    exotic = st.tuples(latin, st.sampled_from(_EXOTIC)).map(lambda t: t[0] + t[1])
+    return st.one_of(latin, latin, exotic)
 
 
 # --- one exchange on the socket -----------------------------------------------------------

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
+from hostile import texts
 from hypothesis import strategies as st
 
 #: the human the daemon under test holds, one it may hold, one it never holds
@@ -133,19 +134,19 @@ _json_scalars = st.one_of(
     st.booleans(),
     st.integers(),
     st.floats(allow_nan=False),
-    st.text(max_size=16),
+    texts(max_size=16),
     st.sampled_from(SCOPES + HUMANS),
 )
 _any_json = st.recursive(
     _json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts(max_size=12), inner),
     max_leaves=12,
 )
 _start_fields = st.fixed_dictionaries(
     {},
     optional={
-        "scopes": st.one_of(st.lists(st.sampled_from(SCOPES), max_size=4), st.text(max_size=30)),
-        "human_id": st.one_of(st.sampled_from(HUMANS), st.text(max_size=20)),
+        "scopes": st.one_of(st.lists(st.sampled_from(SCOPES), max_size=4), texts(max_size=30)),
+        "human_id": st.one_of(st.sampled_from(HUMANS), texts(max_size=20)),
         "redirect_uri": st.sampled_from(
             ["http://127.0.0.1:8765/callback", "http://127.0.0.1:9/callback", "https://x/y", ""]
         ),
@@ -156,12 +157,12 @@ _callback_fields = st.fixed_dictionaries(
     {},
     optional={
         "callback_url": st.one_of(
-            st.just("http://127.0.0.1:8765/callback?state=s&code=c"), st.text(max_size=60)
+            st.just("http://127.0.0.1:8765/callback?state=s&code=c"), texts(max_size=60)
         ),
-        "state": st.text(max_size=30),
-        "code": st.text(max_size=30),
+        "state": texts(max_size=30),
+        "code": texts(max_size=30),
         "error": st.sampled_from(["access_denied", "server_error", "", "\x00"]),
-        "error_description": st.text(max_size=30),
+        "error_description": texts(max_size=30),
     },
 )
 json_documents = st.one_of(_start_fields, _callback_fields, _any_json).map(

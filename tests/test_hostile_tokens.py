@@ -11,7 +11,7 @@ import json
 from email.utils import format_datetime
 
 from fuzz_targets import SENT_REFRESH, asked_by, check_interpretation
-from hostile import profile
+from hostile import profile, texts
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -35,12 +35,12 @@ seconds = st.one_of(
 )
 scopes = st.one_of(
     st.sampled_from(["tasks:dispatch status:read", "*", "", " ", 'a"b', "a\\b", "é"]),
-    st.text(max_size=30),
-    st.lists(st.text(max_size=5), max_size=3),
+    texts(max_size=30),
+    st.lists(texts(max_size=5), max_size=3),
 )
 human_ids = st.one_of(
     st.sampled_from(["usr_maria_42", "usr_other_1", "USR_X", "", "usr_" + "a" * 80]),
-    st.text(max_size=20),
+    texts(max_size=20),
     st.integers(),
 )
 token_answers = st.fixed_dictionaries(
@@ -64,7 +64,7 @@ _codes = st.sampled_from(
 )
 error_answers = st.one_of(
     st.fixed_dictionaries(
-        {"error": _codes}, optional={"error_description": st.text(max_size=60) | tokens}
+        {"error": _codes}, optional={"error_description": texts(max_size=60) | tokens}
     ),
     st.fixed_dictionaries(
         {
@@ -73,9 +73,9 @@ error_answers = st.one_of(
                 optional={
                     "code": st.integers(),
                     "type": _codes,
-                    "message": st.text(max_size=40),
+                    "message": texts(max_size=40),
                     "retry_after": seconds,
-                    "suggestion": st.text(max_size=20),
+                    "suggestion": texts(max_size=20),
                 },
             )
         }
@@ -101,7 +101,7 @@ retry_afters = st.one_of(
     st.integers(-10, 10**12).map(str),
     st.datetimes().map(lambda d: format_datetime(d, usegmt=False)),
     st.sampled_from(["", "soon", "Wed, 21 Oct 20155555555555555555 07:28:00 GMT", "inf"]),
-    st.text(max_size=30),
+    texts(max_size=30),
 )
 headers = st.fixed_dictionaries(
     {},
