@@ -11,6 +11,7 @@ loads quarantined, as it would have failed to load before.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Final
 from urllib.parse import quote
@@ -37,6 +38,8 @@ from haasd.store.schema import (
 )
 
 _BUSY_TIMEOUT: Final = 5.0  # seconds
+#: the highest file format SQLite writes (header byte 18; above it, it only reads)
+_WRITE_VERSION: Final = 2
 
 
 async def open_connection(
@@ -121,6 +124,11 @@ async def _examine(conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> in
     try:
         opened = sealer.open(check, human_id="", column=KEY_CHECK_COLUMN)
     except DecryptError as exc:
+        if sealed_key_id(check) in sealer.key_ids:  # the right key: the value is damaged
+            raise StoreCorruptError(
+                f"store {path} is damaged: its key-check value names the key given"
+                f" ({sealed_key_id(check)}) and does not open with it"
+            ) from exc
         raise WrongKeyError(
             f"the key does not match this store ({path} was sealed with key"
             f" {sealed_key_id(check)}, the key given is {sealer.current_key_id});"
@@ -141,7 +149,7 @@ async def _setup(conn: aiosqlite.Connection, sealer: Sealer, path: Path, *, writ
                 found = "; ".join(problems).replace("\n", "; ")
                 raise StoreCorruptError(f"store {path} is damaged: {found}")
             if writer:
-                await _try_writing(conn)
+                await _try_writing(conn, path)
         mode = await scalar(conn, "PRAGMA journal_mode = WAL")
         if mode != "wal":
             raise StoreError(f"store {path}: cannot use WAL journaling (got {mode!r})")
@@ -165,15 +173,30 @@ async def _setup(conn: aiosqlite.Connection, sealer: Sealer, path: Path, *, writ
             await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-async def _try_writing(conn: aiosqlite.Connection) -> None:
+async def _try_writing(conn: aiosqlite.Connection, path: Path) -> None:
     """Begin a write and roll it back, changing nothing: a store haasd cannot write (a
     read-only file, directory or mount) is refused at start, naming the file, rather
-    than found out at the first rotation, whose new refresh token it could not keep."""
+    than found out at the first rotation, whose new refresh token it could not keep.
+    A header damaged into a file format SQLite only reads says so."""
     await conn.execute("BEGIN IMMEDIATE")
     try:
         await conn.execute("UPDATE meta SET value = value WHERE 0")
+    except sqlite3.OperationalError:
+        write_version = await anyio.to_thread.run_sync(_header_byte, path, 18)
+        if write_version > _WRITE_VERSION:
+            raise StoreCorruptError(
+                f"store {path} is damaged: its header says file format {write_version},"
+                " which SQLite only reads"
+            ) from None
+        raise
     finally:
         await conn.execute("ROLLBACK")
+
+
+def _header_byte(path: Path, offset: int) -> int:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(1)[0]
 
 
 async def _bind_grant_rows(conn: aiosqlite.Connection, sealer: Sealer) -> int:

@@ -39,6 +39,11 @@ def translate(path: Path, what: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise store_error_of(path, what, exc) from exc
+    except UnicodeDecodeError as exc:
+        # SQLite's message quoted bytes of the file that are not UTF-8 (a damaged schema)
+        raise StoreCorruptError(
+            f"store {path}: {what} failed: its schema is not valid text; not a usable haasd store"
+        ) from exc
 
 
 @asynccontextmanager
