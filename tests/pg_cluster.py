@@ -30,6 +30,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -185,13 +186,16 @@ class PgCluster:
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._started = False
+        #: settings beyond SETTINGS (``name=value``; a later one wins), from :meth:`create`
+        self.settings: tuple[str, ...] = ()
 
     # --- creating -------------------------------------------------------------------
 
     @classmethod
-    def create(cls, base: Path | None = None) -> PgCluster:
+    def create(cls, base: Path | None = None, *, settings: Sequence[str] = ()) -> PgCluster:
         """initdb a new cluster (not started): raises :class:`PgUnavailable` with the
-        reason where none can run."""
+        reason where none can run. ``settings``: ``name=value`` beyond (or over)
+        :data:`SETTINGS`, such as a small ``max_connections``."""
         reason = unavailable()
         if reason is not None:
             raise PgUnavailable(reason)
@@ -201,6 +205,7 @@ class PgCluster:
         if base is None:
             base = Path(tempfile.mkdtemp(prefix="hdpg", dir="/tmp"))
         cluster = cls(base, bindir, user)
+        cluster.settings = tuple(settings)
         cluster._prepare_directory()
         cluster._initdb()
         return cluster
@@ -327,7 +332,7 @@ class PgCluster:
         self._started = True
 
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
-        options = [f"-c{setting}" for setting in SETTINGS]
+        options = [f"-c{setting}" for setting in (*SETTINGS, *self.settings)]
         return subprocess.Popen(
             [
                 str(self.bindir / "postgres"),
