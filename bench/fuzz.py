@@ -50,14 +50,20 @@ def child(target: str, libfuzzer_args: list[str]) -> None:
     with atheris.instrument_imports(include=["haasd"]):
         import fuzz_targets
     function = fuzz_targets.TARGETS[target]
-    atheris.Setup([sys.argv[0], *libfuzzer_args], function)
+    # libFuzzer runs argv[0] again for -merge: the wrapper that leads back here
+    atheris.Setup([os.environ["HAASD_FUZZ_SELF"], *libfuzzer_args], function)
     atheris.Fuzz()
 
 
 def run_child(target: str, args: list[str], log: Path) -> int:
-    argv = [sys.executable, __file__, "--child", target, "--", *args]
+    self = log.parent / f"fuzz-{target}.sh"
+    self.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{__file__}" --child {target} -- "$@"\n')
+    self.chmod(0o755)
+    env = {**os.environ, "HAASD_FUZZ_SELF": str(self)}
     with log.open("w") as out:
-        return subprocess.run(argv, stderr=out, stdout=out, check=False).returncode
+        return subprocess.run(
+            [str(self), *args], stderr=out, stdout=out, env=env, check=False
+        ).returncode
 
 
 def figures(log: str) -> dict[str, object]:
@@ -95,8 +101,12 @@ def fuzz(options: argparse.Namespace) -> dict[str, object]:
     repo.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"fuzz-{options.target}-"))
     work, merged = scratch / "work", scratch / "merged"
-    work.mkdir()
     merged.mkdir()
+    if options.merge_only is not None:  # a run's scratch corpus, merged again
+        shutil.copytree(options.merge_only, work)
+        options.seconds = 0
+        return merge(options, repo, scratch, {"target": options.target, "exit": 0})
+    work.mkdir()
     common = [f"-seed={options.seed}", "-timeout=10", "-rss_limit_mb=2048", "-max_len=8192"]
     started = time.monotonic()
     timed = [f"-max_total_time={options.seconds}", "-print_final_stats=1"]
@@ -106,10 +116,22 @@ def fuzz(options: argparse.Namespace) -> dict[str, object]:
     result = figures((scratch / "fuzz.log").read_text(errors="replace"))
     result.update(target=options.target, seconds=round(elapsed, 1), exit=code)
     result["crashes"] = sorted(str(p) for p in scratch.glob("crash-*"))
+    return merge(options, repo, scratch, result)
+
+
+def merge(
+    options: argparse.Namespace, repo: Path, scratch: Path, result: dict[str, object]
+) -> dict[str, object]:
+    """Merge the scratch corpus and the repo's into the smallest set keeping every feature
+    (and, with ``--update``, write it back)."""
+    work, merged = scratch / "work", scratch / "merged"
     result["corpus_before"] = len(list(repo.iterdir()))
     run_child(options.target, ["-merge=1", str(merged), str(work), str(repo)], scratch / "m.log")
+    log = (scratch / "m.log").read_text(errors="replace")
+    found = re.search(r"MERGE-OUTER: (\d+) new files with (\d+) new features", log)
     result["merged"] = len(list(merged.iterdir()))
-    if options.update and code == 0:
+    result["merge_features"] = int(found.group(2)) if found else None
+    if options.update and result["exit"] == 0:
         result["kept"], result["kept_bytes"] = keep(
             merged, repo, options.max_files, options.max_bytes
         )
@@ -133,6 +155,7 @@ def main() -> None:
     parser.add_argument("--max-files", type=int, default=100)
     parser.add_argument("--max-bytes", type=int, default=100_000)
     parser.add_argument("--replay", type=Path, help="run one input through the target")
+    parser.add_argument("--merge-only", type=Path, help="merge a run's scratch corpus again")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -149,7 +172,7 @@ def main() -> None:
     else:
         for name, value in result.items():
             print(f"{name:>28}: {value}")
-    if result["crashes"] or result["exit"] != 0:
+    if result.get("crashes") or result["exit"] != 0:
         sys.exit(1)
 
 
