@@ -1,0 +1,143 @@
+"""Server faults, table-driven (1 of 2): the token endpoint answers with an error.
+
+One row per fault, each run against the real refresh path (see ``fault_rig``): the
+first refresh of a consented grant meets the fault; the row says what comes of it — the
+grant's state and the socket's answer, the lifecycle events, ``GET /v1/health``, and how
+many more requests haasd sends in the window after the first.
+
+What the rows hold to:
+
+* RFC 6749 §5.2: ``invalid_grant`` ends the grant (re-consent, nothing more sent);
+  every other refusal — ``invalid_client`` and any 401 (with ``WWW-Authenticate``, as
+  §5.2 has it), ``unauthorized_client``, ``invalid_request``, ``unsupported_grant_type``,
+  ``invalid_scope``, a code no RFC names — is haasd's client or request at fault: no
+  grant is blamed or touched, refreshing stops for all until the operator acts, and
+  health says so.
+* A server's own failure (5xx) is retried with backoff; a gateway's 502 may hide an
+  answer, so the same refresh token is tried again promptly first.
+* ``Retry-After`` (RFC 9110 §10.2.3) as seconds or an HTTP-date is honoured to the
+  second; a negative or unreadable one is ignored; an absurd one is capped at an hour.
+  The HaaS docs' 429 body names its wait in ``retry_after``.
+* A redirect is never followed: the credentials in the request go nowhere else.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from pathlib import Path
+
+import pytest
+from fault_rig import ELSEWHERE, FIRST, Row, expected, run_row
+from fault_server import Answer, Forward, json_answer
+
+ON = Forward()  # the simulator answers (rotating the refresh token)
+STOPPED = "refreshing stopped: the server rejects haasd's client"
+#: backoff with full jitter from 10 s, 600 s long: the policy's ceilings allow no fewer
+BACKOFF = (5, 12)
+#: the same, three requests a round: the answer may be lost, so two prompt retries
+LOST_BACKOFF = (14, 40)
+
+
+def oauth(code: str, status: int = 400, *headers: tuple[str, str]) -> Answer:
+    """An RFC 6749 §5.2 error answer."""
+    return json_answer(status, {"error": code, "error_description": "as the server says"}, *headers)
+
+
+def client_fault(name: str, answer: Answer) -> Row:
+    """A refusal that is haasd's client's, not the human's: the grant stays as it was."""
+    return Row(
+        name, (answer,), ON, state="active", token=200, events=(),
+        health="degraded", reason=STOPPED, further=0,
+    )  # fmt: skip
+
+
+def retried(name: str, answer: Answer, gap: tuple[float, float]) -> Row:
+    """One failure the server asks to be retried; the retry goes after ``gap`` and works."""
+    return Row(
+        name, (answer,), ON, state="active", token=200,
+        events=("refresh.failed", "token.refreshed"), further=1, gap=gap,
+    )  # fmt: skip
+
+
+def http_date(seconds_after_first: float) -> str:
+    return email.utils.formatdate(FIRST + seconds_after_first, usegmt=True)
+
+
+HAAS_429 = json_answer(
+    429,
+    {
+        "error": {
+            "code": 429,
+            "type": "rate_limit_exceeded",
+            "message": "Slow down. Even machines benefit from patience.",
+            "retry_after": 32,
+            "suggestion": "Consider batching requests or upgrading your plan.",
+        }
+    },
+)
+CHALLENGE = ("WWW-Authenticate", 'Basic realm="haas"')
+DATE = http_date(300)
+
+# fmt: off
+ROWS = [
+    # --- RFC 6749 §5.2, each error code ---------------------------------------------
+    client_fault("invalid_request", oauth("invalid_request")),
+    client_fault("invalid_client 401 WWW-Authenticate", oauth("invalid_client", 401, CHALLENGE)),
+    Row(
+        "invalid_grant", (oauth("invalid_grant"),), ON, state="needs_reconsent", token=409,
+        events=("grant.needs_reconsent",), further=0, error="the server refused the grant",
+    ),
+    client_fault("unauthorized_client", oauth("unauthorized_client")),
+    client_fault("unsupported_grant_type", oauth("unsupported_grant_type")),
+    client_fault("invalid_scope", oauth("invalid_scope")),
+    client_fault("a code no RFC names", oauth("no_such_error_code")),
+    client_fault(
+        "401 bare, WWW-Authenticate only",
+        Answer(401, (("WWW-Authenticate", 'Bearer error="invalid_token"'),)),
+    ),
+    # --- the server's own failures ------------------------------------------------------
+    Row(
+        "500 throughout", (), Answer(500), state="active", token=200,
+        events=("refresh.failed",), further=BACKOFF, gap=(1, 10), error="server_error",
+    ),
+    Row(
+        "502 throughout", (), Answer(502), state="active", token=200,
+        events=("refresh.failed",), further=LOST_BACKOFF, gap=(1, 1), error="server_error",
+    ),
+    Row(
+        "503 temporarily_unavailable throughout", (), oauth("temporarily_unavailable", 503),
+        state="active", token=200, events=("refresh.failed",), further=BACKOFF, gap=(1, 10),
+        error="temporarily_unavailable",
+    ),
+    retried("500 once", Answer(500), (1, 10)),
+    # --- Retry-After ----------------------------------------------------------------------
+    retried("503 Retry-After 120", Answer(503, (("Retry-After", "120"),)), (120, 120)),
+    retried("503 Retry-After HTTP-date", Answer(503, (("Retry-After", DATE),)), (299, 301)),
+    retried("503 Retry-After negative: ignored", Answer(503, (("Retry-After", "-5"),)), (1, 10)),
+    retried("503 Retry-After garbage: ignored", Answer(503, (("Retry-After", "soon"),)), (1, 10)),
+    Row(
+        "503 Retry-After absurd: capped at an hour",
+        (Answer(503, (("Retry-After", "999999999"),)),), ON, state="active", token=200,
+        events=("refresh.failed", "token.refreshed"), further=1, gap=(3600, 3600), window=3700,
+    ),
+    Row(
+        "429 Retry-After absurd: capped at an hour",
+        (Answer(429, (("Retry-After", "1e12"),)),), ON, state="active", token=200,
+        events=("refresh.failed", "token.refreshed"), further=1, gap=(3600, 3600), window=3700,
+    ),
+    retried("429 the HaaS docs' body, retry_after 32", HAAS_429, (32, 32)),
+    # --- redirects: never followed --------------------------------------------------------
+    retried("302 elsewhere", Answer(302, (("Location", ELSEWHERE),)), (1, 10)),
+    Row(
+        "307 elsewhere throughout", (), Answer(307, (("Location", ELSEWHERE),)),
+        state="active", token=200, events=("refresh.failed",), further=BACKOFF, gap=(1, 10),
+        error="not followed",
+    ),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+async def test_an_error_answer_comes_to_what_its_row_says(row: Row, short_dir: Path) -> None:
+    seen, _ = await run_row(row, short_dir)
+    assert seen == expected(row, seen)
