@@ -323,14 +323,15 @@ def after_clock(grant: Grant, now: float, policy: Policy) -> Grant | None:
 def after_refresh(
     grant: Grant, answer: TokenResponse, now: float, policy: Policy, rng: random.Random
 ) -> Grant:
-    """The grant after a successful refresh answered at ``now``.
-
-    An answer without a refresh token keeps the old one (RFC 6749 §6); the refresh
-    token's limit moves only when the server states a lifetime for the new one.
-    """
+    """The grant after a successful refresh answered at ``now``: an answer without a
+    refresh token keeps the old one (RFC 6749 §6), the refresh token's limit moves only
+    when the server states one, and a token dead on arrival (``expires_in`` 0) is
+    refreshed again at once, then with a failure's backoff (never all the budget)."""
     limit = grant.refresh_expires_at
     if answer.refresh_token_expires_in is not None:
         limit = now + answer.refresh_token_expires_in
+    dead = grant.consecutive_failures + 1 if answer.expires_in <= 0 else 0
+    retry = failure_retry_at(now, dead - 1, now, None, policy, rng) if dead > 1 else None
     return replace(
         grant,
         scope=answer.scope,
@@ -340,9 +341,9 @@ def after_refresh(
         refresh_expires_at=limit,
         last_refresh_at=now,
         state=state_at(transition(grant.state, Outcome.OK), limit, now, policy),
-        last_error=None,
-        consecutive_failures=0,
-        next_refresh_at=refresh_due_at(now, answer.expires_in, policy, rng),
+        last_error="expires_in 0: the server's token was already expired" if dead else None,
+        consecutive_failures=dead,
+        next_refresh_at=retry or refresh_due_at(now, answer.expires_in, policy, rng),
         intent=None,
     )
 
