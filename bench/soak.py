@@ -20,11 +20,11 @@ loads), so a 30-minute soak of both takes 30 minutes. It writes ``soak-BACKEND.c
 backend and ``soak.png`` (RSS, descriptors, database connections over time, one line
 per backend) into ``--out`` (default ``docs/``), and prints for each series its level
 and its slope per hour by least squares over the samples after the warm-up (the first
-tenth of the run, at least a minute), and its drift: the mean of the last third of those
-samples minus the mean of the first third. A series is *flat* when its drift is within
+tenth of the run, at least a minute), and its drift: the median of the last third of
+those samples minus the median of the first third. A series is *flat* when its drift is within
 2 % of its level (RSS) or within one (descriptors, connections, threads).
 Exits 1 if a series is not flat, a request failed, or a dead token was served.
-``--plot-only`` redraws the PNG from the CSVs in ``--out``.
+``--from-csv`` judges and draws again from the CSVs in ``--out``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -283,8 +284,9 @@ def slope_per_hour(xs: list[float], ys: list[float]) -> float:
 
 def judge(backend: str, rows: list[dict[str, float]]) -> list[str]:
     """Print each series' level, slope per hour and drift; the failures. The drift is the
-    mean of the last third of the samples after the warm-up minus that of the first third:
-    a series is flat when it is within the bound (a share of the level, or a count)."""
+    median of the last third of the samples after the warm-up minus that of the first
+    third (a leak moves it, a passing spike does not): a series is flat when it is within
+    the bound (a share of the level, or a count)."""
     if not rows:
         return [f"{backend}: no samples"]
     warmup = max(60.0, 0.1 * rows[-1]["seconds"])
@@ -298,7 +300,7 @@ def judge(backend: str, rows: list[dict[str, float]]) -> list[str]:
         ys = [r[name] for r in kept]
         slope = slope_per_hour(xs, ys)
         level = sum(ys) / len(ys)
-        drift = sum(ys[-third:]) / third - sum(ys[:third]) / third
+        drift = statistics.median(ys[-third:]) - statistics.median(ys[:third])
         allowed = bound * level if kind == "share" else bound
         flat = abs(drift) <= allowed
         print(f"  {name:>15}: first {rows[0][name]:7.1f}  min {min(ys):7.1f}  max {max(ys):7.1f}"
@@ -387,16 +389,20 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs")
-    parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--from-csv", action="store_true", help="judge and draw the CSVs")
     args = parser.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if any(b not in BACKENDS for b in args.backends):
         parser.error(f"--backends: from {', '.join(BACKENDS)}")
     title = (f"haasd run soak: {args.grants} grants, {args.lifetime} s tokens, {args.rate:g} token"
              f" requests/s, a sample every {args.interval:g} s")  # fmt: skip
-    if args.plot_only:
-        print(plot(args.out, title))
-        return 0
+    if args.from_csv:
+        found = [b for b in args.backends if (args.out / f"soak-{b}.csv").exists()]
+        failures = [f for b in found for f in judge(b, read_csv(args.out / f"soak-{b}.csv"))]
+        print(f"\nplot: {plot(args.out, title)}")
+        for failure in failures:
+            print(f"FAIL {failure}")
+        return 1 if failures else 0
     command = " ".join(["bench/soak.py", *sys.argv[1:]])
     print(f"reproduce: .venv/bin/python {command}\nmachine: {os.cpu_count()} CPUs,"
           f" Python {platform.python_version()}, load average"
