@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,8 @@ ELSEWHERE = "{elsewhere}"
 READ_TIMEOUT = 5.0
 #: every row's simulator: rotation and reuse detection on, no grace unless the row says
 SIM_OPTIONS: dict[str, Any] = {"rotate_refresh_tokens": True, "reuse_detection": True}
+#: the trust store httpx would load for every client (a fifth of a second each): loaded once
+TLS = ssl.create_default_context()
 #: when the first refresh goes (wall clock): the consent's due time, as haasd plans it
 FIRST = refresh_due_at(ManualClock().time(), 3600, Policy(), random.Random(0))
 
@@ -174,6 +177,7 @@ async def rig(
             client_secret=Secret(CLIENT_SECRET),
             budget=budget,
             timeout=httpx.Timeout(5.0, read=read_timeout),
+            transport=httpx.AsyncHTTPTransport(verify=TLS),
             activity=activity,
         )
         stack.push_async_callback(auth.aclose)
@@ -185,11 +189,11 @@ async def rig(
             budget=budget, rng=random.Random(42), activity=activity,
         )  # fmt: skip
         feed = stack.enter_context(events.subscribe(maxsize=10_000))
-        server = TokenServer(refresher, [_admin()], clock=clock)
+        server = TokenServer(refresher, [_admin()])  # its connections on real time, as deployed
         socket = directory / "haasd.sock"  # a short directory: AF_UNIX allows 108 bytes
         listener = await open_listener(SocketConfig(socket, 0o600), environ={})
         stack.push_async_callback(listener.aclose)
-        transport = httpx.AsyncHTTPTransport(uds=str(socket))
+        transport = httpx.AsyncHTTPTransport(uds=str(socket), verify=TLS)
         http = await stack.enter_async_context(
             httpx.AsyncClient(transport=transport, base_url="http://haasd")
         )
