@@ -28,7 +28,8 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from cluster_campaign import Campaign, Plan, Result
+from cluster_campaign import Campaign
+from cluster_result import Plan, Result
 from pg_cluster import PgCluster, PgUnavailable
 
 from haasd.logs import configure_logging
@@ -62,6 +63,7 @@ def keep_records(result: Result, base: Path) -> None:
         "spent": [spent._asdict() for spent in result.spent],
         "dead_served": result.served.dead,
         "lost": result.lost,
+        "losses": [loss.__dict__ for loss in result.losses],
         "problems": result.problems(),
     }
     (base / "records.json").write_text(json.dumps(records, indent=1, default=str))

@@ -154,10 +154,17 @@ class Node:
 
     async def get(self, path: str, *, limit: float = 5.0) -> httpx.Response:
         """``GET path`` on the socket (keep-alive), given ``limit`` seconds."""
+        return await self._http().get(path, timeout=limit)
+
+    async def post(self, path: str, body: dict[str, Any], *, limit: float = 5.0) -> httpx.Response:
+        """``POST path`` with a JSON ``body`` on the socket, given ``limit`` seconds."""
+        return await self._http().post(path, json=body, timeout=limit)
+
+    def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
             self._client = httpx.AsyncClient(transport=transport, base_url="http://haasd")
-        return await self._client.get(path, timeout=limit)
+        return self._client
 
     async def _drop_client(self) -> None:
         if self._client is not None:

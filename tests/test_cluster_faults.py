@@ -18,8 +18,9 @@ from pathlib import Path
 import anyio
 import psycopg
 import pytest
-from cluster_campaign import Campaign, Plan
+from cluster_campaign import Campaign
 from cluster_nodes import Leases, Node, node_config, seed
+from cluster_result import Plan
 from harness import CLIENT_ID, CLIENT_SECRET, simulator
 from pg_cluster import PgCluster, PgDatabase
 from support import eventually

@@ -1,0 +1,139 @@
+"""Lost grants consented again during a fault campaign, the way an operator would.
+
+With strict reuse detection a kill inside the unavoidable window costs the grant: the
+human must consent again. Without that, a long campaign would run out of grants to
+refresh after its first few losses, and its later faults would test nothing. So for each
+human the simulator holds no live grant for (:class:`Loss`), the campaign
+
+1. waits until an instance *reports* it — ``GET /v1/humans/HUMAN`` says
+   ``needs_reconsent`` (a loss haasd never reports is a silent loss: the campaign fails);
+2. then the human consents again through the consent API of a running instance
+   (``POST /v1/consents``, the simulator's page, ``POST /v1/consents/callback`` — on
+   any running instance, as a consent may finish on another), retried from the start
+   when a fault cuts it off;
+3. and the campaign goes on with the new grant.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from cluster_nodes import Node
+
+from haasd.simulator import Simulator
+
+#: how often the simulator is asked which humans hold no live grant
+POLL = 0.5
+
+
+@dataclass
+class Loss:
+    human_id: str
+    #: when the simulator was found to hold no live grant for the human
+    found_at: float
+    #: seconds from then until an instance reported the human needs re-consent
+    reported_after: float | None = None
+    #: seconds from then until the human's new grant was stored
+    reconsented_after: float | None = None
+    #: consents started and cut off by a fault before they finished
+    retries: int = 0
+
+
+class Reconsenter:
+    """Finds lost grants and has their humans consent again (see the module)."""
+
+    def __init__(
+        self,
+        sim: Simulator,
+        humans: list[str],
+        running: Callable[[], list[Node]],
+        rng: random.Random,
+        *,
+        report_within: float,
+    ) -> None:
+        self.sim = sim
+        self.humans = humans
+        self.running = running
+        self.rng = rng
+        self.report_within = report_within
+        self.losses: list[Loss] = []
+        self._open: set[str] = set()
+
+    @property
+    def unreported(self) -> list[Loss]:
+        return [loss for loss in self.losses if loss.reported_after is None]
+
+    @property
+    def pending(self) -> list[str]:
+        """Humans lost and not yet consented again."""
+        return sorted(self._open)
+
+    async def watch(self, keep_going: Callable[[], bool]) -> None:
+        """Until ``keep_going()`` is false: find new losses, recover each in its own task
+        (the tasks finish before this returns, or give up at their deadline)."""
+        async with anyio.create_task_group() as tg:
+            while keep_going():
+                for human_id in self.humans:
+                    if human_id not in self._open and not self.sim.has_active_grant(human_id):
+                        loss = Loss(human_id, time.time())
+                        self.losses.append(loss)
+                        self._open.add(human_id)
+                        tg.start_soon(self._recover, loss)
+                await anyio.sleep(POLL)
+
+    async def _recover(self, loss: Loss) -> None:
+        deadline = time.monotonic() + self.report_within
+        while time.monotonic() < deadline and loss.reported_after is None:
+            if await self._reported(loss.human_id):
+                loss.reported_after = time.time() - loss.found_at
+            else:
+                await anyio.sleep(0.2)
+        if loss.reported_after is None:
+            return  # a silent loss: left as it is, for the result to name
+        while time.monotonic() < deadline + self.report_within:
+            if await self._consent(loss.human_id):
+                loss.reconsented_after = time.time() - loss.found_at
+                self._open.discard(loss.human_id)
+                return
+            loss.retries += 1
+            await anyio.sleep(0.3)
+
+    async def _reported(self, human_id: str) -> bool:
+        node = self._any()
+        if node is None:
+            return False
+        try:
+            reply = await node.get(f"/v1/humans/{human_id}", limit=3.0)
+        except (httpx.HTTPError, OSError):
+            return False
+        return reply.status_code == 200 and reply.json().get("state") == "needs_reconsent"
+
+    async def _consent(self, human_id: str) -> bool:
+        """One whole consent; False if a fault cut it off (nothing to undo: an
+        abandoned consent expires, and one the simulator answered but no instance
+        stored leaves an orphan family at the simulator that nothing ever uses)."""
+        starting, finishing = self._any(), self._any()
+        if starting is None or finishing is None:
+            return False
+        try:
+            started = await starting.post("/v1/consents", {"human_id": human_id}, limit=5.0)
+            if started.status_code != 201:
+                return False
+            location = await self.sim.visit(started.json()["authorization_url"])
+            if location is None:
+                return False
+            done = await finishing.post(
+                "/v1/consents/callback", {"callback_url": location}, limit=10.0
+            )
+        except (httpx.HTTPError, OSError):
+            return False
+        return done.status_code == 201
+
+    def _any(self) -> Node | None:
+        nodes = self.running()
+        return self.rng.choice(nodes) if nodes else None
