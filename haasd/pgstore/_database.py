@@ -27,6 +27,11 @@ Row = tuple[Any, ...]
 POOL_SIZE: Final = 4
 #: how long a statement may run (server side) and a connection may take to get
 TIMEOUT: Final = 10.0
+#: how long one series of the pool's reconnection attempts lasts. Their delays double
+#: without a bound within it (psycopg_pool's own 300 s would leave a database that
+#: came back after a minute unused for about another minute); cut short, the next
+#: call begins a new series, one second apart
+RECONNECT_WITHIN: Final = 4.0
 
 
 def describe(url: str) -> str:
@@ -75,7 +80,7 @@ class Database:
             kwargs["password"] = secret
         pool = psycopg_pool.AsyncConnectionPool(
             url, min_size=1, max_size=size, timeout=timeout, kwargs=kwargs, open=False,
-            name="haasd-store",
+            name="haasd-store", reconnect_timeout=RECONNECT_WITHIN,
         )  # fmt: skip
         db = cls(pool, describe(url), secret, timeout)
         db._connect = (url, kwargs)

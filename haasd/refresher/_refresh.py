@@ -265,24 +265,27 @@ class Refreshing:
         On the one store of a single haasd, a write the store refuses (a full disk) is
         held: the tokens are served from memory and written when the store takes them
         (:mod:`haasd.refresher._unwritten`). On a shared store, a write the database
-        failed — a restart broke the connection — is tried again for two leases: the
-        rotated token exists only in memory, and whoever refreshes next could only spend
-        the old one again. The write stays fenced on this refresh's intent, so trying
-        late can never overwrite another instance's result."""
+        failed — a restart or an outage broke the connection — is tried again until the
+        database takes it: the rotated token exists only in memory, and whoever
+        refreshes next could only spend the old one again. (It gave up after two leases:
+        one try may wait the pool's whole timeout, so an outage of seconds lost the
+        rotation.) The write stays fenced on this refresh's intent, so trying late can
+        never overwrite the result of another instance that took the lease meanwhile."""
         if not self._coordination.shared:  # the one store: a refused write is held
             return await self._outcomes.succeeded(grant, answer, answered_at=sent_at, hold=True)
-        give_up = anyio.current_time() + 2 * self._coordination.wait
+        long: float | None = anyio.current_time() + 2 * self._coordination.wait
         while True:
             try:
                 return await self._outcomes.succeeded(grant, answer, answered_at=sent_at)
             except StoreError as exc:
-                if anyio.current_time() >= give_up:
-                    raise
-                _log.warning(
-                    "cannot write a refresh's answer yet; trying again",
+                late = long is not None and anyio.current_time() >= long
+                (_log.error if late else _log.warning)(
+                    "cannot write a refresh's answer yet; trying again until the database"
+                    " is back (a restart of this instance before then loses it)",
                     human_id=grant.human_id,
                     error=str(exc),
                 )
+                long = None if late else long
             await anyio.sleep(WRITE_RETRY_DELAY)
 
     def _lease_ended(self, grant: Grant) -> HaasdError:
