@@ -12,8 +12,9 @@ A plain RFC 6749 server (§5.1) may leave out what the HaaS docs always send: no
 consent named (:class:`~haasd.errors.UnnamedHumanError` if it named none), and no
 ``refresh_token`` on a refresh means the old one is kept (§6). ``token_type`` is matched
 case-insensitively; ``refresh_token_expires_in`` is honoured when a server sends it. Scope
-tokens are held to RFC 6749 §3.3 (printable ASCII, no space, ``"`` or ``\\``), tokens
-to printable ASCII.
+tokens are held to RFC 6749 §3.3 (printable ASCII, no space, ``"`` or ``\\``), access
+tokens to printable ASCII without space (a Bearer header carries them), refresh tokens to
+RFC 6749's VSCHAR (printable ASCII and space: only a request body carries them).
 
 A first grant (:func:`parse_first_grant`) must be right in every field it has. A refresh
 answer (:func:`parse_refresh_answer`) is read so that a rotation is never lost: the
@@ -60,6 +61,9 @@ _SCOPE_TOKEN: Final = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
 _MAX_SCOPE_LENGTH: Final = 2048
 #: RFC 6750 b64token characters, and the printable ASCII servers use beyond them
 _TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]+")
+#: RFC 6749 A.17: refresh-token = 1*VSCHAR (%x20-7E). Only ever sent back in a request
+#: body, never in a header, so a space in it is as good as any other character
+_REFRESH_CHARS: Final = re.compile(r"[\x20-\x7e]+")
 _T = TypeVar("_T")
 
 
@@ -89,7 +93,8 @@ def _token(data: Mapping[str, Any], name: str) -> Secret:
     value = data.get(name)
     if not isinstance(value, str) or not value:
         raise TokenResponseError(f"{name} is missing or not a string")
-    if len(value) > MAX_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(value):
+    chars = _REFRESH_CHARS if name == "refresh_token" else _TOKEN_CHARS
+    if len(value) > MAX_TOKEN_LENGTH or not chars.fullmatch(value):
         raise TokenResponseError(
             f"{name} is not a plausible token (too long, or not printable ASCII)"
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -87,6 +87,8 @@ class Row:
     error: str = ""
     sim: dict[str, Any] = field(default_factory=dict)
     read_timeout: float = READ_TIMEOUT
+    #: what the endpoint changes in a request's body before the simulator sees it
+    inbound: Callable[[bytes], bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ async def rig(
     then: Action,
     sim: dict[str, Any],
     read_timeout: float = READ_TIMEOUT,
+    inbound: Callable[[bytes], bytes] | None = None,
 ) -> AsyncIterator[Rig]:
     clock = ManualClock()
     simulation = simulator(clock, **{**SIM_OPTIONS, **sim})
@@ -165,7 +168,7 @@ async def rig(
         await stack.enter_async_context(simulation.running())
         await stack.enter_async_context(elsewhere.running())
         placed = _placed((*script, then), elsewhere.url)
-        fault = FaultServer(clock, simulation.token_url, placed[:-1], placed[-1])
+        fault = FaultServer(clock, simulation.token_url, placed[:-1], placed[-1], inbound=inbound)
         await stack.enter_async_context(fault.running())
         activity = Activity()
         clock.add_settle_hook(activity.wait_idle)
@@ -206,7 +209,8 @@ async def rig(
 
 async def run_row(row: Row, directory: Path) -> tuple[Observed, Rig]:
     """Run ``row``: consent, let the first refresh meet the fault, watch ``row.window``."""
-    async with rig(directory, row.script, row.then, row.sim, row.read_timeout) as r:
+    fault = row.script, row.then, row.sim, row.read_timeout, row.inbound
+    async with rig(directory, *fault) as r:
         grant = await r.consent()
         r.events()  # the consent's own events are not the row's
         assert grant.next_refresh_at is not None

@@ -104,6 +104,9 @@ class FaultServer:
     taken: list[Action] = field(default_factory=list)
     #: the bodies of the requests received, as sent
     bodies: list[bytes] = field(default_factory=list)
+    #: how a request's body is changed before it is passed on (a token this server
+    #: rewrote in an answer, say, given back as the upstream issued it)
+    inbound: Callable[[bytes], bytes] | None = None
     _url: str | None = None
     _relay: httpx.AsyncClient | None = None
 
@@ -175,7 +178,8 @@ class FaultServer:
         assert self._relay is not None and self.upstream is not None
         keep = {b"content-type", b"authorization", b"accept"}
         headers = [(k.decode(), v.decode()) for k, v in request.headers if k.lower() in keep]
-        reply = await self._relay.post(self.upstream, content=request.body, headers=headers)
+        content = request.body if self.inbound is None else self.inbound(request.body)
+        reply = await self._relay.post(self.upstream, content=content, headers=headers)
         body = reply.content
         if rewrite is not None and reply.status_code == 200:
             body = json.dumps(rewrite(dict(reply.json()))).encode()

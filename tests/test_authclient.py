@@ -877,7 +877,7 @@ async def test_an_unusable_first_grant_hands_over_its_refresh_token(
 
 
 async def test_a_first_grant_without_a_usable_refresh_token_hands_over_none() -> None:
-    body = {**GRANT, "refresh_token": "two words"}
+    body = {**GRANT, "refresh_token": "two\nlines"}  # not VSCHAR (RFC 6749 A.17)
     async with client_for(Server(httpx.Response(200, json=body))) as client:
         with pytest.raises(TransientAuthError) as caught:
             await exchange(client)

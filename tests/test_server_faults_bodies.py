@@ -32,6 +32,7 @@ from fault_server import Answer, Forward, Reset, Rewrite, Stall
 
 ON = Forward()  # the simulator answers (rotating the refresh token)
 GRACE = {"reuse_grace": 30.0}
+SPACED = " v2"
 #: real seconds the client waits for a stalled answer
 STALLED = 1.0
 INTERRUPTED = "a refresh-token rotation was interrupted"
@@ -51,6 +52,18 @@ def field(name: str, value: Any = None) -> Forward:
             answer.pop(name, None)
         else:
             answer[name] = value
+        return answer
+
+    rewritten: Rewrite = rewrite
+    return Forward(rewritten)
+
+
+def spaced() -> Forward:
+    """The simulator's answer, its new refresh token holding a space (the endpoint takes
+    it out again when the token comes back: the simulator's own tokens have none)."""
+
+    def rewrite(answer: dict[str, Any]) -> dict[str, Any]:
+        answer["refresh_token"] += SPACED
         return answer
 
     rewritten: Rewrite = rewrite
@@ -139,6 +152,11 @@ ROWS = [
         state="needs_reconsent", token=409,
         events=("token.refreshed", "grant.needs_reconsent"), further=1, window=3000,
         error="the server refused the grant",
+    ),
+    Row(
+        "refresh_token with a space (RFC 6749 A.17: VSCHAR)", (spaced(),), ON, state="active",
+        token=200, events=("token.refreshed",), further=1, window=3000,
+        inbound=lambda body: body.replace(SPACED.encode(), b""),
     ),
 ]
 # fmt: on
