@@ -77,6 +77,16 @@ async def test_a_header_that_makes_sqlite_read_only_is_called_damaged(tmp_path: 
         await Store.open(db, Sealer(key))
 
 
+async def test_a_schema_version_whose_top_bit_flipped_is_called_damaged(tmp_path: Path) -> None:
+    """SQLite reads the header's user_version signed: a flipped top bit made it negative,
+    and the migrations from there raised an IndexError (a traceback; a version of -1
+    would have run the last migration again)."""
+    db, key = await pristine(tmp_path)
+    patch(db, b"SQLite format 3\0", 60, 0x80)  # user_version: 4 bytes at 60, big-endian
+    with pytest.raises(StoreCorruptError, match=r"damaged: schema version -\d+"):
+        await Store.open(db, Sealer(key))
+
+
 async def test_the_pristine_store_of_the_campaign_opens_whole(tmp_path: Path) -> None:
     db, key = await pristine(tmp_path)
     async with await Store.open(db, Sealer(key)) as store:

@@ -113,6 +113,8 @@ async def _examine(conn: aiosqlite.Connection, sealer: Sealer, path: Path) -> in
             return None
         if app_id != APPLICATION_ID or "meta" not in names:
             raise StoreCorruptError(f"{path} is a SQLite database but not a haasd store")
+        if version < 0:  # a 32-bit field read signed: only damage sets its top bit
+            raise StoreCorruptError(f"store {path} is damaged: schema version {version}")
         if version > len(MIGRATIONS):
             raise StoreNewerError(
                 f"store {path} has schema version {version}, newer than this haasd's"
