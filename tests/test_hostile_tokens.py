@@ -121,7 +121,7 @@ statuses = st.one_of(
 )
 
 
-@profile(400)
+@profile(300)
 @given(
     status=statuses,
     headers=headers,
