@@ -126,6 +126,7 @@ ROWS = [
         events=("refresh.failed", "token.refreshed"), further=1, gap=(3600, 3600), window=3700,
     ),
     retried("429 the HaaS docs' body, retry_after 32", HAAS_429, (32, 32)),
+    retried("429 naming no wait: 10 s", Answer(429), (10, 10)),
     # --- redirects: never followed --------------------------------------------------------
     retried("302 elsewhere", Answer(302, (("Location", ELSEWHERE),)), (1, 10)),
     Row(

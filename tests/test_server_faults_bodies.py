@@ -117,6 +117,7 @@ ROWS = [
     # --- a 2xx that is no token answer ----------------------------------------------------
     recovered("HTML 200 once", HTML),
     recovered("truncated JSON once", TRUNCATED),
+    recovered("200 over 64 KiB once", Answer(200, (), b"{" + b" " * 70_000 + b"}")),
     Row(
         "HTML 200 throughout", (), HTML, state="active", token=200,
         events=("refresh.failed",), further=LOST_BACKOFF, gap=(1, 1),
@@ -136,6 +137,8 @@ ROWS = [
         token=503, events=("token.refreshed",), further=(4, 12), gap=(0, 0),
         error="expires_in 0",
     ),
+    kept("token_type not Bearer: kept, served as Bearer", field("token_type", "mac")),
+    kept("human_id another human's: kept for this one", field("human_id", "usr_someone_else")),
     # --- the tokens themselves ----------------------------------------------------------
     Row(
         "200 without access_token: its new refresh token kept", (field("access_token"),), ON,
