@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from disk_campaign import HUMANS, campaign
 from harness import HOUR, running, simulator
 from structlog.testing import capture_logs
 from support import eventually
@@ -29,6 +30,9 @@ from haasd.grants import State
 from haasd.simulator import Simulator
 
 DB = "haasd.db"
+#: the short campaign: rounds, and the seed that repeats them
+ROUNDS = 20
+SEED = 20261203
 
 
 @pytest.fixture
@@ -175,3 +179,14 @@ async def test_the_daemon_on_a_full_disk_serves_what_it_holds_and_recovers(disk:
         assert (await d.http.get("/v1/health")).json()["status"] == "ok"
         assert await d.daemon.store.list_pending() == []
         assert d.sim.stats.reuse_events == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_rounds_of_a_full_disk_lose_nothing(disk: Path) -> None:
+    """The campaign (tests/disk_campaign.py), short; the long one is bench/disk_full.py."""
+    tally = await campaign(disk, ROUNDS, SEED)
+    assert tally.problems == []
+    assert tally.rounds["at an answer"] > 0 and tally.rounds["before the refreshes"] > 0
+    assert tally.held == tally.rounds["at an answer"], "every answer met by a full disk was held"
+    assert tally.refreshes >= ROUNDS * len(HUMANS)

@@ -117,8 +117,9 @@ class Refreshing:
             await self._reread_quietly(human_id)
             return TokenUnavailableError(human_id, str(exc), 1.0)
         except StoreError as exc:
-            # the disk said no: nothing is served that is not on disk; try again later
-            memory.stats.store_error = str(exc)
+            # the disk said no: nothing was spent; try again later. (Answers held in
+            # memory meanwhile stay the reason shown: they are what a restart would lose.)
+            memory.stats.store_error = self._outcomes.unwritten.problem() or str(exc)
             _log.error(
                 "cannot write the store; refresh postponed", human_id=human_id, error=str(exc)
             )
