@@ -22,7 +22,8 @@ by :class:`Refresher` (``_engine``): ``_memory`` (the grants and the notes about
 and the one policy in force), ``_scheduler`` (deadlines, ready queue, workers),
 ``_flight`` (single flight in the engine's task group), ``_asking`` (whether a refresh a
 caller asked for may start), ``_refresh`` (one refresh: permit, intent, request),
-``_outcome`` (written, then kept, scheduled and announced), ``_risk`` (grants at risk)
+``_outcome`` (written, then kept, scheduled and announced), ``_unwritten`` (answers the
+store refused, held in memory and written once it can), ``_risk`` (grants at risk)
 and ``_stats`` (the figures for /metrics); :meth:`Refresher.health` is a
 :class:`haasd.health.Health`.
 """
