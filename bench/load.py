@@ -35,11 +35,14 @@ inactive or not the human's when asked for, or a grant was revoked.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import math
 import os
 import platform
 import random
+import secrets
 import selectors
 import shutil
 import socket
@@ -51,6 +54,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import anyio
 
@@ -59,22 +63,25 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from cluster_nodes import Node  # noqa: E402
-from fairness import Child, Children, Connection, _uid_used, unused_ids  # noqa: E402
+from fairness import Child, Children, Connection, _gid_used, _uid_used, unused_ids  # noqa: E402
 from harness import CLIENT_ID, CLIENT_SECRET  # noqa: E402
-from soak import seed  # noqa: E402
 from support import RawClient  # noqa: E402
 from support_daemon import write_config, write_key  # noqa: E402
 
 from haasd.clock import SystemClock  # noqa: E402
 from haasd.crypto import Key, Sealer  # noqa: E402
+from haasd.grants import Policy, new_grant  # noqa: E402
 from haasd.logs import configure_logging  # noqa: E402
 from haasd.simulator import Simulator  # noqa: E402
+from haasd.simulator._tokenrequest import TokenRequest  # noqa: E402
 from haasd.store import Store  # noqa: E402
+from haasd.tokens import TokenResponse, parse_token_response  # noqa: E402
 
 RPM: Final = 1_000_000
 ABUSER_HUMANS: Final = ("usr_abuse_1", "usr_abuse_2", "usr_abuse_3")
 UID_BASE: Final = 64200
 CHECKS_PER_SECOND: Final = 20.0
+REDIRECT_URI: Final = "https://app.example/callback"
 
 
 # --- the clients (forked children; plain non-blocking sockets) --------------------------------
@@ -193,6 +200,47 @@ def quantile(hist: Counter[int], q: float) -> float:
     return max(hist) / 1000
 
 
+# --- seeding --------------------------------------------------------------------------------
+
+
+def consent_in_process(sim: Simulator, human_id: str) -> TokenResponse:
+    """A human's consent as :meth:`Simulator.consent` makes it — the simulator's own
+    authorize and code-exchange steps, PKCE and all — without its two loopback HTTP round
+    trips: 10,000 consents take seconds, not the quarter of an hour that outlives the
+    tokens of a compressed clock. Bench only: it reaches into the simulator."""
+    authority = sim._authority  # noqa: SLF001 - the steps /authorize and /token run
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    query = urlencode({
+        "client_id": CLIENT_ID, "redirect_uri": REDIRECT_URI, "response_type": "code",
+        "scope": "status:read tasks:dispatch", "state": "s", "login_hint": human_id,
+        "code_challenge": challenge, "code_challenge_method": "S256",
+    })  # fmt: skip
+    location = authority.authorize(query, time.time()).header("Location") or ""
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    params = {
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "code_verifier": verifier,
+    }  # fmt: skip
+    reply = authority.token(TokenRequest(params=params), time.time())
+    assert reply.status == 200, reply.body
+    return parse_token_response(json.loads(reply.body))
+
+
+async def seed(sim: Simulator, humans: list[str], store: Store, lifetime: int) -> None:
+    """Every human consents; the grant goes into the store as issued up to 0.7 of a
+    lifetime before its consent (never later: haasd must not think a token lives longer
+    than the server made it), so the first refreshes spread over one cycle."""
+    rng, grants = random.Random(1), []
+    for human_id in humans:
+        consented = time.time()  # just before the server issued the tokens
+        answer = consent_in_process(sim, human_id)
+        issued = consented - rng.uniform(0.0, 0.7 * lifetime)
+        grants.append(new_grant(answer, "test", issued, Policy(), rng))
+    await store.put_grants(grants)
+
+
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -200,14 +248,24 @@ def quantile(hist: Counter[int], q: float) -> float:
 class Run:
     args: argparse.Namespace
     base: Path
-    clients: list[Child]
-    abuser: Child
-    abuser_uid: int
+    cast: Cast
     sim: Simulator = field(init=False)
     checked: int = 0
     checked_dead: int = 0
     checked_late: int = 0
     other: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def clients(self) -> list[Child]:
+        return self.cast.clients
+
+    @property
+    def abuser(self) -> Child:
+        return self.cast.abuser
+
+    @property
+    def abuser_uid(self) -> int:
+        return self.cast.abuser_uid
 
     def __post_init__(self) -> None:
         self.sim = Simulator(
@@ -217,15 +275,11 @@ class Run:
         )  # fmt: skip
 
     def config(self) -> Path:
-        config = write_config(self.base, self.sim.token_url, extra=f"""
-[[access]]
-uid = {os.getuid()}
-humans = ["*"]
-admin = true
-[[access]]
-uid = {self.abuser_uid}
-humans = ["usr_abuse_*"]
-""")  # fmt: skip
+        rules = [f'[[access]]\nuid = {os.getuid()}\nhumans = ["*"]\nadmin = true\n']
+        rules += [f'[[access]]\nuid = {u}\nhumans = ["usr_load_*"]\n' for u in self.cast.app_uids]
+        if self.cast.abuser_uid != os.getuid():
+            rules.append(f'[[access]]\nuid = {self.abuser_uid}\nhumans = ["usr_abuse_*"]\n')
+        config = write_config(self.base, self.sim.token_url, extra="".join(rules))
         text = config.read_text().replace(
             'plan = "pro"\n', f'plan = "pro"\nrequests_per_minute = {RPM}\n'
         )
@@ -266,7 +320,8 @@ humans = ["usr_abuse_*"]
             node.start()
             try:
                 await node.until_serving(120)
-                os.chown(node.socket, -1, self.abuser_uid)  # mode 0660: the abuser's group
+                if self.cast.gid is not None:  # mode 0660: the clients' group
+                    os.chown(node.socket, -1, self.cast.gid)
                 await anyio.sleep(5)  # the first refreshes settle
                 return await self.measure(node)
             finally:
@@ -385,21 +440,39 @@ def report(run: Run, result: dict[str, Any]) -> list[str]:
     return failures
 
 
-def fork_clients(args: argparse.Namespace, children: Children) -> tuple[list[Child], Child, int]:
-    """The client processes and the abuser, forked before anything else runs."""
+@dataclass
+class Cast:
+    """The client processes (an app each, a uid of its own when root) and the abuser."""
+
+    clients: list[Child]
+    abuser: Child
+    app_uids: list[int]
+    abuser_uid: int
+    gid: int | None
+
+
+def fork_clients(args: argparse.Namespace, children: Children) -> Cast:
+    """The client processes and the abuser, forked before anything else runs. Each uid
+    may hold 64 connections (``Limits.max_connections_per_uid``): with root every client
+    process is an app with a uid of its own; without, all share this uid with the checker,
+    so at most 63 client connections."""
+    root = os.geteuid() == 0
+    if not root:
+        args.clients = min(args.clients, 63)
     per = [args.clients // args.processes + (i < args.clients % args.processes)
            for i in range(args.processes)]  # fmt: skip
+    uids = unused_ids(args.processes + 1, UID_BASE, _uid_used) if root else []
+    gid = unused_ids(1, UID_BASE, _gid_used)[0] if root else None
     clients = [
-        children.fork(f"clients {i}", None, None,
+        children.fork(f"app {i}", uids[i] if root else None, gid,
                       partial(_hammer, conns=n, humans=args.grants - 3, seed=args.seed + i))
         for i, n in enumerate(per)
     ]  # fmt: skip
-    root = os.geteuid() == 0
-    uid = unused_ids(1, UID_BASE, _uid_used)[0] if root else os.getuid()
+    abuser_uid = uids[-1] if root else os.getuid()
     kinds = (86400, int(0.9 * args.lifetime))
-    abuser = children.fork("abuser", uid if root else None, uid if root else None,
+    abuser = children.fork("abuser", abuser_uid if root else None, gid,
                            partial(_abuse, kinds=kinds))  # fmt: skip
-    return clients, abuser, uid
+    return Cast(clients, abuser, uids[:-1], abuser_uid, gid)
 
 
 def _hammer(path: str, seconds: float, *, conns: int, humans: int, seed: int) -> dict[str, Any]:
@@ -430,9 +503,9 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="hdld", dir="/tmp"))
     try:
         base.chmod(0o711)  # the abuser's uid reaches the socket, not the rest
-        clients, abuser, uid = fork_clients(args, children)
+        cast = fork_clients(args, children)
         configure_logging("error", "console", stream=sys.stderr)
-        run = Run(args, base, clients, abuser, uid)
+        run = Run(args, base, cast)
         result = anyio.run(run.go)
     finally:
         children.stop()

@@ -147,22 +147,25 @@ def open_files(pid: int, prefix: str) -> list[str]:
 
 async def seed(sim: Simulator, humans: list[str], store: GrantStore, lifetime: int) -> None:
     """Every human consents at the simulator; the grants go into the store as if issued
-    up to 0.7 of a lifetime ago, so that the first refreshes spread over one cycle."""
+    up to 0.7 of a lifetime before the consent (never later: haasd must not think a token
+    lives longer than the server made it), so the first refreshes spread over one cycle."""
     answers = {}
     limit = anyio.Semaphore(16)
 
     async def consent(human_id: str) -> None:
         async with limit:
-            answers[human_id] = parse_token_response(await sim.consent(human_id))
+            consented = time.time()  # just before the server issued the tokens
+            answers[human_id] = (consented, parse_token_response(await sim.consent(human_id)))
 
     async with anyio.create_task_group() as tg:
         for human_id in humans:
             tg.start_soon(consent, human_id)
-    now, rng = time.time(), random.Random(1)
+    rng = random.Random(1)
     grants: list[Grant] = []
     for human_id in humans:
-        issued = now - rng.uniform(0.0, 0.7 * lifetime)
-        grants.append(new_grant(answers[human_id], "test", issued, Policy(), rng))
+        consented, answer = answers[human_id]
+        issued = consented - rng.uniform(0.0, 0.7 * lifetime)
+        grants.append(new_grant(answer, "test", issued, Policy(), rng))
     await store.put_grants(grants)
 
 
