@@ -41,6 +41,7 @@ from haasd.refresher._reload import Adoption, Reloads
 from haasd.refresher._risk import RiskWatch, log_loaded
 from haasd.refresher._scheduler import Scheduler
 from haasd.refresher._stats import RefresherStats
+from haasd.refresher._steps import ClockSteps
 
 _log = structlog.get_logger("haasd.refresher")
 
@@ -77,9 +78,12 @@ class Refresher:
         self._rng = rng or random.Random()
         self._activity = activity or Activity()
         self._memory = Memory(policy)
+        self._steps = ClockSteps(clock, self._memory, replan=self._replan)
         self._background = Background()
         self._flights = SingleFlight(self._background)
-        self._scheduler = Scheduler(clock, workers=workers, due=self._due, work=self._work)
+        self._scheduler = Scheduler(
+            clock, workers=workers, due=self._due, work=self._work, look=self._steps.check
+        )
         self._outcomes = Outcomes(
             self._memory,
             store=store,
@@ -143,6 +147,7 @@ class Refresher:
         return self._memory.stats
 
     def grant(self, human_id: str) -> Grant | None:
+        self._steps.check()  # a wall clock set back moves every instant first
         return self._memory.grants.get(human_id)
 
     def grants(self) -> Iterable[Grant]:
@@ -169,8 +174,7 @@ class Refresher:
         grant, now = self._current(human_id), self.clock.time()
         if self._servable(grant, now, min_ttl):
             return grant
-        flight = self._flights.get(human_id)
-        if flight is None:
+        if (flight := self._flights.get(human_id)) is None:
             self._gate.admit(grant, now, min_ttl, wait, peer)
             flight = self._fly(human_id)
         await _await_flight(flight, human_id, wait)
@@ -191,13 +195,11 @@ class Refresher:
         Waits at most ``wait`` seconds (the refresh goes on after that); raises what the
         attempt met, or :class:`TokenUnavailableError` when it cannot go now.
         """
-        grant = self._current(human_id)
-        now = self.clock.time()
+        grant, now = self._current(human_id), self.clock.time()
         state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
         if state is State.NEEDS_RECONSENT:
             raise NeedsReconsentError(human_id, grant.last_error)
-        flight = self._flights.get(human_id)
-        if flight is None:
+        if (flight := self._flights.get(human_id)) is None:
             self._gate.admit_admin(grant, wait, peer)
             flight = self._fly(human_id, force=True)
         await _await_flight(flight, human_id, wait)
@@ -207,8 +209,7 @@ class Refresher:
 
     def mark_served(self, grant: Grant, now: float) -> None:
         """The server handed out ``grant``'s access token (the fast path, from memory)."""
-        current = self._memory.grants.get(grant.human_id)
-        if current is not None:
+        if (current := self._memory.grants.get(grant.human_id)) is not None:
             self._served(current, now)
 
     async def add(self, grant: Grant) -> None:
@@ -226,8 +227,7 @@ class Refresher:
         a grant haasd no longer holds must not live on at HaaS."""
         with anyio.CancelScope(shield=True), self._activity.busy():
             existed = await self.store.delete_grant(human_id)
-        grant = self._memory.grants.pop(human_id, None)
-        if grant is not None:
+        if (grant := self._memory.grants.pop(human_id, None)) is not None:
             self._outcomes.revoke_later(human_id, grant.refresh_token, "the grant was deleted")
         self._scheduler.drop(human_id)
         self._memory.forget(human_id)

@@ -25,15 +25,27 @@ MAX_SLEEP: Final = 600.0
 
 Due = Callable[[str, float], Awaitable[None]]
 Work = Callable[[str], Awaitable[None]]
+Look = Callable[[], None]
+
+
+def _nothing() -> None:
+    pass
 
 
 class Scheduler:
     """Deadlines and ready grants; :meth:`start_workers`, then :meth:`loop`."""
 
-    __slots__ = ("_clock", "_due", "_ready_event", "_schedule", "_wakeup", "_work", "_workers")
+    __slots__ = (
+        "_clock", "_due", "_look", "_ready_event", "_schedule", "_wakeup", "_work", "_workers",
+    )  # fmt: skip
 
-    def __init__(self, clock: Clock, *, workers: int, due: Due, work: Work) -> None:
+    def __init__(
+        self, clock: Clock, *, workers: int, due: Due, work: Work, look: Look = _nothing
+    ) -> None:
+        """``look`` is called before each turn reads the clock (the engine's check for a
+        wall clock set back)."""
         self._clock = clock
+        self._look = look
         self._workers = workers
         self._due = due
         self._work = work
@@ -91,6 +103,7 @@ class Scheduler:
     async def loop(self) -> None:
         """Hand each grant whose deadline comes to ``due``, until cancelled."""
         while True:
+            self._look()
             now = self._clock.time()
             for human_id in self._schedule.pop_due(now):
                 await self._due(human_id, now)
