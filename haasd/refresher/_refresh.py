@@ -287,7 +287,15 @@ class Refreshing:
                     error=str(exc),
                 )
                 long = None if late else long
-            await anyio.sleep(WRITE_RETRY_DELAY)
+            try:
+                await anyio.sleep(WRITE_RETRY_DELAY)
+            except anyio.get_cancelled_exc_class():
+                _log.error(
+                    "stopped before a refresh's answer could be written: the store still"
+                    " has the spent refresh token",
+                    human_id=grant.human_id,
+                )
+                raise
 
     def _lease_ended(self, grant: Grant) -> HaasdError:
         """The lease may end before an answer could be written: nothing was sent. Look
