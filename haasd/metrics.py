@@ -90,7 +90,8 @@ class EngineCollector(Collector):
         )
 
     def _refusals_and_faults(self) -> Iterator[Metric]:
-        """On-demand refreshes refused, quarantined grants, a stop for a client fault."""
+        """On-demand refreshes refused, quarantined grants, a store that refuses writes,
+        a stop for a client fault."""
         refused = CounterMetricFamily(
             "haasd_on_demand_refused",
             "Refreshes asked for on demand (min_ttl, admin refresh) and refused, by reason",
@@ -103,6 +104,11 @@ class EngineCollector(Collector):
             "haasd_grants_quarantined",
             "Grants whose stored row could not be read (they need re-consent)",
             value=float(len(self._refresher.store.unreadable)),
+        )
+        yield GaugeMetricFamily(
+            "haasd_store_writable",
+            "0 while the store refuses writes (a full disk): health says which answers wait",
+            value=0.0 if self._refresher.stats.store_error else 1.0,
         )
         yield GaugeMetricFamily(
             "haasd_refreshing_stopped",

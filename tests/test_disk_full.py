@@ -171,12 +171,14 @@ async def test_the_daemon_on_a_full_disk_serves_what_it_holds_and_recovers(disk:
             for r in health["reasons"]
         ), health["reasons"]
         assert (await d.http.get(f"/v1/tokens/{MARIA}")).json()["access_token"] == first
+        assert "haasd_store_writable 0.0" in (await d.http.get("/metrics")).text
 
         (disk / "filler").unlink()
         await d.clock.advance(5 * 60)  # the postponed refresh goes, the consent is pruned
         served = (await d.http.get(f"/v1/tokens/{MARIA}")).json()["access_token"]
         assert served != first and d.sim.validate_access_token(served) == MARIA
         assert (await d.http.get("/v1/health")).json()["status"] == "ok"
+        assert "haasd_store_writable 1.0" in (await d.http.get("/metrics")).text
         assert await d.daemon.store.list_pending() == []
         assert d.sim.stats.reuse_events == 0
 
