@@ -160,6 +160,8 @@ async def rig(
     sim: dict[str, Any],
     read_timeout: float = READ_TIMEOUT,
     inbound: Callable[[bytes], bytes] | None = None,
+    *,
+    seed: int = 42,
 ) -> AsyncIterator[Rig]:
     clock = ManualClock()
     simulation = simulator(clock, **{**SIM_OPTIONS, **sim})
@@ -189,7 +191,7 @@ async def rig(
         events, policy = EventBus(), Policy()
         refresher = Refresher(
             store=store, auth=auth, clock=clock, policy=policy, events=events,
-            budget=budget, rng=random.Random(42), activity=activity,
+            budget=budget, rng=random.Random(seed), activity=activity,
         )  # fmt: skip
         feed = stack.enter_context(events.subscribe(maxsize=10_000))
         server = TokenServer(refresher, [_admin()])  # its connections on real time, as deployed
@@ -207,10 +209,11 @@ async def rig(
             tg.cancel_scope.cancel()
 
 
-async def run_row(row: Row, directory: Path) -> tuple[Observed, Rig]:
-    """Run ``row``: consent, let the first refresh meet the fault, watch ``row.window``."""
+async def run_row(row: Row, directory: Path, *, seed: int = 42) -> tuple[Observed, Rig]:
+    """Run ``row``: consent, let the first refresh meet the fault, watch ``row.window``.
+    ``seed`` seeds haasd's jitter and backoff."""
     fault = row.script, row.then, row.sim, row.read_timeout, row.inbound
-    async with rig(directory, *fault) as r:
+    async with rig(directory, *fault, seed=seed) as r:
         grant = await r.consent()
         r.events()  # the consent's own events are not the row's
         assert grant.next_refresh_at is not None

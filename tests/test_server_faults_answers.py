@@ -32,10 +32,12 @@ from fault_server import Answer, Forward, json_answer
 
 ON = Forward()  # the simulator answers (rotating the refresh token)
 STOPPED = "refreshing stopped: the server rejects haasd's client"
-#: backoff with full jitter from 10 s, 600 s long: the policy's ceilings allow no fewer
-BACKOFF = (5, 12)
+#: backoff with full jitter from 10 s over 600 s: its ceilings (10, 20, 40 … s) allow no
+#: fewer; the most is the jitter's (20 seeds of bench/server_faults.py: 6 to 12)
+BACKOFF = (5, 15)
 #: the same, three requests a round: the answer may be lost, so two prompt retries
-LOST_BACKOFF = (14, 40)
+#: (20 seeds: 20 to 35)
+LOST_BACKOFF = (14, 45)
 
 
 def oauth(code: str, status: int = 400, *headers: tuple[str, str]) -> Answer:

@@ -17,8 +17,9 @@ What the rows hold to:
   backoff (never the whole rate budget spent on one grant).
 * What the server issued is written before anything else in the answer is judged: a
   200 with a new refresh token but no access token keeps the new refresh token, and the
-  retry spends it. No ``refresh_token`` keeps the old one (RFC 6749 §6) — which a
-  server that rotated anyway has spent: the next refresh is refused, and says so.
+  retry spends it; a refresh token with a space is one (RFC 6749 A.17: VSCHAR). No
+  ``refresh_token`` keeps the old one (RFC 6749 §6) — which a server that rotated
+  anyway has spent: the next refresh is refused, and says so.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ SPACED = " v2"
 #: real seconds the client waits for a stalled answer
 STALLED = 1.0
 INTERRUPTED = "a refresh-token rotation was interrupted"
-#: three requests a round (two prompt retries of a lost answer), backoff from 10 s
-LOST_BACKOFF = (14, 40)
+#: three requests a round (two prompt retries of a lost answer), backoff from 10 s (20
+#: seeds of bench/server_faults.py: 20 to 35)
+LOST_BACKOFF = (14, 45)
 HTML = Answer(200, (("Content-Type", "text/html"),), b"<html><body>Sign in</body></html>")
 TRUNCATED = Answer(
     200, (("Content-Type", "application/json"),), b'{"access_token": "haas_at_x", "expi'
@@ -130,11 +132,11 @@ ROWS = [
     kept("expires_in a string, no number: the default", field("expires_in", "an hour")),
     Row(
         "expires_in 0 throughout", (), field("expires_in", 0), state="active", token=503,
-        events=("token.refreshed",), further=(4, 12), gap=(0, 0), error="expires_in 0",
+        events=("token.refreshed",), further=(4, 15), gap=(0, 0), error="expires_in 0",
     ),
     Row(
         "expires_in negative throughout", (), field("expires_in", -60), state="active",
-        token=503, events=("token.refreshed",), further=(4, 12), gap=(0, 0),
+        token=503, events=("token.refreshed",), further=(4, 15), gap=(0, 0),
         error="expires_in 0",
     ),
     kept("token_type not Bearer: kept, served as Bearer", field("token_type", "mac")),
