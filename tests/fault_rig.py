@@ -170,7 +170,7 @@ async def rig(
         await stack.enter_async_context(simulation.running())
         await stack.enter_async_context(elsewhere.running())
         placed = _placed((*script, then), elsewhere.url)
-        fault = FaultServer(clock, simulation.token_url, placed[:-1], placed[-1], inbound=inbound)
+        fault = FaultServer(clock, simulation.base_url, placed[:-1], placed[-1], inbound=inbound)
         await stack.enter_async_context(fault.running())
         activity = Activity()
         clock.add_settle_hook(activity.wait_idle)
@@ -178,6 +178,7 @@ async def rig(
         budget = RateBudget(300, clock)
         auth = AuthClient(
             token_url=fault.url,
+            revocation_url=fault.revocation_url,
             client_id=CLIENT_ID,
             client_secret=Secret(CLIENT_SECRET),
             budget=budget,

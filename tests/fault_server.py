@@ -1,9 +1,10 @@
 """A scripted token endpoint on loopback: the Nth request meets the Nth scripted fault.
 
-:class:`FaultServer` stands in front of an upstream token endpoint (the simulator, so
-that rotation and reuse detection are real) on its own TCP port. Every request it
-receives takes the next :data:`Action` of its script — and, once the script is spent,
-``then`` (by default: pass it on). Actions:
+:class:`FaultServer` stands in front of an upstream authorization server (the
+simulator, so that rotation, reuse detection and revocation are real) on its own TCP
+port: ``/token`` and ``/revoke`` there are passed on to the same paths upstream. Every
+request it receives takes the next :data:`Action` of its script — and, once the script
+is spent, ``then`` (by default: pass it on). Actions:
 
 * :class:`Answer` — a canned reply (status, headers, raw body); the upstream never sees
   the request.
@@ -95,6 +96,7 @@ class FaultServer:
     """The scripted endpoint; ``async with server.running()`` to listen (see the module)."""
 
     clock: Clock
+    #: the upstream's base URL: a request is passed on to the same path there
     upstream: str | None = None
     script: Sequence[Action] = ()
     then: Action = field(default_factory=Forward)
@@ -116,6 +118,11 @@ class FaultServer:
         if self._url is None:
             raise RuntimeError("the fault server is not running")
         return f"{self._url}/token"
+
+    @property
+    def revocation_url(self) -> str:
+        """The revocation endpoint's URL (``/revoke`` on this server's port)."""
+        return self.url.removesuffix("/token") + "/revoke"
 
     @property
     def requests(self) -> int:
@@ -179,7 +186,8 @@ class FaultServer:
         keep = {b"content-type", b"authorization", b"accept"}
         headers = [(k.decode(), v.decode()) for k, v in request.headers if k.lower() in keep]
         content = request.body if self.inbound is None else self.inbound(request.body)
-        reply = await self._relay.post(self.upstream, content=content, headers=headers)
+        target = self.upstream + request.target.decode("latin-1")
+        reply = await self._relay.post(target, content=content, headers=headers)
         body = reply.content
         if rewrite is not None and reply.status_code == 200:
             body = json.dumps(rewrite(dict(reply.json()))).encode()
