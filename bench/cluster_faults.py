@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/cluster_faults.py [--kills 200] [--stops 10] [--pg-restarts 10]
                                               [--seed N] [--modes grace,strict]
+                                              [--overlap]
 
 The campaign is the test suite's (``tests/cluster_campaign.py``; the short run is
 ``tests/test_cluster_faults.py``), at length: the simulator with rotation and reuse
@@ -77,6 +78,10 @@ def main() -> int:
     parser.add_argument("--humans", type=int, default=12)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--modes", default="grace,strict")
+    parser.add_argument(
+        "--overlap", action="store_true",
+        help="start a killed instance again without waiting for it: faults overlap",
+    )  # fmt: skip
     args = parser.parse_args()
     configure_logging("error", "console", stream=sys.stderr)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
@@ -92,7 +97,7 @@ def main() -> int:
         for mode in args.modes.split(","):
             plan = Plan(
                 seed=seed, grace=GRACE[mode], kills=args.kills, stops=args.stops,
-                pg_restarts=args.pg_restarts, humans=args.humans,
+                pg_restarts=args.pg_restarts, humans=args.humans, overlap=args.overlap,
             )  # fmt: skip
             print(f"{mode}: {args.kills} kills, {args.stops} pauses, {args.pg_restarts}"
                   " database restarts ...", flush=True)  # fmt: skip

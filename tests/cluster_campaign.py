@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import httpx
-from cluster_nodes import Leases, Node, node_config, seed
+from cluster_nodes import START_TIMEOUT, Leases, Node, node_config, seed
 from cluster_reconsent import Reconsenter
-from cluster_result import Fault, Plan, Result, Served
+from cluster_result import LAG_NOTED, Fault, Plan, Result, Served
 from harness import CLIENT_ID, CLIENT_SECRET
 from pg_cluster import PgCluster, PgDatabase
 from support_daemon import write_key
@@ -71,6 +72,8 @@ class Campaign:
         self.faults: list[Fault] = []
         self.served = Served()
         self._serving = True
+        self.lags: list[tuple[float, float]] = []
+        self._tasks: anyio.abc.TaskGroup
         self.reconsenter = Reconsenter(
             self.sim, self.humans, self._running, random.Random(plan.seed + 1),
             report_within=4 * plan.lifetime + 6 * plan.lease + 10,
@@ -104,6 +107,7 @@ class Campaign:
             self.plan, self.faults, list(self.sim.stats.spent_presented), lost, losses,
             self.served,
             sum(self.sim.stats.refreshes.values()), crashes, time.monotonic() - started,
+            self.lags,
         )  # fmt: skip
 
     async def _run_nodes(self) -> None:
@@ -112,9 +116,11 @@ class Campaign:
         for node in self.nodes:
             await node.until_serving()
         async with anyio.create_task_group() as tg:
+            self._tasks = tg
             for _ in range(4):
                 tg.start_soon(self._ask_tokens)
             tg.start_soon(self.reconsenter.watch, lambda: self._serving)
+            tg.start_soon(self._watch_lag)
             await self._faults()
             await self._settle()
             self._serving = False
@@ -169,7 +175,10 @@ class Campaign:
         held = (await self.leases.held()).get(pid, set())
         self.faults.append(Fault("kill", at, time.time(), pid, frozenset(held)))
         node.start()
-        await node.until_serving()
+        if self.plan.overlap:  # other faults meanwhile: its start may take longer
+            self._tasks.start_soon(node.until_serving, 4 * START_TIMEOUT)
+        else:
+            await node.until_serving()
 
     async def _stop(self) -> None:
         node = await self._target(prefer_holder=True)
@@ -189,6 +198,16 @@ class Campaign:
             await anyio.to_thread.run_sync(self.pg.kill)
             await anyio.to_thread.run_sync(self.pg.start)
         self.faults.append(Fault("pg", at, time.time()))
+
+    async def _watch_lag(self) -> None:
+        """Note each stall of this event loop, which the simulator answers on: a loaded
+        machine delays the handling of a request sent before a fault (Result.lag_after)."""
+        while self._serving:
+            asked = time.monotonic()
+            await anyio.sleep(0.05)
+            late = time.monotonic() - asked - 0.05
+            if late > LAG_NOTED:
+                self.lags.append((time.time(), late))
 
     # -- checks ---------------------------------------------------------------------------
 

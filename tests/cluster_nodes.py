@@ -154,11 +154,19 @@ class Node:
 
     async def get(self, path: str, *, limit: float = 5.0) -> httpx.Response:
         """``GET path`` on the socket (keep-alive), given ``limit`` seconds."""
-        return await self._http().get(path, timeout=limit)
+        return await self._request("GET", path, None, limit)
 
     async def post(self, path: str, body: dict[str, Any], *, limit: float = 5.0) -> httpx.Response:
         """``POST path`` with a JSON ``body`` on the socket, given ``limit`` seconds."""
-        return await self._http().post(path, json=body, timeout=limit)
+        return await self._request("POST", path, body, limit)
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, limit: float
+    ) -> httpx.Response:
+        try:
+            return await self._http().request(method, path, json=body, timeout=limit)
+        except RuntimeError as exc:  # a kill closed the client while this one used it
+            raise httpx.TransportError(f"{self.name} was killed meanwhile") from exc
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
