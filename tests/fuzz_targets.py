@@ -38,7 +38,9 @@ __all__ = ["TARGETS", "check_interpretation", "http", "token_answer", "unpack_re
 
 # --- http ---------------------------------------------------------------------------------
 
-_LOOP: Final = asyncio.new_event_loop()
+#: one event loop for every input, made at the first (a loop per input costs more than
+#: the input)
+_LOOPS: list[asyncio.AbstractEventLoop] = []
 _SMALL: Final = Limits(max_head=2048, max_headers=16, max_body=1024)
 
 
@@ -108,7 +110,9 @@ def http(data: bytes) -> None:
         return
     size, wire = 1 + data[0] * 4, data[1:]
     chunks = [wire[i : i + size] for i in range(0, len(wire), size)]
-    out = _LOOP.run_until_complete(_serve(chunks))
+    if not _LOOPS:
+        _LOOPS.append(asyncio.new_event_loop())
+    out = _LOOPS[0].run_until_complete(_serve(chunks))
     methods = [b"HEAD"] if b"HEAD" in wire else []
     statuses = [a.status for a in answers(out, methods)]
     assert 500 not in statuses, f"a handler failed on {wire[:300]!r}"
