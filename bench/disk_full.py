@@ -50,9 +50,8 @@ def main() -> int:
         print(f"  disk full {mode}: {n} rounds")
     print(f"  answers held in memory, then written: {tally.held}")
     print(f"  refreshes at the server: {tally.refreshes}")
-    print(
-        f"  tokens served: {tally.served} (none while it could not be: {tally.refused_meanwhile})"
-    )
+    print(f"  tokens served: {tally.served}, every one live at the server")
+    print(f"  asked for while the disk was full, none in hand: {tally.refused_meanwhile}")
     for problem in tally.problems:
         print(f"BROKEN: {problem}")
     return 1 if tally.problems else 0
