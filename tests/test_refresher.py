@@ -271,11 +271,15 @@ async def test_lost_answer_is_retried_promptly_within_the_grace_window(tmp_path:
     async with running(tmp_path, sim_options=options) as h:
         await h.consent("usr_a")
         h.sim.drop_next(1, after_processing=True)
-        await h.clock.advance(HOUR)
+        with capture_logs() as logs:
+            await h.clock.advance(HOUR)
         grant = h.refresher.grant("usr_a")
         assert grant is not None and grant.state is State.ACTIVE
         assert h.sim.stats.grace_replays == 1
         assert h.sim.has_active_grant("usr_a")
+        # an operator sees why the server was asked twice (strict servers take it badly)
+        lost = [e for e in logs if e["event"].startswith("refresh answer lost")]
+        assert [(e["human_id"], e["attempt"]) for e in lost] == [("usr_a", 2)]
 
 
 async def test_lost_answer_without_grace_needs_reconsent_and_says_why(tmp_path: Path) -> None:

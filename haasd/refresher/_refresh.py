@@ -227,6 +227,10 @@ class Refreshing:
                 if exc.sent and exc.issued_refresh_token is None and lost < LOST_ANSWER_RETRIES:
                     lost += 1  # the server may have rotated: retry with the same token, promptly
                     interrupted = True
+                    _log.warning(
+                        "refresh answer lost; asking again with the same refresh token",
+                        human_id=human_id, error=str(exc), attempt=lost + 1,
+                    )  # fmt: skip
                     await self._clock.sleep(LOST_ANSWER_DELAY)
                     continue
                 return await self._outcomes.failed(grant, exc, interrupted=interrupted)
