@@ -43,7 +43,17 @@ from haasd.simulator import Simulator
 from haasd.store import Store
 from haasd.tokens import parse_token_response
 
-__all__ = ["ELSEWHERE", "FIRST", "MARIA", "Observed", "Row", "expected", "run_row"]
+__all__ = [
+    "ELSEWHERE",
+    "FIRST",
+    "MARIA",
+    "SIM_OPTIONS",
+    "Observed",
+    "Row",
+    "expected",
+    "rig",
+    "run_row",
+]
 
 MARIA = "usr_maria_42"
 #: in a script, a header value naming the other server (a redirect's target)

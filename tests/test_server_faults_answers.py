@@ -24,11 +24,16 @@ What the rows hold to:
 from __future__ import annotations
 
 import email.utils
+import time
 from pathlib import Path
 
 import pytest
-from fault_rig import ELSEWHERE, FIRST, Row, expected, run_row
-from fault_server import Answer, Forward, json_answer
+from fault_rig import ELSEWHERE, FIRST, MARIA, SIM_OPTIONS, Row, expected, run_row
+from fault_server import Answer, FaultServer, Forward, json_answer
+from harness import simulator
+from support_daemon import daemon_at, seed_grant, write_config
+
+from haasd.clock import ManualClock
 
 ON = Forward()  # the simulator answers (rotating the refresh token)
 STOPPED = "refreshing stopped: the server rejects haasd's client"
@@ -144,3 +149,31 @@ ROWS = [
 async def test_an_error_answer_comes_to_what_its_row_says(row: Row, short_dir: Path) -> None:
     seen, _ = await run_row(row, short_dir)
     assert seen == expected(row, seen)
+
+
+async def test_the_whole_daemon_meets_the_faults_as_the_rig_does(short_dir: Path) -> None:
+    """``haasd run`` as composed from a config file (its own jitter, its own clients), on
+    three rows in turn: a server's wait, a client fault, a refusal."""
+    clock = ManualClock(start=time.time())
+    sim = simulator(clock, **SIM_OPTIONS)
+    wait = Answer(503, (("Retry-After", "120"),))
+    script = (wait, ON, oauth("invalid_client", 401, CHALLENGE), oauth("invalid_grant"))
+    async with sim.running(), (fault := FaultServer(clock, sim.base_url, script, ON)).running():
+        config = write_config(short_dir, fault.url)
+        await seed_grant(short_dir, sim, MARIA)
+        async with daemon_at(config, clock) as (_, http):
+            await clock.advance(3600)  # the first refresh (503, 120 s) and its retry (200)
+            assert fault.requests == 2 and abs(fault.times[1] - fault.times[0] - 120) < 0.001
+            assert (await http.get(f"/v1/tokens/{MARIA}")).status_code == 200
+            await http.post(f"/v1/humans/{MARIA}/refresh")  # invalid_client
+            health = (await http.get("/v1/health")).json()
+            assert health["status"] == "degraded" and STOPPED in health["reasons"][0]
+            await clock.advance(3600)
+            assert fault.requests == 3, "refreshing stopped: nothing sent"
+            refused = await http.post(f"/v1/humans/{MARIA}/refresh")  # an admin's: invalid_grant
+            assert refused.status_code == 502, refused.text  # the server's refusal, relayed
+            status = (await http.get(f"/v1/humans/{MARIA}")).json()
+            assert status["state"] == "needs_reconsent"
+            assert (await http.get(f"/v1/tokens/{MARIA}")).status_code == 409
+            await clock.advance(3600)
+            assert fault.requests == 4, "nothing more sent for a refused grant"
