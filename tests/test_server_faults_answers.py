@@ -1,4 +1,4 @@
-"""Server faults, table-driven (1 of 2): the token endpoint answers with an error.
+"""Server faults, table-driven (1 of 3): the token endpoint answers with an error.
 
 One row per fault, each run against the real refresh path (see ``fault_rig``): the
 first refresh of a consented grant meets the fault; the row says what comes of it — the
@@ -19,6 +19,9 @@ What the rows hold to:
   second; a negative or unreadable one is ignored; an absurd one is capped at an hour.
   The HaaS docs' 429 body names its wait in ``retry_after``.
 * A redirect is never followed: the credentials in the request go nowhere else.
+
+The last test runs three of the rows through the whole daemon as ``haasd run`` composes
+it from a config file, to show the rig's composition is the real one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Server faults, table-driven (2 of 2): the exchange breaks, or its answer is wrong.
+"""Server faults, table-driven (2 of 3): the exchange breaks, or its answer is wrong.
 
 The same rig and rows as ``test_server_faults_answers`` (see ``fault_rig``): the first
 refresh of a consented grant meets the fault, and the row says what comes of it.

@@ -1,4 +1,4 @@
-"""Server faults, table-driven: the revocation endpoint (RFC 7009) when a grant is deleted.
+"""Server faults, table-driven (3 of 3): the revocation endpoint (RFC 7009) when a grant is deleted.
 
 The rig of ``test_server_faults_answers`` (see ``fault_rig``), its revocation endpoint
 behind the same scripted server. An administrator deletes a consented grant over the
