@@ -193,8 +193,8 @@ def _check_tokens(tokens: TokenResponse, asked: Asked) -> None:
 
 
 def _issued_refresh(body: bytes | None) -> str | None:
-    """The answer's refresh token if it is one haasd must keep: a string of printable
-    ASCII without spaces, at most MAX_TOKEN_LENGTH long."""
+    """The answer's refresh token if it is one haasd must keep: a string of RFC 6749's
+    VSCHAR (printable ASCII and space, A.17), at most MAX_TOKEN_LENGTH long."""
     try:
         document = json.loads(body) if body is not None else None
     except (ValueError, RecursionError):
@@ -202,7 +202,7 @@ def _issued_refresh(body: bytes | None) -> str | None:
     value = document.get("refresh_token") if isinstance(document, dict) else None
     if not isinstance(value, str) or not 0 < len(value) <= MAX_TOKEN_LENGTH:
         return None
-    return value if all(0x21 <= ord(c) <= 0x7E for c in value) else None
+    return value if all(0x20 <= ord(c) <= 0x7E for c in value) else None
 
 
 def _check_kept(issued: str | None, result: TokenResponse | AuthError | None) -> None:
