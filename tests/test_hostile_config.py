@@ -175,7 +175,7 @@ def check(text: bytes, environ: dict[str, str], seen: Counter[str]) -> None:
 def test_a_config_file_loads_or_says_which_key_is_wrong_and_why() -> None:
     seen: Counter[str] = Counter()
 
-    @profile(150)
+    @profile(120)
     @given(document=documents(), environ=environments, damage=st.booleans(), data=st.data())
     def one(
         document: dict[str, object], environ: dict[str, str], damage: bool, data: st.DataObject
