@@ -107,4 +107,6 @@ def coordination_of(config: Config, store: GrantStore) -> Coordination:
 
     if not isinstance(store, PgStore):  # pragma: no cover - open_store gave the other kind
         raise TypeError("store.url is set but the store is not PostgreSQL's")
-    return PgCoordination(store, lease=config.cluster.lease)
+    return PgCoordination(
+        store, lease=config.cluster.lease, join_within=config.store.connect_timeout
+    )

@@ -117,8 +117,19 @@ class PgCoordination:
 
     shared = True
 
-    def __init__(self, store: PgStore, *, lease: float, instance_id: str | None = None) -> None:
+    def __init__(
+        self,
+        store: PgStore,
+        *,
+        lease: float,
+        instance_id: str | None = None,
+        join_within: float = 0.0,
+    ) -> None:
         self._store = store
+        #: how long joining (the first heartbeat, the first LISTEN) is tried again for: the
+        #: database may restart while this instance starts (``store.connect_timeout``)
+        self.join_within = join_within
+        self._join_by = 0.0
         self._db = store.database
         self.lease = lease
         #: how long before a lease's end (local, monotonic) this instance stops using it
@@ -190,7 +201,8 @@ class PgCoordination:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Join (heartbeat), listen, and keep both going until cancelled; then leave."""
-        await self._beat()
+        self._join_by = anyio.current_time() + self.join_within
+        await self._join()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self._listen)
@@ -200,6 +212,19 @@ class PgCoordination:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._leave()
+
+    async def _join(self) -> None:
+        """The first heartbeat, tried again until ``join_within`` has passed."""
+        delay = 0.5
+        while True:
+            try:
+                return await self._beat()
+            except StoreError as exc:
+                if anyio.current_time() + delay > self._join_by:
+                    raise
+                self._lose(str(exc))
+            await anyio.sleep(delay)
+            delay = min(RECONNECT_MAX, delay * 2)
 
     async def _beat_loop(self) -> None:
         while True:
@@ -274,7 +299,7 @@ class PgCoordination:
                         self._heard(note.channel, note.payload)
             except (StoreError, psycopg.Error, OSError) as exc:
                 self._lose(str(exc) if isinstance(exc, StoreError) else type(exc).__name__)
-                if first:
+                if first and anyio.current_time() + delay > self._join_by:
                     raise StoreError(f"store {self._db.where}: cannot listen: {exc}") from exc
             await anyio.sleep(delay)
             delay = min(RECONNECT_MAX, delay * 2)
