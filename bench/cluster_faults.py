@@ -64,6 +64,7 @@ def keep_records(result: Result, base: Path) -> None:
         "spent": [spent._asdict() for spent in result.spent],
         "dead_served": result.served.dead,
         "lost": result.lost,
+        "failed_starts": result.failed_starts,
         "losses": [loss.__dict__ for loss in result.losses],
         "problems": result.problems(),
     }

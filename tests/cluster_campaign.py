@@ -107,7 +107,7 @@ class Campaign:
             self.plan, self.faults, list(self.sim.stats.spent_presented), lost, losses,
             self.served,
             sum(self.sim.stats.refreshes.values()), crashes, time.monotonic() - started,
-            self.lags,
+            self.lags, {node.name: node.failed_starts for node in self.nodes},
         )  # fmt: skip
 
     async def _run_nodes(self) -> None:

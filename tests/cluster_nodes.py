@@ -77,6 +77,9 @@ class Node:
         self.serving = False
         #: processes that ended without being told to (their exit codes)
         self.crashes: list[int] = []
+        #: starts that ended with haasd's "cannot start" (exit 1, a line saying why) and
+        #: were started again, as systemd's Restart=on-failure does: that line each
+        self.failed_starts: list[str] = []
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -101,7 +104,7 @@ class Node:
         """Wait until the socket answers ``/v1/health``; a process that dies meanwhile
         or takes longer is an error naming its log's tail."""
         with anyio.move_on_after(within):
-            while self.alive:
+            while self.alive or self._start_again():
                 try:
                     reply = await self.get("/v1/health", limit=1.0)
                 except (httpx.HTTPError, OSError):
@@ -112,9 +115,22 @@ class Node:
                 await anyio.sleep(0.05)
         raise AssertionError(f"{self.name} did not start serving:\n{self.tail()}")
 
+    def _start_again(self) -> bool:
+        """A start that failed as haasd says it does — exit 1 with a line naming why (the
+        database went away while it started) — is started again, up to 5 times."""
+        if self.process is None or self.process.poll() != 1 or len(self.failed_starts) >= 5:
+            return False
+        said = self.tail(1)
+        if not said.startswith("haasd: "):
+            return False  # a traceback: a crash, which until_serving reports
+        self.failed_starts.append(said)
+        self.start()
+        return True
+
     def check(self) -> None:
-        """Note a process that ended by itself (a crash the campaign fails on)."""
-        if self.process is not None and not self.paused:
+        """Note a process that ended by itself (a crash the campaign fails on); one that
+        had not started serving yet may have failed its start (see until_serving)."""
+        if self.process is not None and not self.paused and (self.serving or self.alive):
             code = self.process.poll()
             if code is not None and code != -signal.SIGKILL:
                 self.crashes.append(code)

@@ -78,6 +78,8 @@ class Result:
     #: (when, seconds late) of each wake-up of the driver's event loop — the simulator's
     #: too — that came later than asked for by more than LAG_NOTED
     lags: list[tuple[float, float]] = field(default_factory=list)
+    #: each start that failed saying why (exit 1) and was started again, by instance
+    failed_starts: dict[str, list[str]] = field(default_factory=dict)
 
     def lag_after(self, at: float) -> float:
         """The longest the simulator's event loop stalled in the seconds after ``at``: a
@@ -167,6 +169,7 @@ class Result:
             ("tokens served / dead at the simulator", served),
             ("answers slower than the serve margin", str(self.served.late)),
             ("instances that crashed", str(sum(len(c) for c in self.crashes.values()))),
+            ("starts that failed, started again", str(sum(map(len, self.failed_starts.values())))),
         ]
 
     def _stall(self) -> str:
