@@ -88,6 +88,7 @@ def health_reasons(
     refused_peers: Sequence[tuple[int | None, RefusalReason, int]],
     unreadable: frozenset[str],
     faults: Mapping[str, str],
+    failing: Mapping[str, str] | None = None,
     cluster: str | None = None,
 ) -> tuple[str, ...]:
     """Why the engine is degraded, in the order an operator should look (none: ok)."""
@@ -96,6 +97,12 @@ def health_reasons(
         reasons.append(f"refreshing stopped: {client_fault}")
     if store_error:
         reasons.append(f"store not writable: {store_error}")
+    if failing:
+        (human, why), *_ = sorted(failing.items())
+        reasons.append(
+            f"{len(failing)} grant(s) without a live token while their refresh fails "
+            f"(first: {human}, last error: {why})"
+        )
     if at_risk:
         reasons.append(f"{at_risk} grant(s) may expire before the rate budget reaches them")
     for peer, reason, count in refused_peers[:PEERS_SHOWN]:

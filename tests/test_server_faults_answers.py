@@ -119,6 +119,12 @@ ROWS = [
         state="active", token=200, events=("refresh.failed",), further=BACKOFF, gap=(1, 10),
         error="temporarily_unavailable",
     ),
+    Row(
+        "500 throughout, past the token's end: health says so",
+        (), Answer(500), state="active", token=503, events=("refresh.failed",),
+        health="degraded", reason="without a live token while their refresh fails",
+        further=(6, 30), gap=(1, 10), window=1200, error="server_error",
+    ),
     retried("500 once", Answer(500), (1, 10)),
     # --- Retry-After ----------------------------------------------------------------------
     retried("503 Retry-After 120", Answer(503, (("Retry-After", "120"),)), (120, 120)),

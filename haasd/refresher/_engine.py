@@ -190,11 +190,9 @@ class Refresher:
     async def refresh_now(
         self, human_id: str, *, wait: float = MAX_WAIT, peer: int | None = None
     ) -> Grant:
-        """Refresh now, whatever the schedule says (admin), within the on-demand limits.
-
-        Waits at most ``wait`` seconds (the refresh goes on after that); raises what the
-        attempt met, or :class:`TokenUnavailableError` when it cannot go now.
-        """
+        """Refresh now, whatever the schedule says (admin), within the on-demand limits:
+        waits at most ``wait`` seconds (the refresh goes on after that); raises what the
+        attempt met, or :class:`TokenUnavailableError` when it cannot go now."""
         grant, now = self._current(human_id), self.clock.time()
         state = state_at(grant.state, grant.refresh_expires_at, now, self.policy)
         if state is State.NEEDS_RECONSENT:
@@ -236,14 +234,16 @@ class Refresher:
 
     def health(self) -> Health:
         """Ok, or degraded and why, with the engine's figures."""
-        stats, monotonic = self._memory.stats, self.clock.monotonic()
+        memory, monotonic = self._memory, self.clock.monotonic()
+        stats = memory.stats
         reasons = health_reasons(
             client_fault=stats.client_fault,
             store_error=stats.store_error,
             at_risk=self.at_risk(),
             refused_peers=self.demand.refused_peers(monotonic),
             unreadable=self.store.unreadable,
-            faults=self._memory.faults,
+            faults=memory.faults,
+            failing=memory.failing_expired(self.clock.time()),
             cluster=self._coordination.problem(),
         )
         blocked = self.budget.blocked_until

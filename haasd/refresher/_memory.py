@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from haasd.grants import Grant, Policy
+from haasd.grants import Grant, Policy, State
 from haasd.refresher._stats import RefresherStats
 
 __all__ = ["LIFETIMES_KEPT", "Memory"]
@@ -31,6 +31,8 @@ class Memory:
     interrupted: set[str] = field(default_factory=set)
     #: humans whose handling met an unexpected error, and what it was (for health)
     faults: dict[str, str] = field(default_factory=dict)
+    #: humans whose last refresh failed and will be tried again (see failing_expired)
+    failing: set[str] = field(default_factory=set)
     #: the access-token lifetimes the server granted in its last answers, any grant
     lifetimes: deque[float] = field(default_factory=lambda: deque(maxlen=LIFETIMES_KEPT))
 
@@ -42,7 +44,25 @@ class Memory:
         :data:`LIFETIMES_KEPT` answers."""
         return max(self.lifetimes, default=None)
 
+    def failing_expired(self, now: float) -> dict[str, str]:
+        """The grants whose access token has ended while their refresh keeps failing —
+        apps asking for them get no token — and why the last try failed. A grant since
+        refreshed (here or, in a cluster, elsewhere), refused or gone leaves the set."""
+        found: dict[str, str] = {}
+        for human_id in list(self.failing):
+            grant = self.grants.get(human_id)
+            if (
+                grant is None
+                or not grant.consecutive_failures
+                or grant.state is State.NEEDS_RECONSENT
+            ):
+                self.failing.discard(human_id)
+            elif grant.access_expires_at <= now:
+                found[human_id] = grant.last_error or "unknown"
+        return found
+
     def forget(self, human_id: str) -> None:
         """A new consent or a delete: nothing noted about the old grant still holds."""
         self.interrupted.discard(human_id)
+        self.failing.discard(human_id)
         self.faults.pop(human_id, None)

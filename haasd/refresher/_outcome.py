@@ -180,6 +180,7 @@ class Outcomes:
         elif answer is Outcome.CLIENT_FAULT:
             self._place(new, now)
         else:
+            memory.failing.add(new.human_id)
             self._will_retry(new, now)
         if isinstance(exc, RequestRejectedError):
             _log.error("the token endpoint rejected haasd's request", error=str(exc))
