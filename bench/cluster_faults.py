@@ -65,6 +65,7 @@ def keep_records(result: Result, base: Path) -> None:
         "dead_served": result.served.dead,
         "lost": result.lost,
         "failed_starts": result.failed_starts,
+        "no_start": result.no_start,
         "losses": [loss.__dict__ for loss in result.losses],
         "problems": result.problems(),
     }

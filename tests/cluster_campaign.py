@@ -73,6 +73,8 @@ class Campaign:
         self.served = Served()
         self._serving = True
         self.lags: list[tuple[float, float]] = []
+        #: instances that did not start serving after a kill (with --overlap), and why
+        self.no_start: list[str] = []
         self._tasks: anyio.abc.TaskGroup
         self.reconsenter = Reconsenter(
             self.sim, self.humans, self._running, random.Random(plan.seed + 1),
@@ -107,7 +109,7 @@ class Campaign:
             self.plan, self.faults, list(self.sim.stats.spent_presented), lost, losses,
             self.served,
             sum(self.sim.stats.refreshes.values()), crashes, time.monotonic() - started,
-            self.lags, {node.name: node.failed_starts for node in self.nodes},
+            self.lags, {node.name: node.failed_starts for node in self.nodes}, self.no_start,
         )  # fmt: skip
 
     async def _run_nodes(self) -> None:
@@ -156,11 +158,9 @@ class Campaign:
         return [n for n in self.nodes if n.alive and n.serving and not n.paused]
 
     async def _target(self, prefer_holder: bool) -> Node:
-        nodes = self._running()
-        if not nodes:
-            for node in self.nodes:
-                await node.until_serving()
-            nodes = self._running()
+        with anyio.fail_after(8 * START_TIMEOUT):  # their restarts are under way
+            while not (nodes := self._running()):
+                await anyio.sleep(0.1)  # noqa: ASYNC110 - processes, not tasks, to wait for
         if prefer_holder:
             pid = await self.leases.holder([n.pid for n in nodes], within=2.0)
             for node in nodes:
@@ -176,9 +176,22 @@ class Campaign:
         self.faults.append(Fault("kill", at, time.time(), pid, frozenset(held)))
         node.start()
         if self.plan.overlap:  # other faults meanwhile: its start may take longer
-            self._tasks.start_soon(node.until_serving, 4 * START_TIMEOUT)
+            self._tasks.start_soon(self._start_serving, node)
         else:
             await node.until_serving()
+
+    async def _start_serving(self, node: Node) -> None:
+        """Wait for a restarted instance (faults go on meanwhile); one that does not
+        start is noted — a problem the result names — and started again, up to 3 times."""
+        for _ in range(3):
+            try:
+                return await node.until_serving(4 * START_TIMEOUT)
+            except AssertionError as exc:
+                self.no_start.append(str(exc)[:2000])
+                if node.alive:
+                    await node.kill()
+                node.start()
+        await node.until_serving(4 * START_TIMEOUT)
 
     async def _stop(self) -> None:
         node = await self._target(prefer_holder=True)

@@ -113,7 +113,8 @@ class Node:
                     self.serving = True
                     return
                 await anyio.sleep(0.05)
-        raise AssertionError(f"{self.name} did not start serving:\n{self.tail()}")
+        code = None if self.process is None else self.process.poll()
+        raise AssertionError(f"{self.name} did not start serving (exit {code}):\n{self.tail()}")
 
     def _start_again(self) -> bool:
         """A start that failed as haasd says it does — exit 1 with a line naming why (the

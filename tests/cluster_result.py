@@ -80,6 +80,8 @@ class Result:
     lags: list[tuple[float, float]] = field(default_factory=list)
     #: each start that failed saying why (exit 1) and was started again, by instance
     failed_starts: dict[str, list[str]] = field(default_factory=dict)
+    #: restarts after a kill that did not come to serve (started again), and why
+    no_start: list[str] = field(default_factory=list)
 
     def lag_after(self, at: float) -> float:
         """The longest the simulator's event loop stalled in the seconds after ``at``: a
@@ -197,6 +199,8 @@ class Result:
             found.append(f"grants lost that no instance reported: {silent}")
         if stuck := [x for x in self.losses if x.reported_after and not x.reconsented_after]:
             found.append(f"humans who could not consent again: {stuck}")
+        if self.no_start:
+            found.append(f"{len(self.no_start)} restart(s) did not serve: {self.no_start[:2]}")
         if self.served.unserved:
             found.append(f"live grants not served at the end: {self.served.unserved[:5]}")
         return found
