@@ -159,8 +159,9 @@ class Campaign:
 
     async def _target(self, prefer_holder: bool) -> Node:
         with anyio.fail_after(8 * START_TIMEOUT):  # their restarts are under way
-            while not (nodes := self._running()):
-                await anyio.sleep(0.1)  # noqa: ASYNC110 - processes, not tasks, to wait for
+            # processes, not tasks, are waited for: nothing to set an Event
+            while not (nodes := self._running()):  # noqa: ASYNC110
+                await anyio.sleep(0.1)
         if prefer_holder:
             pid = await self.leases.holder([n.pid for n in nodes], within=2.0)
             for node in nodes:
