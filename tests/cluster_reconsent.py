@@ -63,6 +63,7 @@ class Reconsenter:
         self.report_within = report_within
         self.losses: list[Loss] = []
         self._open: set[str] = set()
+        self._going: Callable[[], bool] = lambda: True
 
     @property
     def unreported(self) -> list[Loss]:
@@ -75,7 +76,8 @@ class Reconsenter:
 
     async def watch(self, keep_going: Callable[[], bool]) -> None:
         """Until ``keep_going()`` is false: find new losses, recover each in its own task
-        (the tasks finish before this returns, or give up at their deadline)."""
+        (they end with it)."""
+        self._going = keep_going
         async with anyio.create_task_group() as tg:
             while keep_going():
                 for human_id in self.humans:
@@ -87,15 +89,16 @@ class Reconsenter:
                 await anyio.sleep(POLL)
 
     async def _recover(self, loss: Loss) -> None:
+        """Wait for an instance to report the loss (one not reported within
+        ``report_within`` is a silent loss, which the result names), then have the human
+        consent again, as often as faults cut the consent off, while the campaign runs."""
         deadline = time.monotonic() + self.report_within
         while time.monotonic() < deadline and loss.reported_after is None:
             if await self._reported(loss.human_id):
                 loss.reported_after = time.time() - loss.found_at
             else:
                 await anyio.sleep(0.2)
-        if loss.reported_after is None:
-            return  # a silent loss: left as it is, for the result to name
-        while time.monotonic() < deadline + self.report_within:
+        while self._going():
             if await self._consent(loss.human_id):
                 loss.reconsented_after = time.time() - loss.found_at
                 self._open.discard(loss.human_id)
