@@ -3,7 +3,8 @@
 With strict reuse detection a kill inside the unavoidable window costs the grant: the
 human must consent again. Without that, a long campaign would run out of grants to
 refresh after its first few losses, and its later faults would test nothing. So for each
-human the simulator holds no live grant for (:class:`Loss`), the campaign
+human the simulator holds no live grant for, or an instance says needs re-consent
+(:class:`Loss`), the campaign
 
 1. waits until an instance *reports* it — ``GET /v1/humans/HUMAN`` says
    ``needs_reconsent`` (a loss haasd never reports is a silent loss: the campaign fails);
@@ -27,8 +28,11 @@ from cluster_nodes import Node
 
 from haasd.simulator import Simulator
 
-#: how often the simulator is asked which humans hold no live grant
+#: how often the simulator and an instance are asked which humans are lost
 POLL = 0.5
+#: seconds after a human consented again in which an instance's report of the old grant
+#: needing re-consent is not a new loss
+QUIET = 5.0
 
 
 @dataclass
@@ -64,6 +68,8 @@ class Reconsenter:
         self.losses: list[Loss] = []
         self._open: set[str] = set()
         self._going: Callable[[], bool] = lambda: True
+        #: human -> until when a report of needing re-consent is taken as stale
+        self._quiet: dict[str, float] = {}
 
     @property
     def unreported(self) -> list[Loss]:
@@ -80,13 +86,31 @@ class Reconsenter:
         self._going = keep_going
         async with anyio.create_task_group() as tg:
             while keep_going():
+                refused = await self._refused_here()
                 for human_id in self.humans:
-                    if human_id not in self._open and not self.sim.has_active_grant(human_id):
+                    if human_id in self._open or time.monotonic() < self._quiet.get(human_id, 0):
+                        continue
+                    if human_id in refused or not self.sim.has_active_grant(human_id):
                         loss = Loss(human_id, time.time())
                         self.losses.append(loss)
                         self._open.add(human_id)
                         tg.start_soon(self._recover, loss)
                 await anyio.sleep(POLL)
+
+    async def _refused_here(self) -> set[str]:
+        """The humans a running instance says need re-consent. The simulator's view alone
+        misses a loss when an earlier consent was cut off after the simulator issued its
+        tokens: that orphan family keeps the human alive there, unused by anyone."""
+        node = self._any()
+        if node is None:
+            return set()
+        try:
+            reply = await node.get("/v1/humans", limit=3.0)
+        except (httpx.HTTPError, OSError):
+            return set()
+        if reply.status_code != 200:
+            return set()
+        return {h["human_id"] for h in reply.json()["humans"] if h["state"] == "needs_reconsent"}
 
     async def _recover(self, loss: Loss) -> None:
         """Wait for an instance to report the loss (one not reported within
@@ -102,6 +126,8 @@ class Reconsenter:
             if await self._consent(loss.human_id):
                 loss.reconsented_after = time.time() - loss.found_at
                 self._open.discard(loss.human_id)
+                # an instance may report the old grant for a moment yet (NOTIFY, re-read)
+                self._quiet[loss.human_id] = time.monotonic() + QUIET
                 return
             loss.retries += 1
             await anyio.sleep(0.3)
