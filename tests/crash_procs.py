@@ -186,7 +186,10 @@ class Daemon:
         if self._client is None:
             transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
             self._client = httpx.AsyncClient(transport=transport, base_url="http://haasd")
-        return await self._client.request(method, path, timeout=limit, json=json)
+        try:
+            return await self._client.request(method, path, timeout=limit, json=json)
+        except RuntimeError as exc:  # the kill's reaping closed the client under this one
+            raise httpx.TransportError("haasd was killed meanwhile") from exc
 
     async def _drop_client(self) -> None:
         if self._client is not None:
