@@ -173,6 +173,10 @@ class Outcomes:
             _log.warning("capping an absurd Retry-After", retry_after=retry_after)
         if maybe_lost:
             memory.interrupted.add(grant.human_id)
+        if answer is Outcome.REFUSED:  # said before the write: a kill after it is not silent
+            _log.warning(
+                "grant refused by the server", human_id=new.human_id, reason=new.last_error
+            )
         if not await self._write(grant, new):
             return exc
         if answer is Outcome.REFUSED:
@@ -190,7 +194,6 @@ class Outcomes:
         human_id = new.human_id
         self._memory.interrupted.discard(human_id)
         self._drop(human_id)
-        _log.warning("grant refused by the server", human_id=human_id, reason=new.last_error)
         self._events.publish(
             Event("grant.needs_reconsent", human_id, now, {"reason": new.last_error})
         )
