@@ -29,7 +29,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock, ManualClock, SystemClock
 from haasd.crypto import Key, Sealer
 from haasd.events import EventBus
+from haasd.grantpack import Sealed
 from haasd.grants import Grant, Policy, State, refresh_due_at, state_at
 from haasd.logs import configure_logging
 from haasd.ratelimit import RateBudget
@@ -187,16 +188,17 @@ def raw_fetch(path: Path) -> int:
 
 
 class TimedStore(Store):
-    """The real store, noting how long each ``list_grants`` (the engine's load) took."""
+    """The real store, noting how long each ``read_grants`` (the engine's load) took."""
 
     __slots__ = ("load",)
     load: Span
 
-    async def list_grants(self) -> list[Grant]:
+    async def read_grants(
+        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool = True
+    ) -> None:
         with Span() as span:
-            grants = await super().list_grants()
+            await super().read_grants(take, warn=warn)
         self.load = span
-        return grants
 
 
 @dataclass

@@ -1,10 +1,7 @@
 """haasd: the token daemon for the HaaS (Humans as a Service) API."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("haasd")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+#: the one place the version is written (pyproject.toml reads it from here): no
+#: importlib.metadata lookup at every start
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -66,10 +66,10 @@ class Daemon:
     socket_path: Path
 
     def status_line(self) -> str:
-        grants = list(self.refresher.grants())
         health = self.refresher.health()
-        nexts = [g.next_refresh_at for g in grants if g.next_refresh_at is not None]
-        line = f"{len(grants)} grants, {health.status}"
+        times = self.refresher.grant_times()
+        nexts = [t.next_refresh_at for t in times if t.next_refresh_at is not None]
+        line = f"{self.refresher.grant_count} grants, {health.status}"
         if nexts:
             line += f"; next refresh in {max(0, int(min(nexts) - self.clock.time()))}s"
         return line
@@ -202,7 +202,7 @@ def _ready(tg: TaskGroup, daemon: Daemon, notifier: Notifier, env: Mapping[str, 
     _log.info(
         "haasd ready",
         socket=str(daemon.config.socket.path),
-        grants=len(list(daemon.refresher.grants())),
+        grants=daemon.refresher.grant_count,
         environment=daemon.config.haas.environment,
     )
     interval = watchdog_interval(env)

@@ -29,9 +29,10 @@ is needed, :class:`~haasd.errors.StoreError` when the storage says no.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from haasd.grantpack import Opener, Sealed
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
 
@@ -68,6 +69,21 @@ class GrantStore(Protocol):
 
     async def list_grants(self, *, warn: bool = True) -> list[Grant]:
         """Every grant, ordered by human id (stand-ins for the unreadable ones)."""
+        ...
+
+    async def read_grants(
+        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool = True
+    ) -> None:
+        """:meth:`list_grants` for the engine at start, handed to ``take`` a chunk at a
+        time as they are read, in a worker thread, one chunk after another: no list of
+        every grant is ever held. A row of the usual shape comes as its :class:`Sealed`
+        (its tokens not opened yet: :attr:`opener` opens them), any other as its Grant."""
+        ...
+
+    @property
+    def opener(self) -> Opener:
+        """Opens the tokens of the :class:`Sealed` rows :meth:`read_grants` gave, and
+        quarantines a row that does not open."""
         ...
 
     async def put_grant(self, grant: Grant) -> None:

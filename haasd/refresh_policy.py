@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, Protocol
 
 from haasd.demand import impossible_min_ttl
 from haasd.grants import Grant, Policy, State
@@ -30,6 +30,7 @@ __all__ = [
     "STARTUP_SPREAD",
     "Admission",
     "Admit",
+    "Timed",
     "admission",
     "at_risk",
     "budget_admission",
@@ -42,6 +43,30 @@ __all__ = [
     "wants_refresh",
 ]
 
+
+class Timed(Protocol):
+    """What the schedule reads of a grant: its state and times, never its tokens. A
+    :class:`Grant` is one; so is a row loaded at start whose tokens are still sealed
+    (:class:`haasd.grantpack.Sealed`)."""
+
+    @property
+    def human_id(self) -> str: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def access_expires_at(self) -> float: ...
+    @property
+    def refresh_expires_at(self) -> float: ...
+    @property
+    def consented_at(self) -> float: ...
+    @property
+    def last_refresh_at(self) -> float | None: ...
+    @property
+    def next_refresh_at(self) -> float | None: ...
+    @property
+    def last_served_at(self) -> float | None: ...
+
+
 #: overdue grants at start-up are spread over up to this many seconds
 STARTUP_SPREAD: Final = 30.0
 #: the access-token lifetime the HaaS docs state (seconds), until an answer tells
@@ -50,7 +75,7 @@ DOCUMENTED_LIFETIME: Final = 3600.0
 CLIENT_FAULT_RETRY: Final = 60.0
 
 
-def is_idle(grant: Grant, last_served: float | None, now: float, policy: Policy) -> bool:
+def is_idle(grant: Timed, last_served: float | None, now: float, policy: Policy) -> bool:
     """Dormant: not served (nor consented) for longer than ``refresh_idle``.
     ``last_served``: the latest served time known, None to go by the grant's record."""
     if last_served is None:
@@ -72,7 +97,7 @@ def wants_refresh(grant: Grant, now: float, *, client_fault: str | None, idle: b
 
 
 def deadline(
-    grant: Grant,
+    grant: Timed,
     now: float,
     policy: Policy,
     *,
@@ -193,7 +218,7 @@ def retry_after(grant: Grant, now: float, policy: Policy) -> float:
     return policy.backoff_base
 
 
-def lifetime_of(grant: Grant, last_lifetime: float | None) -> float | None:
+def lifetime_of(grant: Timed, last_lifetime: float | None) -> float | None:
     """The access-token lifetime the server last granted this grant, else
     ``last_lifetime`` (the last it granted any grant), else None (not known yet)."""
     issued = grant.last_refresh_at

@@ -27,6 +27,7 @@ from haasd.clock import Clock, ManualClock
 from haasd.config import AccessRule, SocketConfig
 from haasd.errors import HaasdError, TokenUnavailableError, UnknownHumanError
 from haasd.events import EventBus
+from haasd.grantpack import Times, times_of
 from haasd.grants import Grant, Policy, State
 from haasd.health import Health
 from haasd.secret import Secret
@@ -87,6 +88,9 @@ class FakeService:
 
     def grants(self) -> Iterable[Grant]:
         return self._grants.values()
+
+    def grant_times(self) -> Iterable[Times]:
+        return [times_of(grant) for grant in self._grants.values()]
 
     def mark_served(self, grant: Grant, now: float) -> None:
         self.served.append((grant.human_id, now))

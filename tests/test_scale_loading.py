@@ -21,7 +21,8 @@ from haasd.crypto import Key, Sealer
 from haasd.grants import State
 from haasd.store import Store
 from haasd.store import _store as store_module
-from haasd.store._grants import UNREADABLE, Loaded
+from haasd.store._grants import UNREADABLE
+from haasd.store._reading import Loaded
 
 CHUNK = 7
 HUMANS = [f"usr_{i:04d}" for i in range(5 * CHUNK + 3)]

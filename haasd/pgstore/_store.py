@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Self
 
 import anyio
@@ -10,6 +10,7 @@ import structlog
 
 from haasd.crypto import Sealer
 from haasd.errors import DecryptError, FencedError, UnknownHumanError
+from haasd.grantpack import Sealed
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.pgstore import _sql as sql
 from haasd.pgstore._database import POOL_SIZE, TIMEOUT, Database, Row
@@ -18,7 +19,6 @@ from haasd.secret import Secret
 from haasd.store._books import Quarantine, ServedTimes, flush_then_close
 from haasd.store._grants import (
     LOAD_CHUNK,
-    Loaded,
     grant_row,
     is_placeholder,
     refresh_row,
@@ -27,6 +27,7 @@ from haasd.store._grants import (
     why_unreadable,
 )
 from haasd.store._pending import PendingRecord, pending_row, to_pending, to_taken
+from haasd.store._reading import Loaded, TokenOpener, collect_into
 
 _log: Final = structlog.get_logger("haasd.pgstore")
 
@@ -126,12 +127,28 @@ class PgStore:
         return grants
 
     async def list_grants(self, *, warn: bool = True) -> list[Grant]:
+        grants: list[Grant] = []
+        await self._read(collect_into(grants), warn=warn, sealed=False)
+        return grants
+
+    async def read_grants(
+        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool = True
+    ) -> None:
+        await self._read(take, warn=warn, sealed=True)
+
+    @property
+    def opener(self) -> TokenOpener:
+        return TokenOpener(self._sealer, self._quarantine)
+
+    async def _read(
+        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool, sealed: bool
+    ) -> None:
         """Every grant, ordered by human id, read in one transaction (one snapshot) through
         a server-side cursor :data:`LOAD_CHUNK` rows at a time, each chunk turned into
         grants in a worker thread: never every row in memory beside its grant (all of
         them at once were most of a large store's peak RSS)."""
         self._versions = {}
-        loaded = Loaded(self._sealer, self._scopes, self._served.times)
+        loaded = Loaded(self._sealer, self._scopes, self._served.times, take, sealed=sealed)
         query = f'{sql.SELECT_VERSIONED} ORDER BY human_id COLLATE "C"'
         async with self._db.transaction("read grants") as conn:
             cursor = conn.cursor(name="haasd_list_grants")  # a named cursor: server-side
@@ -140,7 +157,6 @@ class PgStore:
                 await anyio.to_thread.run_sync(loaded.take, self._unversioned(rows))
             await cursor.close()
         self._quarantine.read_all(loaded.unreadable, warn=warn)
-        return loaded.grants
 
     async def put_grant(self, grant: Grant) -> None:
         await self.put_grants([grant], what="put grant")

@@ -27,13 +27,14 @@ from haasd.coordination import Coordination, InProcess
 from haasd.demand import DEFAULT_WAIT, MAX_WAIT, OnDemand
 from haasd.errors import NeedsReconsentError, StoreError, TokenUnavailableError, UnknownHumanError
 from haasd.events import EventBus
+from haasd.grantpack import Times
 from haasd.grants import Grant, Policy, Serve, State, serve_decision, state_at
 from haasd.grantstore import GrantStore
 from haasd.health import Health, health_reasons
 from haasd.ratelimit import RateBudget
 from haasd.refresher._asking import Gate
 from haasd.refresher._flight import Background, Flight, SingleFlight
-from haasd.refresher._loading import Placing, deadline_here, load_grants
+from haasd.refresher._loading import Loader, Placing, deadline_here, open_sealed
 from haasd.refresher._memory import Memory
 from haasd.refresher._outcome import Outcomes, state_reason
 from haasd.refresher._refresh import Checkpoint, Refreshing
@@ -153,6 +154,13 @@ class Refresher:
     def grants(self) -> Iterable[Grant]:
         return self._memory.grants.values()
 
+    def grant_times(self) -> Iterable[Times]:
+        return self._memory.grants.times()
+
+    @property
+    def grant_count(self) -> int:
+        return len(self._memory.grants)
+
     async def ensure_fresh(
         self,
         human_id: str,
@@ -177,7 +185,7 @@ class Refresher:
         if (flight := self._flights.get(human_id)) is None:
             self._gate.admit(grant, now, min_ttl, wait, peer)
             flight = self._fly(human_id)
-        await _await_flight(flight, human_id, wait)
+        await flight.landed(human_id, wait)
         grant, now = self._current(human_id), self.clock.time()
         if self._servable(grant, now, min_ttl):
             return grant
@@ -200,7 +208,7 @@ class Refresher:
         if (flight := self._flights.get(human_id)) is None:
             self._gate.admit_admin(grant, wait, peer)
             flight = self._fly(human_id, force=True)
-        await _await_flight(flight, human_id, wait)
+        await flight.landed(human_id, wait)
         if flight.error is not None:
             raise flight.error
         return self._current(human_id)
@@ -329,6 +337,7 @@ class Refresher:
             self._scheduler.start_workers(tg)
             tg.start_soon(self._flush_served_loop)
             tg.start_soon(self._reloads.run)
+            tg.start_soon(open_sealed, self._memory.grants)
             task_status.started()
             await self._scheduler.loop()
 
@@ -345,20 +354,18 @@ class Refresher:
 
     async def _load(self) -> None:
         memory, now = self._memory, self.clock.time()
-        with self._activity.busy():
-            grants = await self.store.list_grants()
-            shared = self._coordination.shared
-            changed = await load_grants(memory, grants, now, self.store, shared=shared)
-        for grant in changed:
-            self._outcomes.announce_state(grant, state_reason(grant))
         self._reloads.planned()  # what is placed below sees the instances as they are
         placing = Placing(
             now, self.policy, client_fault=memory.stats.client_fault,
             served_at=self.store.served_at, defer=self._coordination.defer, rng=self._rng,
         )  # fmt: skip
-        self._scheduler.place_all(placing.deadlines(memory.grants.values()))
-        capacity = placing.capacity(self.budget.limit)
-        log_loaded(len(grants), len(memory.interrupted), placing.live, capacity, self.budget.limit)
+        with self._activity.busy():
+            loader = await Loader.load(memory, now, placing, self.store, self._coordination)
+        for grant in loader.changed:
+            self._outcomes.announce_state(grant, state_reason(grant))
+        self._scheduler.place_all(loader.deadlines)
+        log_loaded(len(memory.grants), len(memory.interrupted), placing.live,
+                   placing.capacity(self.budget.limit), self.budget.limit)  # fmt: skip
 
     async def _due(self, human_id: str, now: float) -> None:
         """A grant's deadline came: refresh it (ready it for a worker) or place it again."""
@@ -389,12 +396,3 @@ class Refresher:
         client_fault = self._memory.stats.client_fault
         idle = self._idle(grant, now)
         return decide.wants_refresh(grant, now, client_fault=client_fault, idle=idle)
-
-
-async def _await_flight(flight: Flight, human_id: str, wait: float) -> None:
-    with anyio.move_on_after(wait):
-        await flight.done.wait()
-        return
-    raise TokenUnavailableError(
-        human_id, f"the refresh is still under way after {wait:g}s; ask again shortly", 1.0
-    )

@@ -14,7 +14,7 @@ from typing import Any, TypeVarTuple, Unpack
 import anyio
 from anyio.abc import TaskGroup
 
-from haasd.errors import HaasdError
+from haasd.errors import HaasdError, TokenUnavailableError
 
 __all__ = ["Background", "Flight", "SingleFlight"]
 
@@ -52,6 +52,16 @@ class Flight:
 
     done: anyio.Event = field(default_factory=anyio.Event)
     error: HaasdError | None = None
+
+    async def landed(self, human_id: str, wait: float) -> None:
+        """Wait up to ``wait`` seconds for it to end, else :class:`TokenUnavailableError`
+        (the refresh goes on)."""
+        with anyio.move_on_after(wait):
+            await self.done.wait()
+            return
+        raise TokenUnavailableError(
+            human_id, f"the refresh is still under way after {wait:g}s; ask again shortly", 1.0
+        )
 
 
 class SingleFlight:

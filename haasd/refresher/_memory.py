@@ -6,7 +6,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from haasd.grants import Grant, Policy, State
+from haasd.grantpack import GrantTable
+from haasd.grants import Policy, State
 from haasd.refresher._stats import RefresherStats
 
 __all__ = ["LIFETIMES_KEPT", "Memory"]
@@ -24,7 +25,7 @@ class Memory:
     """
 
     policy: Policy
-    grants: dict[str, Grant] = field(default_factory=dict)
+    grants: GrantTable = field(default_factory=GrantTable)
     stats: RefresherStats = field(default_factory=RefresherStats)
     #: humans whose last answer may have been lost (a refusal then means an interrupted
     #: rotation)

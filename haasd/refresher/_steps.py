@@ -77,8 +77,8 @@ class ClockSteps:
         if delta > 0:  # set forward, or a suspend: instants only look nearer
             return
         grants = self._memory.grants
-        for human_id, grant in grants.items():
-            grants[human_id] = shifted(grant, delta)
+        for grant in grants.values():
+            grants[grant.human_id] = shifted(grant, delta)
         _log.warning(
             "the wall clock was set back: every token's end and every refresh moved with it",
             seconds=round(-delta, 3),

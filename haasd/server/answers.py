@@ -258,7 +258,7 @@ class TokenBody:
 
     def fits(self, grant: Grant) -> bool:
         """Still the answer for ``grant`` (the same token, the same expiry)?"""
-        return self.token is grant.access_token and self.expires_at == grant.access_expires_at
+        return self.expires_at == grant.access_expires_at and self.token == grant.access_token
 
     def answer(self, expires_in: int) -> bytes:
         """The whole 200 response."""

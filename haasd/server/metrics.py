@@ -56,7 +56,7 @@ class ServerCollector(Collector):
         counts = dict.fromkeys(State, 0)
         access: float | None = None
         limit: float | None = None
-        for grant in list(service.grants()):
+        for grant in service.grant_times():
             state = state_at(grant.state, grant.refresh_expires_at, now, service.policy)
             counts[state] += 1
             if state is State.NEEDS_RECONSENT:

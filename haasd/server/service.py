@@ -12,6 +12,7 @@ from typing import Protocol
 
 from haasd.clock import Clock
 from haasd.events import EventBus
+from haasd.grantpack import Times
 from haasd.grants import Grant, Policy
 from haasd.health import Health
 
@@ -42,6 +43,10 @@ class TokenService(Protocol):
 
     def grants(self) -> Iterable[Grant]:
         """Every grant in memory (for listings and metrics); never touches the store."""
+        ...
+
+    def grant_times(self) -> Iterable[Times]:
+        """Every grant's times and state, without its tokens (a cheap scan: metrics)."""
         ...
 
     def mark_served(self, grant: Grant, now: float) -> None:

@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields
 from typing import Any, Final
 
 from haasd.crypto import RowValues, Sealer
 from haasd.errors import DecryptError
+from haasd.grantpack import trusted_grant
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
 from haasd.store.schema import grant_bound
 
-_STATES: Final = {state.value: state for state in State}
+STATES: Final = {state.value: state for state in State}
 #: The start of a quarantined grant's ``last_error``.
 UNREADABLE: Final = "store row unreadable"
 #: rows read and converted at a time when a store loads every grant: the rows of one
@@ -152,7 +152,7 @@ def resealed(
         return None
     before = grant_bound(scope, stored, at_exp, rt_exp)
     after = grant_bound(scope, state.value, at_exp, rt_exp)
-    access, refresh = _open_tokens(human_id, at, rt, before, sealer)
+    access, refresh = open_tokens(human_id, at, rt, before, sealer)
     return (
         sealer.seal(access, human_id=human_id, column="access_token", bound=after),
         sealer.seal(refresh, human_id=human_id, column="refresh_token", bound=after),
@@ -184,14 +184,14 @@ def to_grant(
         raise UnreadableRowError(repr(hid), "human_id is not text")
     try:
         bound = grant_bound(scope, state, at_exp, rt_exp)
-        access, refresh = _open_tokens(hid, at, rt, bound, sealer)
+        access, refresh = open_tokens(hid, at, rt, bound, sealer)
         pending = served.get(hid)
-        if _usual(row) and (known := _STATES.get(state)) is not None:
+        if usual(row) and (known := STATES.get(state)) is not None:
             # what haasd writes but for a refresh in flight or failing: checked at once
-            return _stored_grant((
+            return trusted_grant((
                 hid, sys.intern(env), _scope_tuple(scopes, scope), Secret(access), at_exp,
                 Secret(refresh), rt_exp, consented, last_refresh, known, None, failures,
-                next_refresh, _latest(last_served, pending), None,
+                next_refresh, latest(last_served, pending), None,
             ))  # fmt: skip
         return Grant(
             human_id=hid,
@@ -207,7 +207,7 @@ def to_grant(
             last_error=None if error is None else _text(error, "last_error"),
             consecutive_failures=_count(failures),
             next_refresh_at=_maybe_number(next_refresh, "next_refresh_at"),
-            last_served_at=_latest(_maybe_number(last_served, "last_served_at"), pending),
+            last_served_at=latest(_maybe_number(last_served, "last_served_at"), pending),
             intent=_intent(attempt, fp, started),
         )
     except (DecryptError, ValueError) as exc:  # ValueError: grant_bound's, ours, Grant's
@@ -231,28 +231,6 @@ def to_grants(
             unreadable[exc.human_id] = exc.reason
             grants.append(quarantined(exc.human_id, exc.reason))
     return grants, unreadable
-
-
-class Loaded:
-    """The grants of :data:`SELECT_GRANTS` rows handed over a chunk at a time (:meth:`take`
-    runs in a worker thread, one chunk after another): the grants in row order, and the
-    reasons of the unreadable rows among them by human id (see :func:`to_grants`)."""
-
-    __slots__ = ("_scopes", "_sealer", "_served", "grants", "unreadable")
-
-    def __init__(
-        self, sealer: Sealer, scopes: dict[str, tuple[str, ...]], served: Mapping[str, float]
-    ) -> None:
-        self._sealer = sealer
-        self._scopes = scopes
-        self._served = served
-        self.grants: list[Grant] = []
-        self.unreadable: dict[str, str] = {}
-
-    def take(self, rows: Iterable[Sequence[Any]]) -> None:
-        grants, unreadable = to_grants(rows, self._sealer, self._scopes, self._served)
-        self.grants += grants
-        self.unreadable.update(unreadable)
 
 
 def quarantined(human_id: str, reason: str) -> Grant:
@@ -300,7 +278,7 @@ def _seal(grant: Grant, scope: str, state: str, sealer: Sealer) -> tuple[bytes, 
     )
 
 
-def _open_tokens(
+def open_tokens(
     hid: str, at: object, rt: object, bound: RowValues, sealer: Sealer
 ) -> tuple[str, str]:
     if not isinstance(at, bytes):
@@ -328,7 +306,7 @@ def _maybe_number(value: object, name: str) -> float | None:
     return None if value is None else _number(value, name)
 
 
-def _latest(stored: float | None, pending: float | None) -> float | None:
+def latest(stored: float | None, pending: float | None) -> float | None:
     """The later of a stored ``last_served_at`` and one not yet written."""
     return pending if pending is not None and (stored is None or pending > stored) else stored
 
@@ -340,7 +318,7 @@ def _count(value: object) -> int:
 
 
 def _state(value: object) -> State:
-    state = _STATES.get(value) if isinstance(value, str) else None
+    state = STATES.get(value) if isinstance(value, str) else None
     if state is None:
         raise ValueError("state is not one of " + ", ".join(State))
     return state
@@ -365,11 +343,9 @@ def _scope_tuple(scopes: dict[str, tuple[str, ...]], scope: str) -> tuple[str, .
 
 
 _FLOAT_OR_NONE: Final = (float, type(None))
-#: each Grant field's slot setter, in field order (see _stored_grant)
-_SETTERS: Final = tuple(Grant.__dict__[field.name].__set__ for field in fields(Grant))
 
 
-def _usual(row: Sequence[Any]) -> bool:
+def usual(row: Sequence[Any]) -> bool:
     """Whether a row holds what haasd writes for a grant without a refresh in flight or
     failing (every time a float, no error, no intent): no column needs a check of its own."""
     (_, env, _, _, at_exp, _, rt_exp, consented, last_refresh, _, error, failures,
@@ -387,12 +363,3 @@ def _usual(row: Sequence[Any]) -> bool:
         and error is None
         and attempt is None
     )
-
-
-def _stored_grant(values: tuple[Any, ...]) -> Grant:
-    """The Grant of ``values`` in field order, checked already (the human id is text, the
-    scope split words): its slots set directly, in half the time of ``Grant(...)``."""
-    grant: Grant = object.__new__(Grant)
-    for set_field, value in zip(_SETTERS, values, strict=True):
-        set_field(grant, value)
-    return grant

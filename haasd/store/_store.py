@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final, Self
@@ -14,6 +14,7 @@ import structlog
 
 from haasd.crypto import Sealer
 from haasd.errors import DecryptError, UnknownHumanError
+from haasd.grantpack import Sealed
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.secret import Secret
 from haasd.store._books import Quarantine, ServedTimes, flush_then_close
@@ -30,7 +31,6 @@ from haasd.store._grants import (
     SET_STATE_CLEAR,
     SET_STATUS,
     SET_STATUS_CLEAR,
-    Loaded,
     grant_row,
     is_placeholder,
     refresh_row,
@@ -50,6 +50,7 @@ from haasd.store._pending import (
     to_pending,
     to_taken,
 )
+from haasd.store._reading import Loaded, TokenOpener, collect_into
 from haasd.store._sqlite import scalar, transaction, translate
 from haasd.store.schema import KEY_CHECK_COLUMN
 
@@ -141,15 +142,30 @@ class Store:
         """Every grant, decrypted, ordered by human_id (one query: for loading at start);
         an unreadable row as its quarantined stand-in. ``warn``: log each row newly found
         unreadable, once (the commands that print the reason themselves need not)."""
+        grants: list[Grant] = []
+        await self._read(collect_into(grants), warn=warn, sealed=False)
+        return grants
+
+    async def read_grants(
+        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool = True
+    ) -> None:
+        await self._read(take, warn=warn, sealed=True)
+
+    @property
+    def opener(self) -> TokenOpener:
+        return TokenOpener(self._sealer, self._quarantine)
+
+    async def _read(
+        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool, sealed: bool
+    ) -> None:
         self._db.check_open()
         async with self._db.lock:  # a consent cannot land between reading and quarantining
             # ~10 µs a row: off the event loop, and a chunk of rows at a time (not every
             # row in memory beside its grant: that was most of a large store's peak RSS)
-            loaded = Loaded(self._sealer, self._scopes, self._served.times)
+            loaded = Loaded(self._sealer, self._scopes, self._served.times, take, sealed=sealed)
             sql = f"{SELECT_GRANTS} ORDER BY human_id"
             await self._db.fetch_chunks_locked(sql, loaded.take, LOAD_CHUNK)
             self._quarantine.read_all(loaded.unreadable, warn=warn)
-        return loaded.grants
 
     async def count_grants(self) -> int:
         rows = await self._db.fetch("SELECT count(*) FROM grants")
