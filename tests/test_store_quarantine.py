@@ -9,17 +9,20 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from factories import T0, make_grant
 from harness import HOUR, running, simulator
 from previous_schema import write_previous_store
 from structlog.testing import capture_logs
+from support_daemon import daemon_at, seed_grant, write_config
 
 from haasd.clock import ManualClock
 from haasd.crypto import Key, Sealer, fingerprint
@@ -476,6 +479,7 @@ async def test_the_engine_serves_the_others_and_refuses_the_quarantined_human(
             await h.consent("usr_b")
         tamper(tmp_path / "haasd.db", "a later access expiry")
         async with running(tmp_path, sim=sim, key=key) as h:
+            await h.refresher.open_sealed()  # as the daemon does once it serves
             assert h.store.unreadable == {"usr_b"}
             served = await h.refresher.ensure_fresh("usr_a", min_ttl=60)
             assert served.access_token.reveal().startswith("haas_at_")
@@ -491,3 +495,27 @@ async def test_the_engine_serves_the_others_and_refuses_the_quarantined_human(
             await h.consent("usr_b")  # a re-consent ends the quarantine
             assert h.store.unreadable == frozenset()
             assert (await h.refresher.ensure_fresh("usr_b")).state is State.ACTIVE
+
+
+async def test_the_daemon_finds_an_edited_row_soon_after_it_serves_unasked(
+    short_dir: Path,
+) -> None:
+    """A row's tokens are opened when its human is first asked for or, right after READY,
+    by a pass between requests: an edited row is quarantined within seconds, before
+    anyone asks for it, and the others are served meanwhile."""
+    clock = ManualClock(start=time.time())
+    sim = simulator(clock)
+    async with sim.running():
+        config = write_config(short_dir, sim.token_url)
+        await seed_grant(short_dir, sim, "usr_a")
+        await seed_grant(short_dir, sim, "usr_b")
+        tamper(short_dir / "haasd.db", "a later access expiry")
+        async with daemon_at(config, clock) as (_, client):
+            with anyio.fail_after(10):
+                while (health := (await client.get("/v1/health")).json())["status"] == "ok":  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            assert any("usr_b" in reason for reason in health["reasons"]), health
+            assert (await client.get("/v1/tokens/usr_a")).status_code == 200
+            refused = await client.get("/v1/tokens/usr_b")
+            assert refused.status_code == 409
+            assert UNREADABLE in refused.json()["error"]["message"]

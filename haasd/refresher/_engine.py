@@ -6,8 +6,7 @@ the :class:`~haasd.refresher._scheduler.Scheduler` (deadlines, ready queue, work
 :class:`~haasd.refresher._refresh.Refreshing` (one refresh: permit, intent, request),
 :class:`~haasd.refresher._outcome.Outcomes` (written, then kept and announced) and
 :class:`~haasd.refresher._reload.Reloads` (what other instances changed). What to
-decide — when to refresh, whether a caller's refresh may go — is
-:mod:`haasd.refresh_policy`'s, given the figures read here.
+decide is :mod:`haasd.refresh_policy`'s, given the figures read here.
 """
 
 from __future__ import annotations
@@ -157,9 +156,12 @@ class Refresher:
     def grant_times(self) -> Iterable[Times]:
         return self._memory.grants.times()
 
-    @property
-    def grant_count(self) -> int:
-        return len(self._memory.grants)
+    async def open_sealed(self) -> None:  # once serving: see haasd.refresher._loading
+        await open_sealed(self._memory.grants)
+
+    def summary(self) -> tuple[int, float | None]:
+        """How many grants, and the schedule's earliest deadline (O(1): no scan)."""
+        return len(self._memory.grants), self._scheduler.next_deadline()
 
     async def ensure_fresh(
         self,
@@ -214,9 +216,10 @@ class Refresher:
         return self._current(human_id)
 
     def mark_served(self, grant: Grant, now: float) -> None:
-        """The server handed out ``grant``'s access token (the fast path, from memory)."""
-        if (current := self._memory.grants.get(grant.human_id)) is not None:
-            self._served(current, now)
+        """The server handed out ``grant``'s access token (the fast path: ``grant`` came
+        from :meth:`grant` with no await since)."""
+        if grant.human_id in self._memory.grants:
+            self._served(grant, now)
 
     async def add(self, grant: Grant) -> None:
         """Store a new or replaced grant (a consent) and schedule it."""
@@ -337,7 +340,6 @@ class Refresher:
             self._scheduler.start_workers(tg)
             tg.start_soon(self._flush_served_loop)
             tg.start_soon(self._reloads.run)
-            tg.start_soon(open_sealed, self._memory.grants)
             task_status.started()
             await self._scheduler.loop()
 

@@ -79,6 +79,9 @@ class Scheduler:
     def drop(self, human_id: str) -> None:
         self._schedule.drop(human_id)
 
+    def next_deadline(self) -> float | None:
+        return self._schedule.next_deadline()
+
     def make_ready(self, human_id: str, access_expires_at: float) -> None:
         """Queue the grant for a worker (the token that ends first goes first)."""
         self._schedule.make_ready(human_id, access_expires_at)
