@@ -86,6 +86,7 @@ HAAS_429 = json_answer(
     },
 )
 CHALLENGE = ("WWW-Authenticate", 'Basic realm="haas"')
+INVALID_CLIENT = oauth("invalid_client", 401, CHALLENGE)
 DATE = http_date(300)
 
 # fmt: off
@@ -104,6 +105,17 @@ ROWS = [
     client_fault(
         "401 bare, WWW-Authenticate only",
         Answer(401, (("WWW-Authenticate", 'Bearer error="invalid_token"'),)),
+    ),
+    # --- the client rejected: one refresh tried 15 min on, then 30, 60, 60 … min apart ---
+    Row(
+        "invalid_client, then accepted again: refreshing resumes", (INVALID_CLIENT,), ON,
+        state="active", token=200, events=("token.refreshed",), further=1, gap=(900, 1020),
+        window=1800,
+    ),
+    Row(
+        "invalid_client throughout: tried again after 15, 30 and 60 min", (), INVALID_CLIENT,
+        state="active", token=503, events=(), health="degraded", reason=STOPPED,
+        further=3, gap=(900, 1020), window=7200,
     ),
     # --- the server's own failures ------------------------------------------------------
     Row(

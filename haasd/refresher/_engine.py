@@ -36,6 +36,7 @@ from haasd.refresher._flight import Background, Flight, SingleFlight
 from haasd.refresher._loading import Loader, Placing, deadline_here, open_sealed
 from haasd.refresher._memory import Memory
 from haasd.refresher._outcome import Outcomes, state_reason
+from haasd.refresher._probe import ClientProbe
 from haasd.refresher._refresh import Checkpoint, Refreshing
 from haasd.refresher._reload import Adoption, Reloads
 from haasd.refresher._risk import RiskWatch, log_loaded
@@ -85,23 +86,19 @@ class Refresher:
             clock, workers=workers, due=self._due, work=self._work, look=self._steps.check
         )
         self._outcomes = Outcomes(
-            self._memory,
-            store=store,
-            auth=auth,
-            clock=clock,
-            events=events,
-            background=self._background,
-            place=self._place,
-            drop=self._scheduler.drop,
-            rng=self._rng,
-            activity=self._activity,
-        )
+            self._memory, store=store, auth=auth, clock=clock, events=events,
+            background=self._background, place=self._place, drop=self._scheduler.drop,
+            rng=self._rng, activity=self._activity,
+        )  # fmt: skip
         self._coordination: Coordination = coordination or InProcess()
         self._reloads = self._compose_reloads()
         self._coordination.subscribe(self._reloads)
         self._refreshing = self._compose_refreshing(self._coordination, checkpoint)
         self._gate = Gate(
             self._memory, demand=self.demand, budget=budget, clock=clock, idle=self._idle
+        )
+        self._probe = ClientProbe(  # while the server rejects haasd's client
+            self._memory, clock, lambda human_id: self._fly(human_id, force=True).done.wait()
         )
         self._risk = RiskWatch(
             self._memory.stats, budget=budget, clock=clock,
@@ -340,6 +337,7 @@ class Refresher:
             self._scheduler.start_workers(tg)
             tg.start_soon(self._flush_served_loop)
             tg.start_soon(self._reloads.run)
+            tg.start_soon(self._probe.run)
             task_status.started()
             await self._scheduler.loop()
 

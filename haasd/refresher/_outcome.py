@@ -166,7 +166,8 @@ class Outcomes:
             _log.error(
                 "refreshing stopped for all grants: the token endpoint rejects our client",
                 error=str(exc),
-                hint="check haas.client_id and the client secret; reload or restart haasd",
+                hint="check haas.client_id and the client secret, then reload haasd; one"
+                " refresh is tried 15 minutes on, then ever less often, up to hourly",
             )
         retry_after = exc.retry_after if isinstance(exc, TransientAuthError) else None
         if retry_after is not None and retry_after > memory.policy.retry_after_cap:
