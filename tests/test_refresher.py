@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,7 +132,18 @@ async def test_invalid_client_stops_refreshing_without_blaming_humans(tmp_path: 
             grant = h.refresher.grant(human)
             assert grant is not None and grant.state is State.ACTIVE
         await h.clock.advance(DAY)
-        assert h.sim.stats.token_requests["refresh_token"] == sent
+        # one refresh is tried 15 min on, then 30 and 60 min apart, then hourly: never
+        # more, and never one that blames a human
+        tries = [r.time for r in refresh_requests(h)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(tries)]
+        assert 900 <= gaps[0] <= 1020 and 1800 <= gaps[1] <= 1860, gaps
+        assert all(3600 <= gap <= 3660 for gap in gaps[2:]), gaps
+        assert 20 <= len(gaps) <= 25, gaps
+        assert all(r.status == 401 for r in refresh_requests(h))
+        assert h.refresher.health().status == "degraded"
+        assert {h.refresher.grant(human).state for human in ("usr_a", "usr_b")} == {  # type: ignore[union-attr]
+            State.ACTIVE
+        }
 
 
 async def test_429_retry_after_is_honoured_exactly(tmp_path: Path) -> None:
