@@ -51,6 +51,7 @@ from haasd.clock import SystemClock
 from haasd.config import SocketConfig
 from haasd.errors import TokenUnavailableError, UnknownHumanError
 from haasd.events import EventBus
+from haasd.grantpack import Times, times_of
 from haasd.grants import Grant, Policy
 from haasd.health import Health
 from haasd.logs import configure_logging
@@ -99,6 +100,9 @@ class BenchService:
 
     def grants(self) -> Iterable[Grant]:
         return self._grants.values()
+
+    def grant_times(self) -> Iterable[Times]:
+        return [times_of(grant) for grant in self.grants()]
 
     def mark_served(self, grant: Grant, now: float) -> None:
         current = self._grants.get(grant.human_id)
