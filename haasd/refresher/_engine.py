@@ -85,10 +85,13 @@ class Refresher:
         self._scheduler = Scheduler(
             clock, workers=workers, due=self._due, work=self._work, look=self._steps.check
         )
+        self._probe = ClientProbe(  # while the server rejects haasd's client
+            self._memory, clock, lambda human_id: self._fly(human_id, force=True).done.wait()
+        )
         self._outcomes = Outcomes(
             self._memory, store=store, auth=auth, clock=clock, events=events,
             background=self._background, place=self._place, drop=self._scheduler.drop,
-            rng=self._rng, activity=self._activity,
+            rng=self._rng, activity=self._activity, rejected=self._probe.rejected,
         )  # fmt: skip
         self._coordination: Coordination = coordination or InProcess()
         self._reloads = self._compose_reloads()
@@ -96,9 +99,6 @@ class Refresher:
         self._refreshing = self._compose_refreshing(self._coordination, checkpoint)
         self._gate = Gate(
             self._memory, demand=self.demand, budget=budget, clock=clock, idle=self._idle
-        )
-        self._probe = ClientProbe(  # while the server rejects haasd's client
-            self._memory, clock, lambda human_id: self._fly(human_id, force=True).done.wait()
         )
         self._risk = RiskWatch(
             self._memory.stats, budget=budget, clock=clock,

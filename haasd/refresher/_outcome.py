@@ -52,7 +52,9 @@ class Outcomes:
         drop: Drop,
         rng: random.Random,
         activity: Activity,
+        rejected: Callable[[], None] = lambda: None,
     ) -> None:
+        """``rejected``: called when the server starts rejecting haasd's client."""
         self._memory = memory
         self.store = store
         self._auth = auth
@@ -63,6 +65,7 @@ class Outcomes:
         self._drop = drop
         self._rng = rng
         self._activity = activity
+        self._rejected = rejected
         #: refresh answers the store refused, held in memory until it takes them
         self.unwritten = Unwritten(background, self._write, memory.stats)
 
@@ -169,6 +172,7 @@ class Outcomes:
                 hint="check haas.client_id and the client secret, then reload haasd; one"
                 " refresh is tried 15 minutes on, then ever less often, up to hourly",
             )
+            self._rejected()
         retry_after = exc.retry_after if isinstance(exc, TransientAuthError) else None
         if retry_after is not None and retry_after > memory.policy.retry_after_cap:
             _log.warning("capping an absurd Retry-After", retry_after=retry_after)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+import anyio
 import structlog
 
 from haasd.clock import Clock
@@ -29,14 +30,13 @@ _log: Final = structlog.get_logger("haasd.refresher")
 PROBE_FIRST: Final = 900.0
 #: the longest gap between tries
 PROBE_CAP: Final = 3600.0
-#: how often the loop looks whether the client is rejected
-LOOK_EVERY: Final = 60.0
 
 
 class ClientProbe:
-    """Run :meth:`run` beside the engine; ``try_one`` refreshes one grant, forced."""
+    """Run :meth:`run` beside the engine; :meth:`rejected` when the server rejects the
+    client; ``try_one`` refreshes one grant, forced."""
 
-    __slots__ = ("_clock", "_gap", "_memory", "_next", "_try_one")
+    __slots__ = ("_clock", "_memory", "_rejected", "_try_one")
 
     def __init__(
         self, memory: Memory, clock: Clock, try_one: Callable[[str], Awaitable[None]]
@@ -44,33 +44,33 @@ class ClientProbe:
         self._memory = memory
         self._clock = clock
         self._try_one = try_one
-        self._gap = PROBE_FIRST
-        self._next: float | None = None  # when the next try is due (None: not rejected)
+        self._rejected = anyio.Event()
+
+    def rejected(self) -> None:
+        """The server just rejected haasd's client (``stats.client_fault`` is set)."""
+        self._rejected.set()
 
     async def run(self) -> None:
+        """Asleep until a rejection (no wakeups while all is well), then one try after
+        :data:`PROBE_FIRST`, twice as long after each try that is rejected again."""
         while True:
-            await self._clock.sleep(LOOK_EVERY)
-            await self.look()
+            if self._memory.stats.client_fault is None:
+                self._rejected = anyio.Event()
+                await self._rejected.wait()
+            gap = PROBE_FIRST
+            while self._memory.stats.client_fault is not None:
+                await self._clock.sleep(gap)
+                if self._memory.stats.client_fault is None:
+                    break
+                await self._try()
+                gap = min(2 * gap, PROBE_CAP)
 
-    async def look(self) -> None:
-        """One look: note a new rejection, or try one refresh if a try is due."""
-        now = self._clock.time()
-        if self._memory.stats.client_fault is None:
-            self._next, self._gap = None, PROBE_FIRST
-            return
-        if self._next is None:
-            self._next = now + self._gap
-            return
-        if now < self._next:
-            return
+    async def _try(self) -> None:
         human_id = self._candidate()
         if human_id is not None:
             _log.info("trying one refresh: does the token endpoint accept haasd's client again?",
                       human_id=human_id)  # fmt: skip
             await self._try_one(human_id)
-        if self._memory.stats.client_fault is not None:
-            self._gap = min(2 * self._gap, PROBE_CAP)
-            self._next = self._clock.time() + self._gap
 
     def _candidate(self) -> str | None:
         """The live grant whose access token ends first: the one a success helps most."""
