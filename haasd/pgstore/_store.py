@@ -27,12 +27,12 @@ from haasd.store._grants import (
     why_unreadable,
 )
 from haasd.store._pending import PendingRecord, pending_row, to_pending, to_taken
-from haasd.store._reading import Loaded, TokenOpener, collect_into
+from haasd.store._reading import Loaded, Reads
 
 _log: Final = structlog.get_logger("haasd.pgstore")
 
 
-class PgStore:
+class PgStore(Reads):
     """Grants and pending consents in PostgreSQL, sealed as in SQLite (see the package)."""
 
     def __init__(self, db: Database, sealer: Sealer) -> None:
@@ -125,20 +125,6 @@ class PgStore:
         grants, unreadable = self._to_grants(rows)
         self._quarantine.read_some(ids, unreadable, warn=warn)
         return grants
-
-    async def list_grants(self, *, warn: bool = True) -> list[Grant]:
-        grants: list[Grant] = []
-        await self._read(collect_into(grants), warn=warn, sealed=False)
-        return grants
-
-    async def read_grants(
-        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool = True
-    ) -> None:
-        await self._read(take, warn=warn, sealed=True)
-
-    @property
-    def opener(self) -> TokenOpener:
-        return TokenOpener(self._sealer, self._quarantine)
 
     async def _read(
         self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool, sealed: bool

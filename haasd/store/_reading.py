@@ -25,7 +25,7 @@ from haasd.store._grants import (
 )
 from haasd.store.schema import grant_bound
 
-__all__ = ["Loaded", "TokenOpener", "collect_into"]
+__all__ = ["Loaded", "Reads", "TokenOpener", "collect_into"]
 
 
 class Loaded:
@@ -129,3 +129,34 @@ def collect_into(grants: list[Grant]) -> Callable[[list[Grant | Sealed]], None]:
             grants.append(item)
 
     return keep
+
+
+class Reads:
+    """A store's :meth:`list_grants`, :meth:`read_grants` and :attr:`opener`, both
+    backends alike, over its own ``_read`` (how it hands its rows to :class:`Loaded`)."""
+
+    __slots__ = ()
+    _sealer: Sealer
+    _quarantine: Quarantine
+
+    async def _read(
+        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool, sealed: bool
+    ) -> None:
+        raise NotImplementedError
+
+    async def list_grants(self, *, warn: bool = True) -> list[Grant]:
+        """Every grant, decrypted, ordered by human id; an unreadable row as its
+        quarantined stand-in. ``warn``: log each row newly found unreadable, once (the
+        commands that print the reason themselves need not)."""
+        grants: list[Grant] = []
+        await self._read(collect_into(grants), warn=warn, sealed=False)
+        return grants
+
+    async def read_grants(
+        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool = True
+    ) -> None:
+        await self._read(take, warn=warn, sealed=True)
+
+    @property
+    def opener(self) -> TokenOpener:
+        return TokenOpener(self._sealer, self._quarantine)

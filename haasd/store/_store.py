@@ -50,7 +50,7 @@ from haasd.store._pending import (
     to_pending,
     to_taken,
 )
-from haasd.store._reading import Loaded, TokenOpener, collect_into
+from haasd.store._reading import Loaded, Reads
 from haasd.store._sqlite import scalar, transaction, translate
 from haasd.store.schema import KEY_CHECK_COLUMN
 
@@ -59,7 +59,7 @@ _log: Final = structlog.get_logger("haasd.store")
 _IDS_PER_READ: Final = 500
 
 
-class Store:
+class Store(Reads):
     """The grant table of one SQLite file. Build with ``await Store.open(path, sealer)``.
 
     Usable as ``async with await Store.open(...) as store:``; methods are safe to call
@@ -137,23 +137,6 @@ class Store:
             self._quarantine.read_some(some, unreadable, warn=warn)
             grants.extend(read)
         return grants
-
-    async def list_grants(self, *, warn: bool = True) -> list[Grant]:
-        """Every grant, decrypted, ordered by human_id (one query: for loading at start);
-        an unreadable row as its quarantined stand-in. ``warn``: log each row newly found
-        unreadable, once (the commands that print the reason themselves need not)."""
-        grants: list[Grant] = []
-        await self._read(collect_into(grants), warn=warn, sealed=False)
-        return grants
-
-    async def read_grants(
-        self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool = True
-    ) -> None:
-        await self._read(take, warn=warn, sealed=True)
-
-    @property
-    def opener(self) -> TokenOpener:
-        return TokenOpener(self._sealer, self._quarantine)
 
     async def _read(
         self, take: Callable[[list[Grant | Sealed]], None], *, warn: bool, sealed: bool
