@@ -164,17 +164,12 @@ class AuthClient:
         activity: Activity | None = None,
     ) -> AuthClient:
         return cls(
-            token_url=haas.token_url,
-            client_id=haas.client_id,
-            client_secret=client_secret,
-            budget=budget,
-            request_format=haas.token_request_format,
-            auth_method=haas.token_endpoint_auth_method,
-            revocation_url=haas.revocation_url,
-            default_lifetime=haas.default_token_lifetime,
-            transport=transport,
+            token_url=haas.token_url, client_id=haas.client_id, client_secret=client_secret,
+            budget=budget, request_format=haas.token_request_format,
+            auth_method=haas.token_endpoint_auth_method, revocation_url=haas.revocation_url,
+            default_lifetime=haas.default_token_lifetime, transport=transport,
             activity=activity,
-        )
+        )  # fmt: skip
 
     @property
     def can_revoke(self) -> bool:
@@ -232,16 +227,22 @@ class AuthClient:
         """Ask the server to revoke ``token``; True when it answered 2xx (RFC 7009 §2.2:
         200, also for a token it does not know). False when no revocation endpoint is
         configured, or on any failure — logged once as a warning, never the token; never
-        raises :class:`~haasd.errors.AuthError` (best effort, for tokens haasd drops).
+        raises :class:`~haasd.errors.AuthError` (best effort, for tokens haasd drops). It
+        waits for the rate budget at most one request's deadline (callers shield it)."""
+        return await self.try_revoke(token, hint=hint, again=False) is True
 
-        It waits for the rate budget at most as long as one request may take (the
-        deadline), so that a caller shielding it from cancellation is never held for long.
-        """
+    async def try_revoke(
+        self, token: Secret, *, hint: TokenTypeHint = "refresh_token", again: bool = True
+    ) -> bool | float:
+        """:meth:`revoke`; with ``again``, a failure the server may get over (RFC 7009 §2.2.1:
+        a 503; a 5xx, 429, lost connection, the budget) gives the wait named (0.0: none)."""
         if self._revocation_url is None:
             return False
         wait = self._budget.ready_in()
         if wait > self._deadline:
             self.stats.requests[("revoke", "rate_limited")] += 1
+            if again:
+                return wait
             _not_revoked(hint, f"the rate budget allows no request for {wait:.0f}s")
             return False
         value = token.reveal()
@@ -254,6 +255,9 @@ class AuthClient:
             )
         except AuthError as exc:
             self._record("revoke", outcome_label(exc), exc.status, started)
+            if again and isinstance(exc, TransientAuthError):
+                _log.info("token not revoked yet", hint=hint, error=str(exc))
+                return float(exc.retry_after or 0.0)
             _not_revoked(hint, str(exc))
             return False
         self._record("revoke", "ok", status, started)
@@ -392,8 +396,5 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
 
 
 def _not_revoked(hint: TokenTypeHint, reason: str) -> None:
-    _log.warning(
-        "token not revoked; it stays valid at the server until it expires",
-        hint=hint,
-        error=reason,
-    )
+    msg = "token not revoked; it stays valid at the server until it expires"
+    _log.warning(msg, hint=hint, error=reason)

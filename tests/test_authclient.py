@@ -797,6 +797,31 @@ async def test_a_failed_revocation_is_false_with_one_warning_never_an_error(
     assert_nothing_secret(repr(logs))
 
 
+@pytest.mark.parametrize(
+    ("reply", "answer"),
+    [
+        (httpx.Response(503, headers={"Retry-After": "30"}), 30.0),
+        (oauth(503, "temporarily_unavailable"), 0.0),
+        (httpx.ConnectError("refused"), 0.0),
+        (oauth(400, "unsupported_token_type"), False),
+        (httpx.Response(200), True),
+    ],
+)
+async def test_a_revocation_to_try_again_says_how_long_the_server_asked_for(
+    reply: Reply, answer: bool | float
+) -> None:
+    """``try_revoke`` for a caller in the background: a failure the server may get over
+    gives the wait it named (RFC 7009 §2.2.1), without the warning that the token stays
+    valid; one it will not get over is False with that warning."""
+    with capture_logs() as logs:
+        async with client_for(Server(reply), revocation_url=REVOCATION_URL) as client:
+            got = await client.try_revoke(Secret(NEW_REFRESH))
+    assert got == answer and type(got) is type(answer)
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == (answer is False)  # a wait is no final "not revoked"
+    assert_nothing_secret(repr(logs))
+
+
 async def test_a_429_to_a_revocation_holds_the_budget_back_too() -> None:
     budget = RateBudget(60, ManualClock())
     reply = httpx.Response(429, headers={"Retry-After": "40"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Final
 
 import anyio
 import structlog
@@ -34,6 +35,12 @@ _log = structlog.get_logger("haasd.refresher")
 Place = Callable[[Grant, float], None]
 #: a grant has no deadline any more
 Drop = Callable[[str], None]
+
+
+#: the waits before a revocation the server could not take is tried again
+REVOKE_RETRIES: Final = (10.0, 60.0, 300.0)
+#: the longest wait a server's Retry-After may ask of a revocation
+REVOKE_WAIT_CAP: Final = 3600.0
 
 
 class Outcomes:
@@ -250,13 +257,22 @@ class Outcomes:
         self._background.start_soon(self._revoke, human_id, token, why)
 
     async def _revoke(self, human_id: str, token: Secret, why: str) -> None:
-        with anyio.CancelScope(shield=True), self._activity.busy():
-            revoked = await self._auth.revoke(token, hint="refresh_token")
-        _log.info(
-            "refresh token revoked at the server" if revoked else "refresh token not revoked",
-            human_id=human_id,
-            why=why,
-        )
+        """Tried again when the server may get over what stopped it (RFC 7009 §2.2.1: a
+        503), after :data:`REVOKE_RETRIES` or the wait it named if longer; each attempt
+        shielded, the waits not (a stop ends them: best effort)."""
+        for retry in (*REVOKE_RETRIES, None):
+            with anyio.CancelScope(shield=True), self._activity.busy():
+                revoked = await self._auth.try_revoke(token, hint="refresh_token")
+            if isinstance(revoked, bool) or retry is None:
+                break
+            wait = max(retry, min(revoked, REVOKE_WAIT_CAP))
+            _log.info("refresh token not revoked yet", human_id=human_id, again_in=wait)
+            await self._clock.sleep(wait)
+        if revoked is True:
+            _log.info("refresh token revoked at the server", human_id=human_id, why=why)
+        else:
+            _log.warning("refresh token not revoked; it stays valid at the server until it"
+                         " expires", human_id=human_id, why=why)  # fmt: skip
 
 
 def state_reason(grant: Grant) -> str:
