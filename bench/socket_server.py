@@ -109,7 +109,9 @@ class BenchService:
         if current is not None:
             self._last_served[current.human_id] = now
 
-    async def ensure_fresh(self, human_id: str, min_ttl: float) -> Grant:
+    async def ensure_fresh(
+        self, human_id: str, min_ttl: float, *, wait: float = 0.0, peer: int | None = None
+    ) -> Grant:
         await anyio.lowlevel.checkpoint()
         grant = self._grants.get(human_id)
         if grant is None:
@@ -118,7 +120,9 @@ class BenchService:
             raise TokenUnavailableError(human_id, "the benchmark does not refresh", 60.0)
         return grant
 
-    async def refresh_now(self, human_id: str) -> Grant:
+    async def refresh_now(
+        self, human_id: str, *, wait: float = 0.0, peer: int | None = None
+    ) -> Grant:
         await anyio.lowlevel.checkpoint()
         raise TokenUnavailableError(human_id, "the benchmark does not refresh", 60.0)
 
