@@ -98,6 +98,9 @@ class BenchService:
     def grant(self, human_id: str) -> Grant | None:
         return self._grants.get(human_id)
 
+    async def peek(self, human_id: str) -> Grant | None:
+        return self._grants.get(human_id)
+
     def grants(self) -> Iterable[Grant]:
         return self._grants.values()
 

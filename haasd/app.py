@@ -1,8 +1,10 @@
 """The composition root: config → store → auth client → refresher → socket server.
 
-The one place that builds everything and runs it in one task group. Readiness is
-explicit: ``READY=1`` (systemd) and :func:`run`'s ``task_status`` fire only once the
-store is open, every grant is loaded and the socket listens. Signals: SIGTERM/SIGINT
+The one place that builds everything and runs it in one task group. The socket serves
+as soon as the store is open, while the grants load: a token whose stored row has the
+time asked for is served from that row, everything else waits for the start
+(:mod:`haasd.server.starting`). Readiness is explicit: ``READY=1`` (systemd) and
+:func:`run`'s ``task_status`` fire only once every grant is loaded too. Signals: SIGTERM/SIGINT
 stop cleanly (the server stops accepting and lets answers in flight finish, a refresh in
 flight writes its answer — that step is shielded — then the store closes); SIGHUP
 reloads access rules, log level and refresh policy, keeping the old configuration if the
@@ -64,6 +66,8 @@ class Daemon:
     consent: ConsentFlow
     server: TokenServer
     socket_path: Path
+    #: every grant loaded, every part running, READY=1 sent
+    ready: bool = False
 
     def status_line(self) -> str:
         """systemd's STATUS=: the grants, health, and the schedule's next deadline (read
@@ -127,27 +131,21 @@ async def run(
         events, refresher, consent, server = _parts(
             config, store, auth, budget, clock, activity, coordination
         )
+        daemon = Daemon(
+            config, clock, store, auth, budget, events, refresher, consent, server,
+            config.socket.path,
+        )  # fmt: skip
         async with anyio.create_task_group() as tg:
+            if signals:  # before the socket: a SIGTERM once it is there must stop cleanly
+                await tg.start(_signal_loop, tg, daemon, notifier, config_path, environ)
             await tg.start(coordination.run)  # in a cluster: listening before loading
-            await tg.start(refresher.run)
-            await tg.start(consent.run)
             listener = await open_listener(config.socket, environ=env)
             stack.push_async_callback(listener.aclose)
+            # serving while the grants load: tokens from their rows (haasd.server.starting)
             await tg.start(server.serve, listener)
-            daemon = Daemon(
-                config,
-                clock,
-                store,
-                auth,
-                budget,
-                events,
-                refresher,
-                consent,
-                server,
-                config.socket.path,
-            )
-            if signals:  # before READY: a SIGTERM right after it must stop cleanly
-                await tg.start(_signal_loop, tg, daemon, notifier, config_path, environ)
+            await tg.start(refresher.run)
+            await tg.start(consent.run)
+            server.started()
             _ready(tg, daemon, notifier, env)
             tg.start_soon(refresher.open_sealed)  # after READY: serving comes first
             task_status.started(daemon)
@@ -193,12 +191,14 @@ def _parts(
         config.access,
         collectors=[EngineCollector(refresher, budget)],
         consents=consent,
+        starting=True,
     )
     return events, refresher, consent, server
 
 
 def _ready(tg: TaskGroup, daemon: Daemon, notifier: Notifier, env: Mapping[str, str]) -> None:
     """Tell systemd (READY=1) and the log; start the watchdog and status pings."""
+    daemon.ready = True
     notifier.ready(daemon.status_line())
     _log.info(
         "haasd ready",
@@ -232,6 +232,9 @@ async def _signal_loop(
         task_status.started()
         async for signum in received:
             if signum == signal.SIGHUP:
+                if not daemon.ready:  # while loading: READY=1 must wait for the load
+                    daemon.reload(config_path, environ)
+                    continue
                 notifier.notify("RELOADING=1")
                 daemon.reload(config_path, environ)
                 notifier.notify("READY=1", f"STATUS={daemon.status_line()}")

@@ -61,6 +61,12 @@ class GrantStore(Protocol):
         ``warn``: log a record newly found unreadable."""
         ...
 
+    async def peek_grant(self, human_id: str) -> Grant | None:
+        """The grant of ``human_id`` as stored now, without waiting for :meth:`read_grants`
+        in progress and without noting anything (no quarantine): what the daemon serves
+        from while it loads. None if there is no such grant or its record does not open."""
+        ...
+
     async def get_grants(self, human_ids: Sequence[str], *, warn: bool = True) -> list[Grant]:
         """The grants of ``human_ids`` that exist (stand-ins for unreadable ones), read
         in one statement (or a few, for many): what a cluster's instance re-reads when

@@ -82,8 +82,16 @@ class FakeService:
         self.gate: anyio.Event | None = None
         self.reasons: list[str] = []
         self.health_error: Exception | None = None
+        #: while True, as a daemon loading its grants: grant() has none, peek() reads
+        self.loading = False
+        self.peeked: list[str] = []
 
     def grant(self, human_id: str) -> Grant | None:
+        return None if self.loading else self._grants.get(human_id)
+
+    async def peek(self, human_id: str) -> Grant | None:
+        await anyio.lowlevel.checkpoint()
+        self.peeked.append(human_id)
         return self._grants.get(human_id)
 
     def grants(self) -> Iterable[Grant]:
@@ -166,11 +174,13 @@ async def serving(
     mode: int = 0o660,
     human_id_pattern: re.Pattern[str] = HUMAN_ID_RE,
     clock: Clock | None = None,
+    starting: bool = False,
 ) -> AsyncIterator[Served]:
     """A TokenServer on a fresh socket, stopped (and its directory removed) on exit.
 
     ``clock`` times its connections (the machine's by default); a :class:`ManualClock`
-    lets a test step through a timeout.
+    lets a test step through a timeout. ``starting``: as while the daemon loads, until
+    ``server.started()``.
     """
     service = service or FakeService([make_grant()])
     directory = socket_dir()
@@ -181,6 +191,7 @@ async def serving(
         limits=limits or Limits(),
         human_id_pattern=human_id_pattern,
         clock=clock,
+        starting=starting,
     )
     listener = await open_listener(SocketConfig(path, mode), environ={})
     stop = anyio.CancelScope()

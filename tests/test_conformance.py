@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -22,6 +23,7 @@ from conformance_backends import BACKENDS, Backend
 from factories import T0, make_grant
 
 from haasd.errors import NeedsReconsentError, UnknownHumanError
+from haasd.grantpack import Sealed
 from haasd.grants import Grant, RefreshIntent, State
 from haasd.grantstore import GrantStore
 from haasd.secret import Secret
@@ -334,6 +336,41 @@ async def test_no_refresh_writes_a_quarantined_grant(backend: Backend) -> None:
         await store.put_grant(consent)  # a re-consent ends the quarantine
         assert store.unreadable == frozenset()
         assert await store.get_grant("usr_b") == consent
+
+
+async def test_a_peek_reads_one_grant_as_stored_and_notes_nothing(backend: Backend) -> None:
+    grants = [make_grant(h) for h in ("usr_a", "usr_b", "usr_c")]
+    async with opened(backend) as store:
+        await store.put_grants(grants)
+        assert await store.peek_grant("usr_c") == grants[2]
+        assert await store.peek_grant("usr_gone") is None
+    backend.spoil("usr_b")
+    async with opened(backend) as store:
+        assert await store.peek_grant("usr_b") is None  # never served, and not judged here:
+        assert store.unreadable == frozenset()  # the read of every grant quarantines it
+        assert await store.peek_grant("usr_a") == grants[0]
+
+
+async def test_a_peek_is_answered_while_every_grant_is_being_read(store: GrantStore) -> None:
+    """What the daemon serves from while it loads: the read of every grant holds the
+    store, and a peek must not wait for it to end."""
+    grants = [make_grant(h) for h in ("usr_a", "usr_b", "usr_c")]
+    await store.put_grants(grants)
+    taking, peeked = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def take(chunk: list[Grant | Sealed]) -> None:  # the store's worker thread
+        taking.set()
+        assert peeked.wait(10), "the peek waited for the read of every grant"
+        seen.extend(item.human_id for item in chunk)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.read_grants, take)
+        assert await anyio.to_thread.run_sync(taking.wait, 10)
+        with anyio.fail_after(5):
+            assert await store.peek_grant("usr_b") == grants[1]
+        peeked.set()
+    assert seen == ["usr_a", "usr_b", "usr_c"]
 
 
 async def test_several_grants_are_read_at_once_and_a_missing_one_is_left_out(

@@ -114,6 +114,15 @@ class PgStore(Reads):
         self._quarantine.read_one(grant.human_id, unreadable, warn=warn)
         return grant
 
+    async def peek_grant(self, human_id: str) -> Grant | None:
+        """The grant of ``human_id`` as stored now (a connection of the pool beside the one
+        reading every grant), noting nothing — not even its version; None if there is
+        none or it does not open."""
+        rows = await self._db.fetch(f"{sql.SELECT_VERSIONED} WHERE human_id = %s", (human_id,))
+        unversioned = [row[:-1] for row in rows]
+        grants, unreadable = to_grants(unversioned, self._sealer, self._scopes, self._served.times)
+        return None if unreadable or not grants else grants[0]
+
     async def get_grants(self, human_ids: Sequence[str], *, warn: bool = True) -> list[Grant]:
         """The grants of ``human_ids`` that exist, in one statement (``= ANY``)."""
         ids = list(human_ids)

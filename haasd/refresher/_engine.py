@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from typing import Final
 
 import anyio
-import structlog
 from anyio.abc import TaskStatus
 
 from haasd import refresh_policy as decide
@@ -24,7 +23,7 @@ from haasd.authclient import AuthClient
 from haasd.clock import Activity, Clock
 from haasd.coordination import Coordination, InProcess
 from haasd.demand import DEFAULT_WAIT, MAX_WAIT, OnDemand
-from haasd.errors import NeedsReconsentError, StoreError, TokenUnavailableError, UnknownHumanError
+from haasd.errors import NeedsReconsentError, TokenUnavailableError, UnknownHumanError
 from haasd.events import EventBus
 from haasd.grantpack import Times
 from haasd.grants import Grant, Policy, Serve, State, serve_decision, state_at
@@ -41,14 +40,14 @@ from haasd.refresher._refresh import Checkpoint, Refreshing
 from haasd.refresher._reload import Adoption, Reloads
 from haasd.refresher._risk import RiskWatch, log_loaded
 from haasd.refresher._scheduler import Scheduler
+from haasd.refresher._served import SERVED_FLUSH_EVERY, Served
 from haasd.refresher._stats import RefresherStats
 from haasd.refresher._steps import ClockSteps
 
-_log = structlog.get_logger("haasd.refresher")
+__all__ = ["SERVED_FLUSH_EVERY", "Refresher"]
 
-#: how often the times tokens were served are written (real seconds): a crash loses
-#: at most this much of them
-SERVED_FLUSH_EVERY: Final = 5.0
+#: why a token is not to be had while the grants load (the server waits instead)
+_LOADING: Final = "haasd is loading its grants"
 
 
 class Refresher:
@@ -79,6 +78,7 @@ class Refresher:
         self._rng = rng or random.Random()
         self._activity = activity or Activity()
         self._memory = Memory(policy)
+        self._served = Served(store, self._activity, idle=self._idle, place=self._place)
         self._steps = ClockSteps(clock, self._memory, replan=self._replan)
         self._background = Background()
         self._flights = SingleFlight(self._background)
@@ -143,9 +143,24 @@ class Refresher:
         """Figures for health and /metrics."""
         return self._memory.stats
 
+    @property
+    def loading(self) -> bool:
+        """True until every grant is in memory: :meth:`grant` has none, :meth:`peek` reads."""
+        return self._served.loading
+
     def grant(self, human_id: str) -> Grant | None:
+        """The grant in memory (None while loading: the store is still filling it)."""
+        if self._served.loading:
+            return None
         self._steps.check()  # a wall clock set back moves every instant first
         return self._memory.grants.get(human_id)
+
+    async def peek(self, human_id: str) -> Grant | None:
+        """The grant in memory — or, while loading, as stored (one row read beside the
+        load, to judge and serve from: see :meth:`GrantStore.peek_grant`)."""
+        if not self._served.loading:
+            return self.grant(human_id)
+        return await self.store.peek_grant(human_id)
 
     def grants(self) -> Iterable[Grant]:
         return self._memory.grants.values()
@@ -214,9 +229,9 @@ class Refresher:
 
     def mark_served(self, grant: Grant, now: float) -> None:
         """The server handed out ``grant``'s access token (the fast path: ``grant`` came
-        from :meth:`grant` with no await since)."""
-        if grant.human_id in self._memory.grants:
-            self._served(grant, now)
+        from :meth:`grant` with no await since, or from :meth:`peek`)."""
+        if self._served.loading or grant.human_id in self._memory.grants:
+            self._served.note(grant, now)
 
     async def add(self, grant: Grant) -> None:
         """Store a new or replaced grant (a consent) and schedule it."""
@@ -296,14 +311,9 @@ class Refresher:
         for grant in self._memory.grants.values():
             self._place(grant, now)
 
-    def _served(self, grant: Grant, now: float) -> None:
-        # the hot path: a dict write, and a reschedule only when waking a dormant grant
-        was_idle = self._idle(grant, now)
-        self.store.mark_served(grant.human_id, now)
-        if was_idle:
-            self._place(grant, now)
-
     def _current(self, human_id: str) -> Grant:
+        if self._served.loading:
+            raise TokenUnavailableError(human_id, _LOADING, 1.0)
         grant = self._memory.grants.get(human_id)
         if grant is None:
             raise UnknownHumanError(human_id)
@@ -318,7 +328,7 @@ class Refresher:
         if decision is Serve.NEEDS_RECONSENT:
             raise NeedsReconsentError(grant.human_id, grant.last_error)
         if decision is Serve.SERVE:
-            self._served(grant, now)
+            self._served.note(grant, now)
             return True
         return False
 
@@ -330,27 +340,18 @@ class Refresher:
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Load every grant, then keep them fresh until cancelled."""
+        """Load every grant, then keep them fresh until cancelled (``started`` once
+        loaded; meanwhile :meth:`peek` answers from the store)."""
         await self._load()
         async with anyio.create_task_group() as tg:
             self._background.bind(tg)
             self._scheduler.start_workers(tg)
-            tg.start_soon(self._flush_served_loop)
+            self._served.loaded(self._memory.grants.get, self.clock.time())
+            tg.start_soon(self._served.flush_loop)
             tg.start_soon(self._reloads.run)
             tg.start_soon(self._probe.run)
             task_status.started()
             await self._scheduler.loop()
-
-    async def _flush_served_loop(self) -> None:
-        """Write the times tokens were served every few seconds (and the store writes
-        the rest at close), so a crash makes no grant look dormant that was not."""
-        while True:
-            await anyio.sleep(SERVED_FLUSH_EVERY)
-            try:
-                with anyio.CancelScope(shield=True), self._activity.busy():
-                    await self.store.flush_served()
-            except StoreError as exc:  # kept in memory; the next flush tries again
-                _log.warning("cannot write the served times yet", error=str(exc))
 
     async def _load(self) -> None:
         memory, now = self._memory, self.clock.time()

@@ -43,12 +43,10 @@ from haasd.errors import (
     TokenUnavailableError,
     UnknownHumanError,
 )
-from haasd.events import Event
 from haasd.grants import Grant, Serve, serve_decision, state_at
 from haasd.server.access import (
     Decision,
     Peer,
-    covers_everyone,
     decide_for,
     effective_rules,
     is_admin,
@@ -82,8 +80,8 @@ from haasd.server.humans import (
     status_answer,
 )
 from haasd.server.service import TokenService
-from haasd.server.stream import HEAD as STREAM_HEAD
-from haasd.server.stream import event_stream
+from haasd.server.starting import Starting, after_start, token_while_starting
+from haasd.server.stream import subscribe
 from haasd.server.tally import Tally
 
 if TYPE_CHECKING:
@@ -118,6 +116,7 @@ class Router:
         "outcomes",
         "served",
         "service",
+        "starting",
         "tally",
     )
 
@@ -132,8 +131,11 @@ class Router:
         metrics: Callable[[], bytes],
         consents: ConsentFlow | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        starting: Starting | None = None,
     ) -> None:
         self.service = service
+        #: set while the daemon starts (see :mod:`haasd.server.starting`); then None
+        self.starting = starting
         self.limits = limits
         #: the server's clock for log windows (real seconds)
         self.monotonic = monotonic
@@ -152,6 +154,12 @@ class Router:
         self.consents = ConsentRoutes(consents, service, limits, human_id_pattern)
         #: refusal and error lines, counted per peer (see :mod:`haasd.server.tally`)
         self.tally = Tally(limits.refusal_window, clock=monotonic)
+
+    def started(self) -> None:
+        """The daemon has started: requests waiting for it go on; no more wait."""
+        if self.starting is not None:
+            self.starting.done()
+            self.starting = None
 
     def update_rules(self, rules: Sequence[AccessRule]) -> None:
         self._rules = effective_rules(rules, self._daemon_uid)
@@ -207,14 +215,17 @@ class PeerContext:
             except Problem as problem:
                 self.router.outcomes[problem.outcome] += 1
                 return problem.answer()
+        if (starting := self.router.starting) is not None and path != b"/v1/events":
+            return after_start(self, starting, method, path, query, body)
         try:
-            return self._route(method, path, query, body)
+            return self.route(method, path, query, body)
         except Problem as problem:
             return problem.answer()
 
-    def _route(
+    def route(
         self, method: bytes, path: bytes, query: bytes, body: bytes
     ) -> bytes | Awaitable[bytes] | Takeover:
+        """Any route but a token's ``GET`` (see the module's table)."""
         if path.startswith(_TOKENS):
             check_method(method, b"GET")  # a GET went the fast way, in handle()
         if path == b"/v1/health":
@@ -294,12 +305,20 @@ class PeerContext:
         decision = self._decide(human_id, asked.scopes)
         if not decision.allowed:
             raise self._deny(human_id, decision.reason, "token")
-        service = router.service
-        grant = service.grant(human_id)
+        grant = router.service.grant(human_id)
         if grant is None:
+            if (starting := router.starting) is not None:  # loading: judged on its row
+                return token_while_starting(self, starting, human_id, asked, decision)
             router.forget(human_id)
             raise unknown(human_id)
+        answer = self.answer_in_hand(grant, asked, decision)
+        return answer or self.token_later(human_id, asked, decision)
+
+    def answer_in_hand(self, grant: Grant, asked: TokenQuery, decision: Decision) -> bytes | None:
+        """The token answer from ``grant`` as it is, or None if a refresh must come first;
+        raises the :class:`Problem` of a scope not granted or a grant needing consent."""
         self._check_scopes(grant, decision)
+        service = self.router.service
         now = service.clock.time()
         policy = service.policy
         state = state_at(grant.state, grant.refresh_expires_at, now, policy)
@@ -310,8 +329,8 @@ class PeerContext:
             service.mark_served(grant, now)
             return self._serve(grant, now)
         if serve is _RECONSENT:
-            raise reconsent(human_id, grant.last_error)
-        return self._token_later(human_id, asked, decision)
+            raise reconsent(grant.human_id, grant.last_error)
+        return None
 
     @staticmethod
     def _check_scopes(grant: Grant, decision: Decision) -> None:
@@ -320,7 +339,7 @@ class PeerContext:
         if decision.ceilings != _ANY_SCOPE:
             check_ceiling(grant, decision)
 
-    async def _token_later(self, human_id: str, asked: TokenQuery, decision: Decision) -> bytes:
+    async def token_later(self, human_id: str, asked: TokenQuery, decision: Decision) -> bytes:
         """The slow path: the engine must refresh first (sharing any refresh in flight),
         within ``asked.wait`` seconds."""
         service = self.router.service
@@ -376,17 +395,5 @@ class PeerContext:
     def _events(self) -> Takeover:
         if not self.matched:
             raise self._deny(None, "no [[access]] rule matches this peer's uid/gid", "events")
-
-        def accepts(event: Event) -> bool:
-            matched = self.matched
-            if event.type.startswith("consent."):
-                if event.human_id is None:  # may end with anyone: admins of everyone only
-                    return covers_everyone(rule for rule in matched if rule.admin)
-                return is_admin(matched, event.human_id)
-            return event.human_id is None or may_see(matched, event.human_id)
-
-        router = self.router
-        return Takeover(
-            lambda stream: event_stream(stream, router.service.events, accepts, router.limits),
-            STREAM_HEAD,
-        )
+        router, matched = self.router, lambda: self.matched
+        return subscribe(router.service.events, router.limits, matched)

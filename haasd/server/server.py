@@ -46,6 +46,7 @@ from haasd.server.http import HttpConnection, Limits, error_body, json_response,
 from haasd.server.metrics import ServerCollector, exposition
 from haasd.server.routes import PeerContext, Router
 from haasd.server.service import TokenService
+from haasd.server.starting import Starting
 from haasd.tokens import HUMAN_ID_RE
 
 if TYPE_CHECKING:
@@ -103,6 +104,9 @@ class TokenServer:
     ``clock`` times the connections (deadlines, the watchdog) and the log windows: real
     seconds, the machine's clock by default — also in ``haasd demo``, whose own clock
     runs fast. Tests pass a manual clock to step through a timeout instead of waiting.
+
+    ``starting``: it serves before the daemon has started — before every grant is
+    loaded — until :meth:`started` (see :mod:`haasd.server.starting`).
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class TokenServer:
         collectors: Iterable[Collector] = (),
         consents: ConsentFlow | None = None,
         clock: Clock | None = None,
+        starting: bool = False,
     ) -> None:
         if not hasattr(socket, "SO_PEERCRED"):
             raise RuntimeError("haasd's token server needs SO_PEERCRED (Linux)")
@@ -132,6 +137,7 @@ class TokenServer:
             metrics=exposition(self.registry),
             consents=consents,
             monotonic=self._clock.monotonic,
+            starting=Starting() if starting else None,
         )
         #: open connections, and the peer context each serves
         self._connections: dict[HttpConnection, PeerContext] = {}
@@ -151,6 +157,11 @@ class TokenServer:
     def register_collector(self, collector: Collector) -> None:
         """Add figures to ``/metrics`` (the refresh engine's counters, the rate budget)."""
         self.registry.register(collector)
+
+    def started(self) -> None:
+        """The daemon has started (every grant loaded, every part running): requests
+        waiting for that are answered now, and none waits again."""
+        self._router.started()
 
     def update_rules(self, rules: Sequence[AccessRule]) -> None:
         """New ``[[access]]`` rules (SIGHUP); open connections use them from their next

@@ -41,6 +41,11 @@ class TokenService(Protocol):
         """The grant in memory, or None. Synchronous and cheap: never touches the store."""
         ...
 
+    async def peek(self, human_id: str) -> Grant | None:
+        """While the grants load (:meth:`grant` has none yet): the grant as stored, read
+        alone; afterwards the grant in memory. None if there is none to judge."""
+        ...
+
     def grants(self) -> Iterable[Grant]:
         """Every grant in memory (for listings and metrics); never touches the store."""
         ...

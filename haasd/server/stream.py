@@ -17,10 +17,12 @@ from typing import Final
 import anyio
 import anyio.abc
 
+from haasd.config import AccessRule
 from haasd.events import Event, EventBus
-from haasd.server.http import Limits
+from haasd.server.access import covers_everyone, is_admin, may_see
+from haasd.server.http import Limits, Takeover
 
-__all__ = ["HEAD", "encode_event", "event_stream"]
+__all__ = ["HEAD", "encode_event", "event_stream", "subscribe"]
 
 #: the stream's response head (all a ``HEAD /v1/events`` gets)
 HEAD: Final = (
@@ -30,6 +32,25 @@ HEAD: Final = (
 _HELLO: Final = b": haasd events\n\n"
 _HEARTBEAT: Final = b": heartbeat\n\n"
 _GONE: Final = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+def subscribe(
+    events: EventBus, limits: Limits, matched: Callable[[], tuple[AccessRule, ...]]
+) -> Takeover:
+    """The stream for a peer whose rules are ``matched()`` (read again for each event: a
+    reload applies at once). ``consent.*`` events go to admins only — of the human they
+    name, or of everyone while the human is not known yet; other events go to peers the
+    human's rules cover, and events about nobody to every peer."""
+
+    def accepts(event: Event) -> bool:
+        rules = matched()
+        if event.type.startswith("consent."):
+            if event.human_id is None:  # may end with anyone: admins of everyone only
+                return covers_everyone(rule for rule in rules if rule.admin)
+            return is_admin(rules, event.human_id)
+        return event.human_id is None or may_see(rules, event.human_id)
+
+    return Takeover(lambda stream: event_stream(stream, events, accepts, limits), HEAD)
 
 
 def encode_event(event: Event) -> bytes:

@@ -23,7 +23,7 @@ class Database:
     shutdown), and a write once begun is committed or rolled back.
     """
 
-    __slots__ = ("_closed", "conn", "lock", "path")
+    __slots__ = ("_closed", "_reading", "conn", "lock", "path")
 
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self.conn = conn
@@ -31,6 +31,8 @@ class Database:
         #: held for every statement and transaction on :attr:`conn`
         self.lock = anyio.Lock()
         self._closed = False
+        # the lock is held by :meth:`fetch_chunks_locked`, which only reads
+        self._reading = False
 
     @property
     def closed(self) -> bool:
@@ -60,22 +62,36 @@ class Database:
             rows = list(await self.conn.execute_fetchall(sql, params))
         return rows
 
+    async def fetch_beside(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """The rows of one query now, even while a long read holds the lock: that holder
+        only reads (:meth:`fetch_chunks_locked`), so no transaction of its is open on the
+        connection and this sees committed rows only — SQLite runs it between two of
+        that read's chunks. Otherwise it waits for the lock, as :meth:`fetch` does."""
+        self.check_open()
+        if self._reading:
+            return await self.fetch_locked(sql, params)
+        return await self.fetch(sql, params)
+
     async def fetch_chunks_locked(
         self, sql: str, take: Callable[[list[sqlite3.Row]], object], size: int
     ) -> None:
         """Hand the rows of one query to ``take`` in a worker thread, ``size`` at a time, for
         a caller that holds the lock: never more than ``size`` rows in memory at once, and
         the event loop free between chunks."""
-        with anyio.CancelScope(shield=True), translate(self.path, "read"):
-            async with self.conn.execute(sql) as cursor:
-                rows = list(await cursor.fetchmany(size))
-                while rows:
-                    # the next chunk is read (SQLite's thread) while this one is taken
-                    following: list[sqlite3.Row] = []
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(_fetch_into, cursor, size, following)
-                        await anyio.to_thread.run_sync(take, rows)
-                    rows = following
+        self._reading = True
+        try:
+            with anyio.CancelScope(shield=True), translate(self.path, "read"):
+                async with self.conn.execute(sql) as cursor:
+                    rows = list(await cursor.fetchmany(size))
+                    while rows:
+                        # the next chunk is read (SQLite's thread) while this one is taken
+                        following: list[sqlite3.Row] = []
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(_fetch_into, cursor, size, following)
+                            await anyio.to_thread.run_sync(take, rows)
+                        rows = following
+        finally:
+            self._reading = False
 
     async def update(self, human_id: str, sql: str, params: Sequence[Any], what: str) -> None:
         """One statement that must change ``human_id``'s row: else :class:`UnknownHumanError`."""

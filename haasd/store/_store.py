@@ -126,6 +126,14 @@ class Store(Reads):
         self._quarantine.read_one(grant.human_id, unreadable, warn=warn)
         return grant
 
+    async def peek_grant(self, human_id: str) -> Grant | None:
+        """The grant of ``human_id`` as stored now, even while the grants are being read
+        (see :meth:`Database.fetch_beside`), noting nothing; None if there is none or it
+        does not open (the read of every grant quarantines it)."""
+        rows = await self._db.fetch_beside(f"{SELECT_GRANTS} WHERE human_id = ?", (human_id,))
+        grants, unreadable = self._to_grants(rows)
+        return None if unreadable or not grants else grants[0]
+
     async def get_grants(self, human_ids: Sequence[str], *, warn: bool = True) -> list[Grant]:
         """The grants of ``human_ids`` that exist, a few hundred per statement."""
         grants: list[Grant] = []
