@@ -55,3 +55,21 @@ async def test_every_grant_loads_across_chunks_with_its_version(
             assert grant == grants[grant.human_id]
     assert versions == {h: int(v) for h, v in (line.split("|") for line in stored.split())}
     assert len(set(versions.values())) == len(HUMANS), "each as last written"
+
+
+async def test_served_times_are_written_a_bounded_statement_at_a_time(
+    pg_cluster: PgCluster, pg_database: PgDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgstore_module, "SERVED_PER_STATEMENT", 3)
+    store = await PgStore.open(pg_database.socket_url, Sealer(Key.generate()))
+    try:
+        await store.put_grants(make_grant(h, last_served_at=T0) for h in HUMANS)
+        for i, human in enumerate(HUMANS[:8]):
+            store.mark_served(human, T0 + 60 + i)
+        assert await store.flush_served() == 8
+        assert await store.flush_served() == 0, "each written once"
+    finally:
+        await store.close()
+    stored = pg_cluster.psql("SELECT human_id, last_served_at FROM grants", pg_database.name)
+    served = {h: float(at) for h, at in (line.split("|") for line in stored.split())}
+    assert served == {h: T0 + 60 + i if i < 8 else T0 for i, h in enumerate(HUMANS)}

@@ -30,6 +30,8 @@ from haasd.store._pending import PendingRecord, pending_row, to_pending, to_take
 from haasd.store._reading import Loaded, Reads
 
 _log: Final = structlog.get_logger("haasd.pgstore")
+#: served times written per statement (a few tens of kB of parameters)
+SERVED_PER_STATEMENT: Final = 1_000
 
 
 class PgStore(Reads):
@@ -252,11 +254,15 @@ class PgStore(Reads):
         return self._served.get(human_id)
 
     async def flush_served(self) -> int:
-        """Write the served times noted since the last flush, in one statement; how many."""
+        """Write the served times noted since the last flush, :data:`SERVED_PER_STATEMENT`
+        at a time; how many. (One statement of 100,000 grew the pooled connections'
+        buffers, which libpq keeps at their largest, by 10 MB and more for good.)"""
 
         async def write(pairs: list[tuple[str, float]]) -> None:
-            humans, times = [h for h, _ in pairs], [at for _, at in pairs]
-            await self._db.execute(sql.SET_SERVED, (humans, times), "write last_served_at")
+            for start in range(0, len(pairs), SERVED_PER_STATEMENT):
+                part = pairs[start : start + SERVED_PER_STATEMENT]
+                humans, times = [h for h, _ in part], [at for _, at in part]
+                await self._db.execute(sql.SET_SERVED, (humans, times), "write last_served_at")
 
         return await self._served.flush(write, skip=self._quarantine)
 
