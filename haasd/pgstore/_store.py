@@ -15,6 +15,7 @@ from haasd.grants import Grant, RefreshIntent, State
 from haasd.pgstore import _sql as sql
 from haasd.pgstore._database import POOL_SIZE, TIMEOUT, Database, Row
 from haasd.pgstore._open import prepare
+from haasd.pgstore._versions import Versions
 from haasd.secret import Secret
 from haasd.store._books import Quarantine, ServedTimes, flush_then_close
 from haasd.store._grants import (
@@ -44,7 +45,7 @@ class PgStore(Reads):
         self._served = ServedTimes()
         self._quarantine = Quarantine(db.where)
         #: each grant's version as this instance last read or wrote it
-        self._versions: dict[str, int] = {}
+        self._versions = Versions()
         #: why a write PostgreSQL calls done may not be durable (None: it is)
         self.durability: str | None = None
         #: this instance's name in a cluster (haasd.pgstore._coordination): a refresh
@@ -110,7 +111,7 @@ class PgStore(Reads):
     async def get_grant(self, human_id: str, *, warn: bool = True) -> Grant:
         rows = await self._db.fetch(f"{sql.SELECT_VERSIONED} WHERE human_id = %s", (human_id,))
         if not rows:
-            self._versions.pop(human_id, None)
+            self._versions.pop(human_id)
             raise UnknownHumanError(human_id)
         (grant,), unreadable = self._to_grants(rows)
         self._quarantine.read_one(grant.human_id, unreadable, warn=warn)
@@ -132,7 +133,7 @@ class PgStore(Reads):
         found = {row[0] for row in rows}
         for human_id in ids:
             if human_id not in found:
-                self._versions.pop(human_id, None)
+                self._versions.pop(human_id)
         grants, unreadable = self._to_grants(rows)
         self._quarantine.read_some(ids, unreadable, warn=warn)
         return grants
@@ -144,7 +145,7 @@ class PgStore(Reads):
         a server-side cursor :data:`LOAD_CHUNK` rows at a time, each chunk turned into
         grants in a worker thread: never every row in memory beside its grant (all of
         them at once were most of a large store's peak RSS)."""
-        self._versions = {}
+        self._versions.restart()
         loaded = Loaded(self._sealer, self._scopes, self._served.times, take, sealed=sealed)
         query = f'{sql.SELECT_VERSIONED} ORDER BY human_id COLLATE "C"'
         async with self._db.transaction("read grants") as conn:
@@ -163,7 +164,7 @@ class PgStore(Reads):
         rows = [grant_row(g, self._sealer) for g in kept]
         if len(rows) == 1:
             (version,), *_ = await self._db.returning(sql.PUT_GRANT, rows[0], what)
-            self._versions[kept[0].human_id] = version
+            self._versions.put(kept[0].human_id, version)
         else:
             await self._db.execute_many(sql.PUT_GRANT, rows, what)
         for grant in kept:
@@ -175,7 +176,7 @@ class PgStore(Reads):
             "DELETE FROM grants WHERE human_id = %s", (human_id,), "delete grant"
         )
         self._quarantine.release(human_id)
-        self._versions.pop(human_id, None)
+        self._versions.pop(human_id)
         return changed > 0
 
     async def begin_refresh(self, human_id: str, intent: RefreshIntent) -> None:
@@ -185,14 +186,15 @@ class PgStore(Reads):
             if await self._db.execute(sql.BEGIN_REFRESH, params, "begin refresh") == 0:
                 raise UnknownHumanError(human_id)
             return
-        leased = (*params, self._versions.get(human_id, -1), self.owner)
+        known = self._versions.get(human_id)
+        leased = (*params, -1 if known is None else known, self.owner)
         rows = await self._db.returning(sql.BEGIN_LEASED, leased, "begin refresh")
         if not rows:
             raise FencedError(
                 f"the grant of {human_id} changed since this instance read it, or its"
                 " lease ended: the refresh did not begin"
             )
-        self._versions[human_id] = rows[0][0]
+        self._versions.put(human_id, rows[0][0])
 
     async def finish_refresh(self, grant: Grant, *, attempt_id: str | None = None) -> bool:
         """Write a refresh's outcome; with ``attempt_id`` fenced on the row's intent
@@ -207,7 +209,7 @@ class PgStore(Reads):
         fenced = (*params, attempt_id)
         rows = await self._db.returning(sql.FINISH_FENCED, fenced, "finish refresh")
         if rows:
-            self._versions[grant.human_id] = rows[0][0]
+            self._versions.put(grant.human_id, rows[0][0])
         return bool(rows)
 
     async def update_status(
@@ -242,7 +244,7 @@ class PgStore(Reads):
                 cursor = await conn.execute(statement, (State(state).value, *tokens, *status))
             written = await cursor.fetchone()
             if written is not None:
-                self._versions[human_id] = written[0]
+                self._versions.put(human_id, written[0])
 
     # -- served times ---------------------------------------------------------------------
 
@@ -310,9 +312,9 @@ class PgStore(Reads):
     def _unversioned(self, rows: list[Row]) -> list[Row]:
         """:data:`~haasd.pgstore._sql.SELECT_VERSIONED` rows without their trailing
         ``version``, which is noted (the one place the versions read are kept)."""
-        versions = self._versions
+        read = self._versions.read
         for row in rows:
-            versions[row[0]] = row[-1]
+            read(row[0], row[-1])
         return [row[:-1] for row in rows]
 
 
