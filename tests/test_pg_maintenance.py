@@ -142,6 +142,34 @@ def test_rekey_refuses_while_an_instance_is_connected(
     assert tables(pg_cluster, pg_database) == before
 
 
+def test_a_session_ending_as_the_rekey_starts_is_waited_for_not_refused(
+    config: Path, pg_database: PgDatabase
+) -> None:
+    """An instance killed a moment before leaves a session the server ends a moment later:
+    `haasd rekey` run right then waits for it (up to 2 s) instead of refusing."""
+    url, old = pg_database.socket_url, key_of(config)
+    seeded = grants(3)
+    anyio.run(seed_pg, url, old, seeded, [])
+    new = write_key(config.parent / "new.key")
+    args = ("rekey", "--config", str(config), "--new-key", str(config.parent / "new.key"))
+    with psycopg.connect(pg_database.dsn, application_name="haasd") as ending:
+        ending.execute("SELECT 1")
+
+        async def end_soon() -> None:
+            await anyio.sleep(0.8)  # most often after the rekey looked at the sessions
+            ending.close()
+
+        async def rekey_while_it_ends() -> tuple[int, bytes, bytes]:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(end_soon)
+                done = await anyio.to_thread.run_sync(lambda: haasd(*args))
+            return done
+
+        code, _, err = anyio.run(rekey_while_it_ends)
+    assert code == 0, err.decode()
+    assert anyio.run(pg_grants, url, new) == seeded
+
+
 def test_rekey_with_a_row_the_key_does_not_open_changes_nothing(
     config: Path, pg_cluster: PgCluster, pg_database: PgDatabase
 ) -> None:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import anyio
 import psycopg
 
 from haasd.crypto import Sealer
@@ -91,6 +92,10 @@ async def _require_store(db: Database) -> None:
         raise StoreError(f"no store in {db.where}; `haasd import` or `haasd run` creates it")
 
 
+#: how long sessions found connected may take to end before a command is refused (s)
+ENDING_GRACE: Final = 2.0
+
+
 async def sessions(conn: Connection) -> list[int]:
     """The server pids of the other haasd sessions on this database."""
     rows = await (await conn.execute(_SESSIONS, (APPLICATION_NAME,))).fetchall()
@@ -108,9 +113,15 @@ def running_error(where: str, pids: list[int], command: str, hint: str = "") -> 
 
 
 async def _refuse_others(conn: Connection, where: str, command: str, hint: str) -> None:
-    others = await sessions(conn)
-    if others:
-        raise running_error(where, others, command, hint)
+    """:class:`StoreLockedError` if another haasd session is still there after
+    :data:`ENDING_GRACE`: a process killed a moment ago leaves sessions that end within
+    milliseconds, and a command run right after it must not be refused for them."""
+    deadline = anyio.current_time() + ENDING_GRACE
+    while others := await sessions(conn):
+        if anyio.current_time() >= deadline:
+            raise running_error(where, others, command, hint)
+        await anyio.sleep(0.1)
+        await conn.execute("SELECT pg_stat_clear_snapshot()")  # else the same answer again
 
 
 @asynccontextmanager
