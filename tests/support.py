@@ -92,6 +92,8 @@ class FakeService:
     async def peek(self, human_id: str) -> Grant | None:
         await anyio.lowlevel.checkpoint()
         self.peeked.append(human_id)
+        if isinstance(outcome := self.outcome.get(f"peek {human_id}"), HaasdError):
+            raise outcome
         return self._grants.get(human_id)
 
     def grants(self) -> Iterable[Grant]:

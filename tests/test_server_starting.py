@@ -9,6 +9,7 @@ from dataclasses import replace
 import anyio
 from support import MARIA, NOW, FakeService, RawClient, Reply, get, make_grant, serving
 
+from haasd.errors import StoreError
 from haasd.secret import Secret
 from haasd.server import Limits
 
@@ -56,6 +57,24 @@ async def test_a_token_that_needs_a_refresh_waits_for_the_start() -> None:
     assert answers[0].status == 200
     assert answers[0].json()["access_token"] == "refreshed"
     assert service.ensured == [(SHORT, 300.0)]
+
+
+async def test_a_store_that_cannot_answer_now_makes_the_token_wait_for_the_start() -> None:
+    service = loading()
+    service.outcome[f"peek {MARIA}"] = StoreError("store x: read failed: the database is gone")
+    answers: list[Reply] = []
+    async with serving(service, starting=True) as s:
+
+        async def ask() -> None:
+            answers.append(await get(s.path, f"/v1/tokens/{MARIA}"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            await anyio.sleep(0.3)
+            assert answers == [] and service.peeked == [MARIA]
+            service.loading = False
+            s.server.started()
+    assert answers[0].status == 200, "from memory, once loaded"
 
 
 async def test_unknown_humans_and_other_routes_wait_and_are_answered_as_usual() -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from haasd.errors import HaasdError
 from haasd.server.answers import Problem, TokenQuery, unavailable, unknown
 from haasd.server.http import Takeover
 from haasd.server.humans import WAIT_SLACK
@@ -58,7 +59,10 @@ async def token_while_starting(
     """``GET /v1/tokens/{human_id}`` while starting (see the module)."""
     router = context.router
     try:
-        grant = await router.service.peek(human_id)
+        try:
+            grant = await router.service.peek(human_id)
+        except HaasdError:  # the store cannot answer now: as for any other, wait for the start
+            grant = None
         if grant is not None and (answer := context.answer_in_hand(grant, asked, decision)):
             return answer
         if not await starting.wait(asked.wait + WAIT_SLACK):
