@@ -37,63 +37,52 @@ async def test_a_fresh_token_is_served_from_its_row_before_the_start() -> None:
         assert (missing.status, missing.error_type) == (403, "insufficient_scope")
 
 
-async def test_a_token_that_needs_a_refresh_waits_for_the_start() -> None:
-    service = loading()
-    service.outcome[SHORT] = replace(
-        make_grant(SHORT), access_token=Secret("refreshed"), access_expires_at=NOW + 3600
-    )
-    answers: list[Reply] = []
-    async with serving(service, starting=True) as s:
-
-        async def ask() -> None:
-            answers.append(await get(s.path, f"/v1/tokens/{SHORT}?min_ttl=300"))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ask)
-            await anyio.sleep(0.3)
-            assert answers == [] and service.ensured == [], "no refresh before the start"
-            service.loading = False
-            s.server.started()
-    assert answers[0].status == 200
-    assert answers[0].json()["access_token"] == "refreshed"
-    assert service.ensured == [(SHORT, 300.0)]
-
-
-async def test_a_store_that_cannot_answer_now_makes_the_token_wait_for_the_start() -> None:
-    service = loading()
-    service.outcome[f"peek {MARIA}"] = StoreError("store x: read failed: the database is gone")
-    answers: list[Reply] = []
-    async with serving(service, starting=True) as s:
-
-        async def ask() -> None:
-            answers.append(await get(s.path, f"/v1/tokens/{MARIA}"))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ask)
-            await anyio.sleep(0.3)
-            assert answers == [] and service.peeked == [MARIA]
-            service.loading = False
-            s.server.started()
-    assert answers[0].status == 200, "from memory, once loaded"
-
-
-async def test_unknown_humans_and_other_routes_wait_and_are_answered_as_usual() -> None:
-    service = loading(STALE)
+async def asked_before_the_start(service: FakeService, *targets: str) -> dict[str, Reply]:
+    """Ask for every target at once while the daemon starts; check that none is answered
+    before the start; then let it start and give back the answers."""
     answers: dict[str, Reply] = {}
     async with serving(service, starting=True) as s:
 
         async def ask(target: str) -> None:
             answers[target] = await get(s.path, target)
 
-        targets = ["/v1/tokens/usr_nobody_1", f"/v1/humans/{MARIA}", "/v1/humans", "/v1/health"]
         async with anyio.create_task_group() as tg:
             for target in targets:
                 tg.start_soon(ask, target)
             await anyio.sleep(0.3)
             assert answers == {}, "nothing answered from a half-loaded memory"
+            assert service.ensured == [], "no refresh before the start"
             service.loading = False
             s.server.started()
-        after = await get(s.path, "/v1/humans")  # and nothing waits any more
+        answers["after"] = await get(s.path, "/v1/humans")  # and nothing waits any more
+    return answers
+
+
+async def test_a_token_that_needs_a_refresh_waits_for_the_start() -> None:
+    service = loading()
+    service.outcome[SHORT] = replace(
+        make_grant(SHORT), access_token=Secret("refreshed"), access_expires_at=NOW + 3600
+    )
+    target = f"/v1/tokens/{SHORT}?min_ttl=300"
+    answer = (await asked_before_the_start(service, target))[target]
+    assert answer.status == 200
+    assert answer.json()["access_token"] == "refreshed"
+    assert service.ensured == [(SHORT, 300.0)]
+
+
+async def test_a_store_that_cannot_answer_now_makes_the_token_wait_for_the_start() -> None:
+    service = loading()
+    service.outcome[f"peek {MARIA}"] = StoreError("store x: read failed: the database is gone")
+    target = f"/v1/tokens/{MARIA}"
+    answer = (await asked_before_the_start(service, target))[target]
+    assert (answer.status, service.peeked) == (200, [MARIA]), "from memory, once loaded"
+
+
+async def test_unknown_humans_and_other_routes_wait_and_are_answered_as_usual() -> None:
+    service = loading(STALE)
+    targets = ["/v1/tokens/usr_nobody_1", f"/v1/humans/{MARIA}", "/v1/humans", "/v1/health"]
+    answers = await asked_before_the_start(service, *targets)
+    after = answers["after"]
     assert answers["/v1/tokens/usr_nobody_1"].status == 404
     assert answers[f"/v1/humans/{MARIA}"].json()["human_id"] == MARIA
     humans = [row["human_id"] for row in answers["/v1/humans"].json()["humans"]]
